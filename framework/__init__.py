@@ -1,0 +1,18 @@
+"""A small training framework on Hugging Face Accelerate: exact accumulation, gathered metrics, one banner.
+
+Recipes import the building blocks from here; see recipes/digits.py for the shape of a recipe.
+"""
+
+from framework.config import TrainingConfig, parse_config
+from framework.data import build_eval_loader, build_train_data
+from framework.errors import ConfigError, UserError, run_main
+from framework.loop import FitResult, TrainState, fit, per_sample_cross_entropy
+from framework.optim import build_optimizer, build_scheduler, total_optimizer_steps
+from framework.outputs import RunDirectory
+from framework.runtime import build_accelerator
+
+__all__ = [
+    "ConfigError", "FitResult", "RunDirectory", "TrainState", "TrainingConfig", "UserError",
+    "build_accelerator", "build_eval_loader", "build_optimizer", "build_scheduler", "build_train_data",
+    "fit", "parse_config", "per_sample_cross_entropy", "run_main", "total_optimizer_steps",
+]

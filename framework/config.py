@@ -1,0 +1,241 @@
+"""Recipe configuration: a dataclass of hyperparameters, turned into CLI flags.
+
+A recipe subclasses `TrainingConfig` and adds its own fields. `parse_config`
+reads, in increasing order of precedence: the dataclass defaults, an optional
+YAML file given with `--config FILE`, then `--name value` flags. Every value is
+type-checked and range-checked; a bad one raises `ConfigError` with one line
+naming the flag and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from framework.errors import ConfigError
+
+PRECISIONS = ("no", "fp16", "bf16")
+SCHEDULERS = ("linear", "cosine", "constant")
+
+
+def _help(text: str, **kwargs: Any) -> Any:
+    return field(metadata={"help": text}, **kwargs)
+
+
+@dataclass
+class TrainingConfig:
+    """Hyperparameters shared by every recipe (names follow HF `TrainingArguments`)."""
+
+    output_dir: str = _help("Where config, metrics, report, summary and weights are written.", default="outputs/run")
+    overwrite_output_dir: bool = _help("Allow writing into an output_dir that holds a finished run.", default=False)
+    per_device_train_batch_size: int = _help("Micro-batch size on each process.", default=32)
+    per_device_eval_batch_size: int = _help("Evaluation batch size on each process.", default=128)
+    gradient_accumulation_steps: int = _help("Micro-batches accumulated into one optimizer step.", default=1)
+    learning_rate: float = _help("Peak learning rate of AdamW.", default=1e-3)
+    weight_decay: float = _help("AdamW decoupled weight decay.", default=0.0)
+    num_train_epochs: int = _help("Passes over the training set (ignored when max_steps > 0).", default=3)
+    max_steps: int = _help("Total optimizer steps; -1 means num_train_epochs decides.", default=-1)
+    warmup_steps: int = _help("Optimizer steps of linear warmup from 0 to learning_rate.", default=0)
+    lr_scheduler_type: str = _help("Learning-rate schedule after warmup: linear, cosine or constant.", default="linear")
+    max_grad_norm: float = _help("Clip the global gradient norm to this value; 0 disables clipping.", default=1.0)
+    seed: int = _help("Seed for model init, data order and dropout.", default=42)
+    logging_steps: int = _help("Log loss and lr every N optimizer steps.", default=10)
+    eval_steps: int = _help("Also evaluate every N optimizer steps; 0 means only at the end of each epoch.", default=0)
+    mixed_precision: Optional[str] = _help(
+        "no, fp16 or bf16; default: the launcher config's value, else fp16 on CUDA and no on CPU.", default=None
+    )
+    max_consecutive_skipped_steps: int = _help(
+        "Stop when this many fp16 steps in a row are skipped for inf/NaN gradients.", default=50
+    )
+    dataloader_num_workers: int = _help("DataLoader worker processes per training process.", default=0)
+
+    def validate(self) -> None:
+        """Raise `ConfigError` for the first value outside its allowed range."""
+        positive = ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+                    "num_train_epochs", "logging_steps", "max_consecutive_skipped_steps")
+        for name in positive:
+            require(name, getattr(self, name) >= 1, "an integer >= 1")
+        for name in ("warmup_steps", "eval_steps", "dataloader_num_workers"):
+            require(name, getattr(self, name) >= 0, "an integer >= 0")
+        require("max_steps", self.max_steps == -1 or self.max_steps >= 1, "-1 (use epochs) or an integer >= 1")
+        require("learning_rate", math.isfinite(self.learning_rate) and self.learning_rate > 0, "a finite number > 0")
+        for name in ("weight_decay", "max_grad_norm"):
+            value = getattr(self, name)
+            require(name, math.isfinite(value) and value >= 0, "a finite number >= 0")
+        require("lr_scheduler_type", self.lr_scheduler_type in SCHEDULERS, "one of " + ", ".join(SCHEDULERS))
+        require("mixed_precision", self.mixed_precision in (None, *PRECISIONS), "one of " + ", ".join(PRECISIONS))
+        require("output_dir", bool(self.output_dir.strip()), "a non-empty path")
+
+
+def require(name: str, ok: bool, allowed: str) -> None:
+    """Raise `ConfigError` saying `--name must be <allowed>` unless `ok`."""
+    if not ok:
+        raise ConfigError(f"--{name} must be {allowed}")
+
+
+def _unwrap_optional(annotation: Any) -> tuple[Any, bool]:
+    """Return (inner type, is_optional) for `X` or `Optional[X]`."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return annotation, False
+
+
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+def _convert(name: str, raw: Any, annotation: Any) -> Any:
+    """Convert a CLI string or YAML value to the field's type, or raise ConfigError."""
+    kind, optional = _unwrap_optional(annotation)
+    if optional and (raw is None or (isinstance(raw, str) and raw.lower() in ("none", "null"))):
+        return None
+    if kind is bool:
+        if isinstance(raw, bool):
+            return raw
+        if isinstance(raw, str) and raw.lower() in _TRUE | _FALSE:
+            return raw.lower() in _TRUE
+        raise ConfigError(f"--{name} must be true or false, got {raw!r}")
+    if kind is int:
+        if isinstance(raw, int) and not isinstance(raw, bool):
+            return raw
+        if isinstance(raw, str):
+            try:
+                return int(raw)
+            except ValueError:
+                pass
+        raise ConfigError(f"--{name} must be an integer, got {raw!r}")
+    if kind is float:
+        if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+            return float(raw)
+        if isinstance(raw, str):
+            try:
+                return float(raw)
+            except ValueError:
+                pass
+        raise ConfigError(f"--{name} must be a number, got {raw!r}")
+    if kind is str:
+        if isinstance(raw, str):
+            return raw
+        if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+            return str(raw)
+        raise ConfigError(f"--{name} must be a string, got {raw!r}")
+    raise TypeError(f"config field {name} has unsupported type {annotation!r}")
+
+
+def _unknown(what: str, name: str, known: list[str]) -> ConfigError:
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f"did you mean --{close[0]}? " if close else ""
+    return ConfigError(f"unknown {what} ({hint}run with --help to list the allowed flags)")
+
+
+def _load_yaml(path: str) -> dict[str, Any]:
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"--config file {path!r} does not exist")
+    try:
+        data = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        at = f" at line {where.line + 1}" if where is not None else ""
+        raise ConfigError(f"--config file {path!r} is not valid YAML{at}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config file {path!r} must hold a mapping of flag names to values")
+    return data
+
+
+def _field_help(cls: type, name: str) -> str:
+    """The help text of field `name`, from the nearest class in the MRO that gives one.
+
+    A recipe may override a default with a bare `name: int = 64`; the help stays the base class's.
+    """
+    for klass in cls.__mro__:
+        if dataclasses.is_dataclass(klass):
+            for f in dataclasses.fields(klass):
+                if f.name == name and f.metadata.get("help"):
+                    return f.metadata["help"]
+    return ""
+
+
+def format_help(cls: type[TrainingConfig], prog: str) -> str:
+    """Return the --help text listing every flag with its type, default and description."""
+    lines = [f"usage: {prog} [--config FILE.yaml] [--flag value ...]", "", "flags:"]
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        kind, _ = _unwrap_optional(hints[f.name])
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        lines.append(f"  --{f.name} {kind.__name__.upper()}  (default: {default})")
+        lines.append(f"      {_field_help(cls, f.name)}")
+    lines.append("  --config FILE.yaml")
+    lines.append("      YAML mapping of flag names to values; flags on the command line win over it.")
+    return "\n".join(lines)
+
+
+def parse_config(cls: type[TrainingConfig], argv: Optional[list[str]] = None) -> TrainingConfig:
+    """Build a validated `cls` from defaults < `--config` YAML < CLI flags.
+
+    `argv` defaults to `sys.argv[1:]`. `--help` prints the flags and exits 0.
+    Raises `ConfigError` (one line naming the bad flag) on any bad input.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    if "-h" in argv or "--help" in argv:
+        print(format_help(cls, Path(sys.argv[0]).name))
+        raise SystemExit(0)
+
+    cli: dict[str, str] = {}
+    config_file: Optional[str] = None
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        if not token.startswith("--") or token == "--":
+            raise ConfigError(f"unexpected argument {token!r} (flags look like --name value)")
+        name, has_value, value = token[2:].partition("=")
+        name = name.replace("-", "_")
+        if name != "config" and name not in names:
+            raise _unknown(f"flag --{name}", name, names)
+        if not has_value:
+            next_is_value = i + 1 < len(argv) and not argv[i + 1].startswith("--")
+            if next_is_value:
+                value = argv[i + 1]
+                i += 1
+            elif name != "config" and _unwrap_optional(hints[name])[0] is bool:
+                value = "true"  # a bare boolean flag switches it on
+            else:
+                raise ConfigError(f"--{name} needs a value")
+        if name == "config":
+            config_file = value
+        else:
+            cli[name] = value
+        i += 1
+
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        for name, raw in _load_yaml(config_file).items():
+            if name not in names:
+                raise _unknown(f"key {name!r} in --config file {config_file!r}", str(name), names)
+            values[name] = _convert(name, raw, hints[name])
+    for name, raw in cli.items():
+        values[name] = _convert(name, raw, hints[name])
+    config = cls(**values)
+    config.validate()
+    return config
+
+
+def config_to_dict(config: TrainingConfig) -> dict[str, Any]:
+    """Return the config as a plain dict (field order kept) for writing to YAML/JSON."""
+    return dataclasses.asdict(config)

@@ -1,0 +1,170 @@
+"""Data order and loaders.
+
+Training data is cut into *windows*, one per optimizer step. Window k of an
+epoch is samples [k*E, (k+1)*E) of that epoch's seeded permutation, where E is
+the effective batch (micro-batch x accumulation x processes). So which samples
+make up optimizer step k depends only on the seed and E, never on how E is
+split into micro-batches and processes. Inside a window, slot s = j*P + p (the
+j-th micro-batch of process p) holds window samples [s*b, (s+1)*b).
+
+Every sample carries a weight: 1 for a real sample, 0 for the filler a process
+gets when a short last window leaves it no real sample (it still has to join
+the gradient all-reduce). The loop divides by the window's real-sample count.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Optional, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, default_collate
+
+from framework.errors import UserError
+
+Key = tuple[int, float]  # (dataset index, sample weight)
+
+
+@dataclass(frozen=True)
+class Window:
+    """One optimizer step as seen by one process."""
+
+    micro_batches: list[list[Key]]
+    num_real: int  # real samples in the whole window, over all processes
+
+
+class WindowPlan:
+    """Deterministic assignment of training samples to optimizer steps, micro-batches and processes."""
+
+    def __init__(self, num_samples: int, micro_batch: int, accumulation: int, num_processes: int = 1,
+                 process_index: int = 0, seed: int = 0, shuffle: bool = True):
+        if num_samples <= 0:
+            raise UserError("the training set is empty")
+        self.num_samples = num_samples
+        self.micro_batch = micro_batch
+        self.accumulation = accumulation
+        self.num_processes = num_processes
+        self.process_index = process_index
+        self.seed = seed
+        self.shuffle = shuffle
+
+    @property
+    def effective_batch(self) -> int:
+        """Samples per optimizer step over all processes (the last window of an epoch may hold fewer)."""
+        return self.micro_batch * self.accumulation * self.num_processes
+
+    @property
+    def windows_per_epoch(self) -> int:
+        """Optimizer steps in one epoch: ceil(samples / effective batch)."""
+        return math.ceil(self.num_samples / self.effective_batch)
+
+    def order(self, epoch: int) -> np.ndarray:
+        """The epoch's sample order: a permutation seeded by (seed, epoch), or 0..n-1 without shuffling."""
+        if not self.shuffle:
+            return np.arange(self.num_samples)
+        return np.random.default_rng([self.seed, epoch]).permutation(self.num_samples)
+
+    def windows(self, epoch: int, start: int = 0) -> Iterator[Window]:
+        """Yield this process's windows of `epoch`, beginning at window `start`."""
+        order = self.order(epoch)
+        size, b, procs = self.effective_batch, self.micro_batch, self.num_processes
+        for k in range(start, self.windows_per_epoch):
+            window = order[k * size:(k + 1) * size]
+            slots_per_process = math.ceil(len(window) / (b * procs))
+            micro_batches = []
+            for j in range(slots_per_process):
+                s = j * procs + self.process_index
+                chunk = [(int(i), 1.0) for i in window[s * b:(s + 1) * b]]
+                micro_batches.append(chunk or [(int(window[0]), 0.0)])
+            yield Window(micro_batches, len(window))
+
+
+class WeightedSamples(Dataset):
+    """A view of a map-style dataset addressed by (index, weight) keys; each sample gains a `weight`."""
+
+    def __init__(self, dataset: Any):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: Key) -> dict[str, Any]:
+        index, weight = key
+        return {**self.dataset[index], "weight": torch.tensor(weight)}
+
+    def __getitems__(self, keys: list[Key]) -> list[dict[str, Any]]:
+        fetch = getattr(self.dataset, "__getitems__", None)
+        indices = [i for i, _ in keys]
+        samples = fetch(indices) if fetch else [self.dataset[i] for i in indices]
+        return [{**s, "weight": torch.tensor(w)} for s, (_, w) in zip(samples, keys)]
+
+
+class _WindowBatchSampler:
+    """Yields the micro-batches of `plan.windows(epoch, start)` in order, for a DataLoader."""
+
+    def __init__(self, plan: WindowPlan):
+        self.plan = plan
+        self.epoch = 0
+        self.start = 0
+
+    def __iter__(self) -> Iterator[list[Key]]:
+        for window in self.plan.windows(self.epoch, self.start):
+            yield from window.micro_batches
+
+    def __len__(self) -> int:
+        return sum(len(w.micro_batches) for w in self.plan.windows(self.epoch, self.start))
+
+
+class TrainData:
+    """Training batches grouped into windows: `for window, batches in data.epoch(e): ...`."""
+
+    def __init__(self, dataset: Any, plan: WindowPlan, collate_fn: Optional[Callable] = None,
+                 num_workers: int = 0, pin_memory: bool = False):
+        self.plan = plan
+        self._sampler = _WindowBatchSampler(plan)
+        self.loader = DataLoader(
+            WeightedSamples(dataset), batch_sampler=self._sampler, collate_fn=collate_fn or default_collate,
+            num_workers=num_workers, pin_memory=pin_memory, persistent_workers=num_workers > 0,
+        )
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[Window, Iterator[dict[str, Any]]]]:
+        """Yield (window, its micro-batches) for `epoch` from window `start` on."""
+        self._sampler.epoch, self._sampler.start = epoch, start
+        batches = iter(self.loader)
+        for window in self.plan.windows(epoch, start):
+            yield window, (next(batches) for _ in window.micro_batches)
+
+
+def build_train_data(dataset: Sequence, config: Any, accelerator: Any, collate_fn: Optional[Callable] = None,
+                     shuffle: bool = True) -> TrainData:
+    """Windowed training data for this process, from the config's batch size, accumulation and seed."""
+    plan = WindowPlan(len(dataset), config.per_device_train_batch_size, config.gradient_accumulation_steps,
+                      accelerator.num_processes, accelerator.process_index, config.seed, shuffle)
+    return TrainData(dataset, plan, collate_fn, config.dataloader_num_workers,
+                     pin_memory=accelerator.device.type == "cuda")
+
+
+def build_eval_loader(dataset: Sequence, config: Any, accelerator: Any,
+                      collate_fn: Optional[Callable] = None) -> DataLoader:
+    """An evaluation DataLoader, prepared so that `gather_for_metrics` returns each sample exactly once."""
+    if len(dataset) == 0:
+        raise UserError("the evaluation set is empty")
+    loader = DataLoader(dataset, batch_size=config.per_device_eval_batch_size, shuffle=False,
+                        collate_fn=collate_fn or default_collate, num_workers=config.dataloader_num_workers,
+                        pin_memory=accelerator.device.type == "cuda")
+    return accelerator.prepare(loader)
+
+
+def check_labels(dataset: Any, num_labels: int, column: str = "labels", name: str = "dataset") -> None:
+    """Refuse a dataset without the label column or with a label outside 0..num_labels-1."""
+    columns = getattr(dataset, "column_names", None)
+    if columns is not None and column not in columns:
+        raise UserError(f"the {name} has no label column {column!r} (columns: {', '.join(columns)})")
+    labels = np.asarray(dataset[column] if columns is not None else [s[column] for s in dataset])
+    if len(labels) == 0:
+        raise UserError(f"the {name} is empty")
+    bad = labels[(labels < 0) | (labels >= num_labels)]
+    if len(bad):
+        raise UserError(f"the {name} has label {bad[0]!r}, outside the allowed 0..{num_labels - 1}")

@@ -1,0 +1,85 @@
+"""Evaluation: predictions gathered from every process, scored by sklearn."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from sklearn.metrics import classification_report
+
+from framework.progress import progress_bar
+
+
+@dataclass
+class Predictions:
+    """One entry per evaluation sample, in dataset order, on the host."""
+
+    predictions: np.ndarray
+    labels: np.ndarray
+    losses: np.ndarray
+
+
+@dataclass
+class Report:
+    """sklearn's classification report as text and as a dict, plus the mean evaluation loss."""
+
+    text: str
+    metrics: dict[str, Any]
+    loss: float
+
+    def summary(self) -> dict[str, float]:
+        """The headline numbers logged to metrics.jsonl."""
+        return {
+            "eval_loss": self.loss,
+            "eval_accuracy": self.metrics["accuracy"],
+            "eval_macro_f1": self.metrics["macro avg"]["f1-score"],
+            "eval_weighted_f1": self.metrics["weighted avg"]["f1-score"],
+        }
+
+
+def split_batch(batch: dict[str, Any]) -> tuple[dict[str, Any], torch.Tensor]:
+    """Separate the model inputs from `labels` (and the sampler's `weight`)."""
+    inputs = {k: v for k, v in batch.items() if k not in ("labels", "weight")}
+    return inputs, batch["labels"]
+
+
+@torch.no_grad()
+def predict(accelerator: Any, model: torch.nn.Module, loader: Any,
+            loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], show_progress: bool = True) -> Predictions:
+    """Run `model` over a prepared `loader` and gather predictions, labels and per-sample losses.
+
+    `gather_for_metrics` drops the samples the distributed sampler repeated to
+    even out the last batch, so every evaluation sample counts exactly once on
+    any number of processes.
+    """
+    was_training = model.training
+    model.eval()
+    chunks: list[tuple[torch.Tensor, ...]] = []
+    bar = progress_bar(len(loader), "eval", show_progress and accelerator.is_main_process, unit="batch", leave=False)
+    for batch in loader:
+        inputs, labels = split_batch(batch)
+        logits = model(**inputs)
+        losses = loss_fn(logits.float(), labels)
+        chunks.append(accelerator.gather_for_metrics((logits.argmax(dim=-1), labels, losses)))
+        bar.update(1)
+    bar.close()
+    model.train(was_training)
+    preds, labels, losses = (torch.cat(parts).cpu().numpy() for parts in zip(*chunks))
+    return Predictions(preds, labels, losses)
+
+
+def build_report(predictions: Predictions, class_names: Sequence[str]) -> Report:
+    """`classification_report` over every class (absent ones score 0, silently), as text and dict."""
+    labels = list(range(len(class_names)))
+    kwargs = dict(labels=labels, target_names=list(class_names), zero_division=0, digits=4)
+    text = classification_report(predictions.labels, predictions.predictions, **kwargs)
+    metrics = classification_report(predictions.labels, predictions.predictions, output_dict=True, **kwargs)
+    return Report(text, metrics, float(predictions.losses.mean()))
+
+
+def evaluate(accelerator: Any, model: torch.nn.Module, loader: Any, class_names: Sequence[str],
+             loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Report:
+    """Predict on every process, gather, and build the report (the same on every process)."""
+    return build_report(predictions=predict(accelerator, model, loader, loss_fn), class_names=class_names)

@@ -1,0 +1,255 @@
+"""The training loop: fit -> train_epoch -> one optimizer step per window -> evaluate.
+
+Accumulation is exact. Accelerate's `accumulate()` divides every micro-batch
+loss by N, which is only right when every window holds N equal micro-batches
+on every process. Here each sample's loss is weighted by
+1 / (real samples in its optimizer step over all processes): the loss a
+process back-propagates is sum(weight * loss) * P / n_real, because DDP then
+averages the P processes' gradients. Gradients are all-reduced only on the
+last micro-batch of a window (`no_sync` before it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+
+from framework.config import TrainingConfig
+from framework.data import TrainData, Window
+from framework.errors import UserError
+from framework.evaluation import Report, evaluate, split_batch
+from framework.optim import total_optimizer_steps
+from framework.outputs import RunDirectory
+from framework.progress import progress_bar
+from framework.runtime import Precision, device_name, format_banner
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class NonFiniteLossError(UserError):
+    """Training produced a NaN/inf loss, or too many fp16 steps in a row were skipped."""
+
+
+def per_sample_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The default loss: cross entropy per sample (no reduction), so the loop can weight samples."""
+    return F.cross_entropy(logits, labels, reduction="none")
+
+
+@dataclass
+class TrainState:
+    """Where training stands; everything needed to continue from here."""
+
+    step: int = 0  # optimizer steps taken (windows consumed), skipped fp16 steps included
+    epoch: int = 0
+    window: int = 0  # next window within `epoch`
+    skipped_steps: int = 0
+    consecutive_skipped: int = 0
+    samples_seen: int = 0
+    last_eval_step: int = -1
+
+
+@dataclass
+class _Running:
+    """Device-side sums since the last log; read (one sync) every `logging_steps`."""
+
+    loss: torch.Tensor
+    weight: torch.Tensor
+    nonfinite: torch.Tensor
+
+    @classmethod
+    def zeros(cls, device: torch.device) -> "_Running":
+        return cls(*(torch.zeros((), device=device) for _ in range(3)))
+
+
+@dataclass
+class FitResult:
+    """What `fit` returns: the last evaluation report and the summary written to summary.json."""
+
+    report: Report
+    summary: dict[str, Any]
+    state: TrainState = field(default_factory=TrainState)
+
+
+@dataclass
+class _Context:
+    accelerator: Accelerator
+    config: TrainingConfig
+    model: torch.nn.Module
+    optimizer: Any
+    scheduler: Any
+    train_data: TrainData
+    eval_loader: Any
+    class_names: Sequence[str]
+    run_dir: RunDirectory
+    loss_fn: LossFn
+    total_steps: int
+    bar: Any = None
+    report: Optional[Report] = None
+    train_time: float = 0.0
+
+
+def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def _optimizer_step(ctx: _Context, window: Window, batches: Any, running: _Running) -> bool:
+    """Forward/backward every micro-batch of `window`, then clip and step. Returns whether the step was skipped."""
+    accelerator, model = ctx.accelerator, ctx.model
+    scale = accelerator.num_processes / window.num_real
+    last = len(window.micro_batches) - 1
+    for j, batch in enumerate(batches):
+        batch = _to_device(batch, accelerator.device)
+        inputs, labels = split_batch(batch)
+        with contextlib.nullcontext() if j == last else accelerator.no_sync(model):
+            logits = model(**inputs)
+            weighted = (ctx.loss_fn(logits.float(), labels) * batch["weight"]).sum()
+            accelerator.backward(weighted * scale)
+        running.loss += weighted.detach()
+        running.weight += batch["weight"].sum()
+        running.nonfinite += (~torch.isfinite(weighted.detach())).float()
+    if ctx.config.max_grad_norm > 0:
+        accelerator.clip_grad_norm_(model.parameters(), ctx.config.max_grad_norm)  # unscales fp16 grads first
+    ctx.optimizer.step()
+    skipped = ctx.optimizer.step_was_skipped  # fp16 overflow: GradScaler skipped the update
+    if not skipped:
+        ctx.scheduler.step()
+    ctx.optimizer.zero_grad(set_to_none=True)
+    return skipped
+
+
+def _log_train(ctx: _Context, state: TrainState, running: _Running, lr: float, started: float) -> None:
+    """Reduce the running sums over processes (the one sync per logging interval) and log them."""
+    loss_sum, weight_sum, nonfinite = ctx.accelerator.reduce(
+        torch.stack([running.loss, running.weight, running.nonfinite]), reduction="sum").tolist()
+    if nonfinite > 0:
+        raise NonFiniteLossError(
+            f"the training loss was NaN or inf in the steps up to step {state.step}; lower --learning_rate, "
+            f"check the data, or use --mixed_precision bf16/no")
+    loss = loss_sum / max(weight_sum, 1.0)
+    epoch = state.epoch + state.window / ctx.train_data.plan.windows_per_epoch
+    ctx.run_dir.log({"step": state.step, "epoch": round(epoch, 4), "loss": loss, "lr": lr})
+    elapsed = ctx.train_time + time.perf_counter() - started
+    postfix = {"loss": f"{loss:.4f}", "lr": f"{lr:.2e}", "samples/s": f"{state.samples_seen / max(elapsed, 1e-9):.0f}"}
+    if state.skipped_steps:
+        postfix["skipped"] = state.skipped_steps
+    ctx.bar.set_postfix(postfix, refresh=False)
+    for tensor in (running.loss, running.weight, running.nonfinite):
+        tensor.zero_()
+
+
+def _evaluate(ctx: _Context, state: TrainState) -> None:
+    ctx.report = evaluate(ctx.accelerator, ctx.model, ctx.eval_loader, ctx.class_names, ctx.loss_fn)
+    state.last_eval_step = state.step
+    epoch = state.epoch + state.window / ctx.train_data.plan.windows_per_epoch
+    ctx.run_dir.log({"step": state.step, "epoch": round(epoch, 4), **ctx.report.summary()})
+
+
+def train_epoch(ctx: _Context, state: TrainState) -> None:
+    """Train from `state.window` to the end of `state.epoch` (or to the last planned step)."""
+    config, accelerator = ctx.config, ctx.accelerator
+    running = _Running.zeros(accelerator.device)
+    ctx.model.train()
+    started = time.perf_counter()
+    for window, batches in ctx.train_data.epoch(state.epoch, state.window):
+        lr = ctx.scheduler.get_last_lr()[0]  # the lr this step applies
+        skipped = _optimizer_step(ctx, window, batches, running)
+        state.step += 1
+        state.window += 1
+        state.samples_seen += window.num_real
+        state.skipped_steps += skipped
+        state.consecutive_skipped = state.consecutive_skipped + 1 if skipped else 0
+        if state.consecutive_skipped > config.max_consecutive_skipped_steps:
+            raise NonFiniteLossError(
+                f"{state.consecutive_skipped} fp16 steps in a row were skipped for inf/NaN gradients "
+                f"(limit --max_consecutive_skipped_steps {config.max_consecutive_skipped_steps})")
+        ctx.bar.update(1)
+        done = state.step >= ctx.total_steps
+        if state.step % config.logging_steps == 0 or done:
+            _log_train(ctx, state, running, lr, started)
+        if config.eval_steps and state.step % config.eval_steps == 0:
+            ctx.train_time += time.perf_counter() - started
+            _evaluate(ctx, state)
+            started = time.perf_counter()
+        if done:
+            break
+    if accelerator.device.type == "cuda":
+        torch.cuda.synchronize()
+    ctx.train_time += time.perf_counter() - started
+
+
+def _peak_memory() -> dict[str, Optional[float]]:
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    return {
+        "peak_memory_mib": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
+        "peak_host_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def fit(accelerator: Accelerator, config: TrainingConfig, model: torch.nn.Module, optimizer: Any, scheduler: Any,
+        train_data: TrainData, eval_loader: Any, *, class_names: Sequence[str], precision: Precision,
+        run_dir: RunDirectory, loss_fn: LossFn = per_sample_cross_entropy,
+        state: Optional[TrainState] = None) -> FitResult:
+    """Train `model` to the planned number of steps, evaluating at each epoch end (and every eval_steps).
+
+    `model`, `optimizer` and `eval_loader` must already be prepared; `scheduler`
+    must not be (see `framework.optim.build_scheduler`). Writes metrics.jsonl,
+    report.json/report.txt, model.safetensors and, last, summary.json.
+    """
+    wall_started = time.perf_counter()
+    plan = train_data.plan
+    total_steps = total_optimizer_steps(config, plan.windows_per_epoch)
+    state = state or TrainState()
+    ctx = _Context(accelerator, config, model, optimizer, scheduler, train_data, eval_loader, class_names,
+                   run_dir, loss_fn, total_steps)
+    accelerator.print(format_banner(
+        world_size=accelerator.num_processes, device=device_name(accelerator), precision=precision,
+        micro_batch=plan.micro_batch, accumulation=plan.accumulation, steps_per_epoch=plan.windows_per_epoch,
+        total_steps=total_steps, train_samples=plan.num_samples))
+    sys.stdout.flush()
+
+    ctx.bar = progress_bar(total_steps, "train", accelerator.is_main_process, initial=state.step)
+    while state.step < total_steps:
+        ctx.bar.set_description(f"train epoch {state.epoch + 1}", refresh=False)
+        train_epoch(ctx, state)
+        if state.window >= plan.windows_per_epoch:
+            state.epoch, state.window = state.epoch + 1, 0
+            if state.last_eval_step != state.step:
+                _evaluate(ctx, state)
+    ctx.bar.close()
+    if state.last_eval_step != state.step or ctx.report is None:
+        _evaluate(ctx, state)
+
+    accelerator.print(ctx.report.text)
+    accelerator.wait_for_everyone()
+    accelerator.save_model(model, str(run_dir.path), safe_serialization=True)
+    run_dir.write_json("report.json", ctx.report.metrics)
+    run_dir.write_text("report.txt", ctx.report.text)
+    summary = {
+        "world_size": accelerator.num_processes,
+        "device": device_name(accelerator),
+        "mixed_precision": precision.effective,
+        "mixed_precision_requested": precision.requested,
+        "per_device_train_batch_size": plan.micro_batch,
+        "gradient_accumulation_steps": plan.accumulation,
+        "effective_batch_size": plan.effective_batch,
+        "optimizer_steps": state.step,
+        "skipped_fp16_steps": state.skipped_steps,
+        "train_samples": state.samples_seen,
+        "train_samples_per_second": state.samples_seen / max(ctx.train_time, 1e-9),
+        "train_time_s": ctx.train_time,
+        "wall_time_s": time.perf_counter() - wall_started,
+        "eval_accuracy": ctx.report.metrics["accuracy"],
+        **_peak_memory(),
+    }
+    run_dir.write_json("summary.json", summary)
+    accelerator.wait_for_everyone()
+    return FitResult(ctx.report, summary, state)
+

@@ -1,0 +1,57 @@
+"""Optimizer and learning-rate schedule, planned in optimizer steps."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.optim.lr_scheduler import LambdaLR
+
+from framework.config import TrainingConfig
+
+
+def build_optimizer(model: torch.nn.Module, config: TrainingConfig) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters; no weight decay on biases and norm weights (1-D tensors).
+
+    The fused CUDA kernel is used when every parameter is on a CUDA device.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    fused = bool(params) and all(p.device.type == "cuda" for p in params)
+    return torch.optim.AdamW(groups, lr=config.learning_rate, fused=fused or None)
+
+
+def total_optimizer_steps(config: TrainingConfig, steps_per_epoch: int) -> int:
+    """Optimizer steps the run will take: max_steps if set, else epochs x steps per epoch."""
+    return config.max_steps if config.max_steps > 0 else config.num_train_epochs * steps_per_epoch
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int, kind: str) -> float:
+    """Multiplier of the peak lr for the optimizer step with 0-based index `step`.
+
+    Linear warmup from 0 over `warmup_steps`, then linear or cosine decay to 0
+    at `total_steps`, or constant.
+    """
+    if step < warmup_steps:
+        return (step + 1) / (warmup_steps + 1)
+    if kind == "constant":
+        return 1.0
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    progress = min(1.0, progress)
+    if kind == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    return 1.0 - progress
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainingConfig, total_steps: int) -> LambdaLR:
+    """A LambdaLR that must be stepped once per applied optimizer step.
+
+    Keep it out of `accelerator.prepare`: a prepared scheduler steps once per
+    process per call, so the schedule would run world-size times too fast.
+    """
+    def factor(step: int) -> float:
+        return lr_factor(step, config.warmup_steps, total_steps, config.lr_scheduler_type)
+
+    return LambdaLR(optimizer, factor)

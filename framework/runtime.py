@@ -1,0 +1,91 @@
+"""Building the Accelerator: precision, process group, seeding, and the run banner."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+
+from framework.config import TrainingConfig
+from framework.errors import UserError
+
+
+@dataclass(frozen=True)
+class Precision:
+    """The precision asked for and the one that really runs, with the reason when they differ."""
+
+    requested: str
+    effective: str
+    note: Optional[str] = None
+
+
+def resolve_precision(flag: Optional[str], launcher: Optional[str], cuda: bool) -> Precision:
+    """Pick the precision: the CLI flag, else the launcher config, else fp16 on CUDA and no on CPU.
+
+    fp16 on a CPU is downgraded to `no` with a note: Accelerate accepts it there
+    but runs neither autocast nor a GradScaler, so it would silently be fp32.
+    """
+    requested = flag or launcher or ("fp16" if cuda else "no")
+    if requested == "fp16" and not cuda:
+        note = ("fp16 was requested but this run is on a CPU, where fp16 autocast is not available: "
+                "training runs in fp32 (mixed_precision=no); use --mixed_precision bf16 for CPU mixed precision")
+        return Precision(requested, "no", note)
+    return Precision(requested, requested)
+
+
+def build_accelerator(config: TrainingConfig) -> tuple[Accelerator, Precision]:
+    """Create the Accelerator for `config` and seed every RNG.
+
+    On a machine without CUDA the Accelerator is built with `cpu=True`: that is
+    what turns a multi-process launch (`accelerate launch` with a multi-process
+    config, or `torchrun`) into one gloo group instead of N unconnected copies.
+    A launch with WORLD_SIZE > 1 that still ends up single-process is refused.
+    """
+    cuda = torch.cuda.is_available() and os.environ.get("ACCELERATE_USE_CPU", "false").lower() not in ("1", "true")
+    launcher = os.environ.get("ACCELERATE_MIXED_PRECISION")
+    precision = resolve_precision(config.mixed_precision, launcher if launcher in ("no", "fp16", "bf16") else None, cuda)
+    # Gradient accumulation is done by framework.loop with exact per-sample
+    # weights, so the Accelerator must not divide losses by N on its own.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        accelerator = Accelerator(mixed_precision=precision.effective, cpu=not cuda, gradient_accumulation_steps=1)
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and accelerator.num_processes != launched:
+        raise UserError(
+            f"launched with WORLD_SIZE={launched} but the processes did not form one group "
+            f"(num_processes={accelerator.num_processes}); each would train alone on all the data"
+        )
+    set_seed(config.seed)
+    if precision.note:
+        accelerator.print(f"note: {precision.note}")
+    return accelerator, precision
+
+
+def device_name(accelerator: Accelerator) -> str:
+    """A human-readable device description, e.g. 'cuda:0 (NVIDIA H100 80GB HBM3)' or 'cpu'."""
+    device = accelerator.device
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device.type)
+
+
+def format_banner(*, world_size: int, device: str, precision: Precision, micro_batch: int, accumulation: int,
+                  steps_per_epoch: int, total_steps: int, train_samples: int) -> str:
+    """The run banner: where it runs, what precision really runs, the effective batch and the steps planned."""
+    effective = micro_batch * accumulation * world_size
+    mode = {"no": "fp32", "fp16": "fp16 autocast + dynamic loss scaling", "bf16": "bf16 autocast"}[precision.effective]
+    asked = f" (asked for {precision.requested})" if precision.requested != precision.effective else ""
+    return "\n".join([
+        "=" * 72,
+        f"processes       : {world_size}   device: {device}",
+        f"precision       : {precision.effective} = {mode}{asked}",
+        f"effective batch : {micro_batch} micro-batch x {accumulation} accumulation x {world_size} processes"
+        f" = {effective} samples per optimizer step",
+        f"optimizer steps : {total_steps} planned ({steps_per_epoch} per epoch over {train_samples} training samples)",
+        "=" * 72,
+    ])
