@@ -167,4 +167,4 @@ def check_labels(dataset: Any, num_labels: int, column: str = "labels", name: st
         raise UserError(f"the {name} is empty")
     bad = labels[(labels < 0) | (labels >= num_labels)]
     if len(bad):
-        raise UserError(f"the {name} has label {bad[0]!r}, outside the allowed 0..{num_labels - 1}")
+        raise UserError(f"the {name} has label {bad[0].item()!r}, outside the allowed 0..{num_labels - 1}")

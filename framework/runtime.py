@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import warnings
 from dataclasses import dataclass
 from typing import Optional
 
@@ -51,19 +50,21 @@ def build_accelerator(config: TrainingConfig) -> tuple[Accelerator, Precision]:
     precision = resolve_precision(config.mixed_precision, launcher if launcher in ("no", "fp16", "bf16") else None, cuda)
     # Gradient accumulation is done by framework.loop with exact per-sample
     # weights, so the Accelerator must not divide losses by N on its own.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        accelerator = Accelerator(mixed_precision=precision.effective, cpu=not cuda, gradient_accumulation_steps=1)
-    launched = int(os.environ.get("WORLD_SIZE", "1"))
-    if launched > 1 and accelerator.num_processes != launched:
-        raise UserError(
-            f"launched with WORLD_SIZE={launched} but the processes did not form one group "
-            f"(num_processes={accelerator.num_processes}); each would train alone on all the data"
-        )
+    accelerator = Accelerator(mixed_precision=precision.effective, cpu=not cuda, gradient_accumulation_steps=1)
+    check_process_group(int(os.environ.get("WORLD_SIZE", "1")), accelerator.num_processes)
     set_seed(config.seed)
     if precision.note:
         accelerator.print(f"note: {precision.note}")
     return accelerator, precision
+
+
+def check_process_group(launched_world_size: int, num_processes: int) -> None:
+    """Refuse a multi-process launch whose processes did not join one group (each would train on everything)."""
+    if launched_world_size > 1 and num_processes != launched_world_size:
+        raise UserError(
+            f"launched with WORLD_SIZE={launched_world_size} but the processes did not form one group "
+            f"(num_processes={num_processes}); each would train alone on all the data"
+        )
 
 
 def device_name(accelerator: Accelerator) -> str:

@@ -1,0 +1,36 @@
+"""Shared fixtures: offline datasets, a clean Accelerate state per test, and the GPU marker."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # local data only: no usage ping from load_dataset
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def _reset_accelerate() -> None:
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    PartialState._reset_state()
+
+
+@pytest.fixture(autouse=True)
+def clean_accelerate_state():
+    """Accelerate keeps process-wide singletons; a leftover one breaks the next Accelerator or debug_launcher."""
+    _reset_accelerate()
+    yield
+    _reset_accelerate()
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU; run scripts/gpu_check.sh on a GPU machine")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -1,0 +1,84 @@
+"""Helpers for tests: run recipes in-process or as real launches, and read their outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from safetensors.torch import load_file
+
+from framework.errors import run_main
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "accelerate_configs"
+DIGITS = REPO / "recipes" / "digits.py"
+# Small and exact: fp32, no dropout, 2 epochs so a short window falls mid-run.
+EXACT_ARGS = ["--dropout", "0", "--num_train_epochs", "2", "--seed", "7", "--logging_steps", "1",
+              "--mixed_precision", "no"]
+
+
+def run_digits_in_process(output_dir: Path, *args: str) -> int:
+    """Run recipes/digits.py's main in this process; returns its exit code."""
+    from recipes import digits
+
+    return run_main(lambda: digits.main(["--output_dir", str(output_dir), *args]))
+
+
+def launch(argv: Sequence[str], timeout: float = 180, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run a command (a real launcher) with stdin closed; output captured as text."""
+    full_env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run(list(argv), cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL, env=full_env)
+
+
+def accelerate_launch(config: str, script: Path, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    """`accelerate launch --config_file accelerate_configs/<config> <script> <args>`."""
+    exe = Path(sys.executable).with_name("accelerate")
+    return launch([str(exe), "launch", "--config_file", str(CONFIGS / config), str(script), *args], timeout)
+
+
+def weights(output_dir: Path) -> dict[str, torch.Tensor]:
+    """The final model.safetensors of a run."""
+    return load_file(str(Path(output_dir) / "model.safetensors"))
+
+
+def max_abs_diff(a: Path, b: Path) -> float:
+    """Max |difference| over every tensor of two runs' final weights."""
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    return max((wa[k] - wb[k]).abs().max().item() for k in wa)
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def read_metrics(output_dir: Path) -> list[dict]:
+    """metrics.jsonl as a list of records."""
+    return [json.loads(line) for line in (Path(output_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def train_lr_pairs(output_dir: Path) -> list[tuple[int, float]]:
+    """The (step, lr) pairs of the train lines of metrics.jsonl."""
+    return [(r["step"], r["lr"]) for r in read_metrics(output_dir) if "lr" in r]
+
+
+def _single_threaded(fn, *args):
+    # debug_launcher forks; a child that uses torch's intra-op thread pool after the parent
+    # already started it deadlocks in libgomp (seen here with torch 2.13 on CPU). One thread per child
+    # avoids it; the env var too, or Accelerate's MULTI_CPU setup raises the count again.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+    fn(*args)
+
+
+def debug_launch(fn, *args, num_processes: int = 2) -> None:
+    """`accelerate.debug_launcher` (a real forked gloo group) that is safe after torch ran in this process."""
+    from accelerate import debug_launcher
+
+    debug_launcher(_single_threaded, args=(fn, *args), num_processes=num_processes)

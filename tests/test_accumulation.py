@@ -1,0 +1,116 @@
+"""Exact accumulation: the same effective batch gives the same model, however it is split.
+
+fp32, dropout 0, 2 epochs (a short window falls mid-run), final weights compared
+by max |difference| <= 5e-5. Exact weighting lands near 1e-6 here; dividing by
+N (plain `accelerator.accumulate`) lands near 1e-4 and above, so the bound
+tells them apart (the contrast test below proves it on the same data).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch.utils.data import default_collate
+
+from framework.data import WindowPlan
+from framework.optim import build_optimizer, build_scheduler, total_optimizer_steps
+from helpers import (DIGITS, EXACT_ARGS, accelerate_launch, debug_launch, max_abs_diff, read_json, run_digits_in_process,
+                     train_lr_pairs, weights)
+
+TOLERANCE = 5e-5
+
+
+@pytest.fixture(scope="module")
+def reference_32(tmp_path_factory):
+    """1 process, micro-batch 32, no accumulation: the big-batch reference."""
+    out = tmp_path_factory.mktemp("ref32")
+    assert run_digits_in_process(out, *EXACT_ARGS, "--per_device_train_batch_size", "32") == 0
+    return out
+
+
+@pytest.mark.parametrize("micro,accum,big", [(8, 4, 32), (5, 3, 15)])
+def test_one_process_accumulation_equals_big_batch(tmp_path, reference_32, micro, accum, big):
+    reference = reference_32
+    if big != 32:
+        reference = tmp_path / "big"
+        assert run_digits_in_process(reference, *EXACT_ARGS, "--per_device_train_batch_size", str(big)) == 0
+    split = tmp_path / "split"
+    assert run_digits_in_process(split, *EXACT_ARGS, "--per_device_train_batch_size", str(micro),
+                                 "--gradient_accumulation_steps", str(accum)) == 0
+    assert max_abs_diff(reference, split) <= TOLERANCE
+    assert train_lr_pairs(split) == train_lr_pairs(reference)
+    summary = read_json(split / "summary.json")
+    assert summary["effective_batch_size"] == big and summary["optimizer_steps"] == 2 * -(-1437 // big)
+
+
+def _digits_main(argv):
+    from recipes import digits
+
+    digits.main(argv)
+
+
+def test_two_processes_debug_launcher_equal_one_process(tmp_path, reference_32):
+    out = tmp_path / "two"
+    argv = ["--output_dir", str(out), *EXACT_ARGS, "--per_device_train_batch_size", "8",
+            "--gradient_accumulation_steps", "2"]
+    debug_launch(_digits_main, argv)
+    assert read_json(out / "summary.json")["world_size"] == 2
+    assert max_abs_diff(reference_32, out) <= TOLERANCE
+    assert train_lr_pairs(out) == train_lr_pairs(reference_32)
+    assert read_json(out / "report.json") == read_json(reference_32 / "report.json")
+
+
+@pytest.mark.slow
+def test_two_processes_accelerate_launch_equal_one_process(tmp_path, reference_32):
+    out = tmp_path / "launched"
+    result = accelerate_launch("cpu_2proc.yaml", DIGITS, "--output_dir", str(out), *EXACT_ARGS,
+                               "--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert read_json(out / "summary.json")["world_size"] == 2
+    assert max_abs_diff(reference_32, out) <= TOLERANCE
+    assert train_lr_pairs(out) == train_lr_pairs(reference_32)
+    assert read_json(out / "report.json") == read_json(reference_32 / "report.json")
+
+
+def _divide_by_n_weights(micro: int, accum: int) -> dict[str, torch.Tensor]:
+    """What a plain Accelerate loop computes on the same data: mean loss per micro-batch, `accumulate()` divides by N.
+
+    Same model init, same micro-batches in the same order, same optimizer, schedule and clipping as the
+    framework; only the loss weighting differs.
+    """
+    from recipes import digits
+
+    config = digits.DigitsConfig(dropout=0.0, num_train_epochs=2, seed=7, per_device_train_batch_size=micro,
+                                 gradient_accumulation_steps=accum)
+    accelerator = Accelerator(cpu=True, gradient_accumulation_steps=accum)
+    set_seed(config.seed)
+    train_set, _, names = digits.build_data(config)
+    model = digits.build_model(config, len(names))
+    optimizer = build_optimizer(model, config)
+    plan = WindowPlan(len(train_set), micro, accum, seed=config.seed)
+    scheduler = build_scheduler(optimizer, config, total_optimizer_steps(config, plan.windows_per_epoch))
+    model, optimizer = accelerator.prepare(model, optimizer)
+    for epoch in range(config.num_train_epochs):
+        for window in plan.windows(epoch):
+            for micro_batch in window.micro_batches:
+                batch = default_collate([train_set[i] for i, _ in micro_batch])
+                with accelerator.accumulate(model):
+                    loss = F.cross_entropy(model(batch["pixel_values"]), batch["labels"])
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients:
+                        accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                    optimizer.step()
+                    if accelerator.sync_gradients:
+                        scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+    return {k: v.detach().clone() for k, v in accelerator.unwrap_model(model).state_dict().items()}
+
+
+def test_contrast_dividing_by_n_fails_the_same_tolerance(reference_32):
+    naive = _divide_by_n_weights(8, 4)
+    reference = weights(reference_32)
+    diff = max((naive[k] - reference[k]).abs().max().item() for k in reference)
+    assert diff > 2 * TOLERANCE, f"dividing by N came within {diff:.2e}: the tolerance cannot tell them apart"

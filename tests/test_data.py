@@ -1,0 +1,86 @@
+"""The window plan: one data order per seed and effective batch, every sample once, filler weighted 0."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from framework.data import WindowPlan, check_labels
+from framework.errors import UserError
+
+
+def window_sets(num_samples, micro, accum, procs, seed=1, epoch=0):
+    """For each optimizer step: the multiset of (index, weight) over all processes."""
+    plans = [WindowPlan(num_samples, micro, accum, procs, p, seed) for p in range(procs)]
+    per_process = [list(plan.windows(epoch)) for plan in plans]
+    steps = []
+    for k in range(plans[0].windows_per_epoch):
+        windows = [w[k] for w in per_process]
+        assert len({w.num_real for w in windows}) == 1  # every process agrees on the divisor
+        assert len({len(w.micro_batches) for w in windows}) == 1  # same number of backward passes
+        keys = [key for w in windows for mb in w.micro_batches for key in mb]
+        real = sorted(i for i, weight in keys if weight == 1.0)
+        assert len(real) == windows[0].num_real
+        steps.append(real)
+    return steps
+
+
+@pytest.mark.parametrize("num_samples", [1437, 64, 31, 3])
+def test_same_samples_per_step_for_every_split_of_the_effective_batch(num_samples):
+    reference = window_sets(num_samples, 32, 1, 1)
+    for micro, accum, procs in [(8, 4, 1), (8, 2, 2), (16, 1, 2), (4, 2, 4), (1, 32, 1)]:
+        assert window_sets(num_samples, micro, accum, procs) == reference, (micro, accum, procs)
+
+
+def test_every_sample_exactly_once_per_epoch():
+    steps = window_sets(1437, 5, 3, 2)
+    flat = [i for step in steps for i in step]
+    assert sorted(flat) == list(range(1437))
+
+
+def test_steps_per_epoch_is_ceil_of_batches_over_accumulation():
+    plan = WindowPlan(1437, 8, 4)
+    batches = math.ceil(1437 / 8)
+    assert plan.windows_per_epoch == math.ceil(batches / 4) == 45
+    last = list(plan.windows(0))[-1]
+    assert last.num_real == 1437 - 44 * 32 == 29
+    assert [len(mb) for mb in last.micro_batches] == [8, 8, 8, 5]
+
+
+def test_filler_only_when_a_process_has_no_real_sample():
+    # 3 samples, 4 processes: the last process gets one weight-0 filler sample.
+    plans = [WindowPlan(3, 1, 1, 4, p, seed=0) for p in range(4)]
+    weights = [[w for mb in next(plan.windows(0)).micro_batches for _, w in mb] for plan in plans]
+    assert weights == [[1.0], [1.0], [1.0], [0.0]]
+
+
+def test_order_depends_on_seed_and_epoch():
+    plan = WindowPlan(100, 10, 1, seed=1)
+    assert list(plan.order(0)) != list(plan.order(1))
+    assert list(plan.order(0)) == list(WindowPlan(100, 5, 2, seed=1).order(0))
+    assert list(plan.order(0)) != list(WindowPlan(100, 10, 1, seed=2).order(0))
+
+
+def test_resume_start_skips_whole_windows():
+    plan = WindowPlan(200, 8, 2, seed=3)
+    full = list(plan.windows(1))
+    assert list(plan.windows(1, start=5)) == full[5:]
+
+
+def test_empty_training_set_is_refused():
+    with pytest.raises(UserError, match="the training set is empty"):
+        WindowPlan(0, 8, 1)
+
+
+def test_check_labels():
+    from datasets import Dataset
+
+    good = Dataset.from_dict({"x": [1, 2, 3], "labels": [0, 1, 2]})
+    check_labels(good, 3)
+    with pytest.raises(UserError, match=r"label 3, outside the allowed 0..2"):
+        check_labels(Dataset.from_dict({"labels": [0, 3]}), 3)
+    with pytest.raises(UserError, match="no label column 'labels'"):
+        check_labels(Dataset.from_dict({"y": [0]}), 3)
+    with pytest.raises(UserError, match="is empty"):
+        check_labels(Dataset.from_dict({"labels": []}), 3)
