@@ -216,14 +216,16 @@ def fit(accelerator: Accelerator, config: TrainingConfig, model: torch.nn.Module
     sys.stdout.flush()
 
     ctx.bar = progress_bar(total_steps, "train", accelerator.is_main_process, initial=state.step)
-    while state.step < total_steps:
-        ctx.bar.set_description(f"train epoch {state.epoch + 1}", refresh=False)
-        train_epoch(ctx, state)
-        if state.window >= plan.windows_per_epoch:
-            state.epoch, state.window = state.epoch + 1, 0
-            if state.last_eval_step != state.step:
-                _evaluate(ctx, state)
-    ctx.bar.close()
+    try:
+        while state.step < total_steps:
+            ctx.bar.set_description(f"train epoch {state.epoch + 1}", refresh=False)
+            train_epoch(ctx, state)
+            if state.window >= plan.windows_per_epoch:
+                state.epoch, state.window = state.epoch + 1, 0
+                if state.last_eval_step != state.step:
+                    _evaluate(ctx, state)
+    finally:
+        ctx.bar.close()
     if state.last_eval_step != state.step or ctx.report is None:
         _evaluate(ctx, state)
 

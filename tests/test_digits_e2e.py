@@ -1,0 +1,91 @@
+"""End to end: the digits recipe under real launchers (accelerate launch, torchrun, python)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers import DIGITS, accelerate_launch, launch, read_json, read_metrics
+
+TEST_SET_SIZE = 360  # 20% of 1797, stratified
+
+
+def _check_outputs(out: Path, world_size: int) -> dict:
+    for name in ("report.json", "summary.json", "metrics.jsonl", "model.safetensors", "config.yaml"):
+        assert (out / name).is_file(), name
+    summary = read_json(out / "summary.json")
+    report = read_json(out / "report.json")
+    assert summary["world_size"] == world_size
+    assert report["macro avg"]["support"] == TEST_SET_SIZE  # every test sample counted once
+    assert sum(report[str(d)]["support"] for d in range(10)) == TEST_SET_SIZE
+    records = read_metrics(out)
+    assert all({"step", "epoch", "loss", "lr"} <= r.keys() for r in records if "loss" in r)
+    assert all({"step", "eval_accuracy", "eval_loss"} <= r.keys() for r in records if "eval_loss" in r)
+    return summary
+
+
+@pytest.mark.slow
+def test_cpu_yaml_default_run(tmp_path):
+    started = time.monotonic()
+    result = accelerate_launch("cpu.yaml", DIGITS, "--output_dir", str(tmp_path))
+    elapsed = time.monotonic() - started
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert elapsed < 60
+    summary = _check_outputs(tmp_path, 1)
+    assert read_json(tmp_path / "report.json")["accuracy"] >= 0.95
+    assert summary["mixed_precision"] == "no" and summary["effective_batch_size"] == 32
+    assert result.stdout.count("weighted avg") == 1  # one classification report
+    assert "32 micro-batch x 1 accumulation x 1 processes = 32 samples per optimizer step" in result.stdout
+
+
+@pytest.mark.slow
+def test_cpu_2proc_yaml_one_group_one_set_of_bars(tmp_path):
+    result = accelerate_launch("cpu_2proc.yaml", DIGITS, "--output_dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = _check_outputs(tmp_path, 2)
+    assert summary["effective_batch_size"] == 64
+    assert read_json(tmp_path / "report.json")["accuracy"] >= 0.95
+    assert result.stdout.count("weighted avg") == 1
+    assert result.stdout.count("processes       :") == 1  # one banner
+    # stderr is not a terminal here: plain lines, no carriage returns, and bars from one process only
+    assert "\r" not in result.stderr
+    finished_bars = [line for line in result.stderr.splitlines() if line.startswith("train epoch 10: 100%")]
+    assert len(finished_bars) == 1, result.stderr
+    assert len(result.stderr.splitlines()) < 40
+
+
+@pytest.mark.slow
+def test_torchrun_forms_one_two_process_group(tmp_path):
+    torchrun = Path(sys.executable).with_name("torchrun")
+    result = launch([str(torchrun), "--nproc_per_node", "2", str(DIGITS), "--output_dir", str(tmp_path),
+                     "--max_steps", "20"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    _check_outputs(tmp_path, 2)
+
+
+@pytest.mark.parametrize("args,flag", [
+    (["--per_device_train_batch_size", "0"], "--per_device_train_batch_size"),
+    (["--gradient_accumulation_steps", "0"], "--gradient_accumulation_steps"),
+    (["--mixed_precision", "fp8x"], "--mixed_precision"),
+    (["--no_such_flag", "1"], "--no_such_flag"),
+])
+def test_bad_flags_exit_nonzero_with_one_line(tmp_path, args, flag):
+    result = launch([sys.executable, str(DIGITS), "--output_dir", str(tmp_path / "out"), *args], timeout=60)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and flag in lines[0], result.stderr
+    assert not (tmp_path / "out").exists()  # nothing written
+
+
+def test_fp16_on_cpu_says_what_really_runs(tmp_path):
+    result = launch([sys.executable, str(DIGITS), "--output_dir", str(tmp_path), "--mixed_precision", "fp16",
+                     "--max_steps", "3"], timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "fp16 was requested but this run is on a CPU" in result.stdout
+    assert "training runs in fp32" in result.stdout
+    assert "no = fp32 (asked for fp16)" in result.stdout
+    summary = read_json(tmp_path / "summary.json")
+    assert (summary["mixed_precision"], summary["mixed_precision_requested"]) == ("no", "fp16")

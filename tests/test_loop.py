@@ -1,0 +1,108 @@
+"""The loop: loss falls, step counts, max_steps, eval_steps, and the non-finite guard."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from datasets import Dataset
+
+from framework import (RunDirectory, TrainingConfig, build_accelerator, build_eval_loader, build_optimizer,
+                       build_scheduler, build_train_data, fit, total_optimizer_steps)
+from framework.errors import run_main
+from framework.loop import NonFiniteLossError
+from helpers import read_json, read_metrics, run_digits_in_process
+
+
+def test_loss_falls_and_outputs_are_complete(tmp_path):
+    assert run_digits_in_process(tmp_path, "--num_train_epochs", "3", "--logging_steps", "5") == 0
+    train = [r for r in read_metrics(tmp_path) if "loss" in r]
+    assert train[-1]["loss"] < 0.5 * train[0]["loss"]
+    assert [r["step"] for r in train] == list(range(5, 135 + 1, 5))
+    evals = [r for r in read_metrics(tmp_path) if "eval_accuracy" in r]
+    assert [r["step"] for r in evals] == [45, 90, 135]  # one evaluation per epoch
+    report = read_json(tmp_path / "report.json")
+    assert report["accuracy"] == evals[-1]["eval_accuracy"]
+    assert {"config.yaml", "report.json", "report.txt", "summary.json", "metrics.jsonl",
+            "model.safetensors"} <= {p.name for p in tmp_path.iterdir()}
+
+
+def test_optimizer_steps_per_epoch_is_ceil_of_batches_over_accumulation(tmp_path):
+    assert run_digits_in_process(tmp_path, "--num_train_epochs", "1", "--per_device_train_batch_size", "8",
+                                 "--gradient_accumulation_steps", "3") == 0
+    batches = math.ceil(1437 / 8)
+    summary = read_json(tmp_path / "summary.json")
+    assert summary["optimizer_steps"] == math.ceil(batches / 3) == 60
+    assert summary["effective_batch_size"] == 24
+    assert summary["train_samples"] == 1437
+
+
+def test_max_steps_stops_mid_epoch_and_evaluates(tmp_path):
+    assert run_digits_in_process(tmp_path, "--max_steps", "12", "--eval_steps", "5", "--logging_steps", "4") == 0
+    records = read_metrics(tmp_path)
+    assert [r["step"] for r in records if "eval_loss" in r] == [5, 10, 12]
+    assert [r["step"] for r in records if "loss" in r] == [4, 8, 12]
+    assert read_json(tmp_path / "summary.json")["optimizer_steps"] == 12
+
+
+def test_warmup_then_linear_decay_in_metrics(tmp_path):
+    assert run_digits_in_process(tmp_path, "--max_steps", "10", "--warmup_steps", "4", "--logging_steps", "1",
+                                 "--learning_rate", "0.01") == 0
+    lrs = [r["lr"] for r in read_metrics(tmp_path) if "lr" in r]
+    expected = [0.01 * (s + 1) / 5 for s in range(4)] + [0.01 * (1 - (s - 4) / 6) for s in range(4, 10)]
+    assert lrs == pytest.approx(expected)
+
+
+def test_finished_run_is_not_clobbered(tmp_path, capsys):
+    assert run_digits_in_process(tmp_path, "--max_steps", "2") == 0
+    before = (tmp_path / "model.safetensors").read_bytes()
+    assert run_digits_in_process(tmp_path, "--max_steps", "3") == 2
+    assert "holds a finished run" in capsys.readouterr().err
+    assert (tmp_path / "model.safetensors").read_bytes() == before
+    assert run_digits_in_process(tmp_path, "--max_steps", "3", "--overwrite_output_dir", "true") == 0
+    assert read_json(tmp_path / "summary.json")["optimizer_steps"] == 3
+
+
+def _fit_toy(tmp_path, features):
+    """Fit a linear classifier on toy data whose features are given (NaN allowed)."""
+    config = TrainingConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, num_train_epochs=2,
+                            logging_steps=2, mixed_precision="no")
+    accelerator, precision = build_accelerator(config)
+    data = Dataset.from_dict({"x": features, "labels": [i % 2 for i in range(len(features))]}).with_format("torch")
+    train = build_train_data(data, config, accelerator)
+    eval_loader = build_eval_loader(data, config, accelerator)
+    model = torch.nn.Linear(2, 2)
+    optimizer = build_optimizer(model, config)
+    scheduler = build_scheduler(optimizer, config, total_optimizer_steps(config, train.plan.windows_per_epoch))
+
+    class Wrapped(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = model
+
+        def forward(self, x):
+            return self.inner(x)
+
+    wrapped, optimizer = accelerator.prepare(Wrapped(), optimizer)
+    run_dir = RunDirectory(config.output_dir, accelerator.is_main_process)
+    run_dir.claim(overwrite=False, resuming=False)
+    run_dir.start({}, resuming=False)
+    return fit(accelerator, config, wrapped, optimizer, scheduler, train, eval_loader, class_names=["a", "b"],
+               precision=precision, run_dir=run_dir)
+
+
+def test_nan_loss_stops_the_run_with_a_clear_message(tmp_path, capsys):
+    features = [[float(i), 1.0] for i in range(16)]
+    features[9] = [float("nan"), 1.0]
+    with pytest.raises(NonFiniteLossError, match="NaN or inf"):
+        _fit_toy(tmp_path, features)
+    assert run_main(lambda: _fit_toy(tmp_path / "again", features)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: the training loss was NaN or inf in the steps up to step")
+    assert not (tmp_path / "summary.json").exists()
+
+
+def test_finite_toy_run_finishes(tmp_path):
+    result = _fit_toy(tmp_path, [[float(i % 2), 1.0] for i in range(16)])
+    assert result.summary["optimizer_steps"] == 8
