@@ -7,6 +7,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 ARGS ?=
+CONFIG ?= accelerate_configs/cpu.yaml
 
 .PHONY: train test install clean
 
@@ -21,7 +22,7 @@ $(BIN)/.installed: pyproject.toml
 install: $(BIN)/.installed
 
 train: $(BIN)/.installed
-	$(BIN)/accelerate launch --config_file accelerate_configs/cpu.yaml recipes/digits.py $(ARGS)
+	$(BIN)/accelerate launch --config_file $(CONFIG) recipes/digits.py $(ARGS)
 
 test: $(BIN)/.installed
 	HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q $(ARGS)

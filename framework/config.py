@@ -27,7 +27,8 @@ PRECISIONS = ("no", "fp16", "bf16")
 SCHEDULERS = ("linear", "cosine", "constant")
 
 
-def _help(text: str, **kwargs: Any) -> Any:
+def flag(text: str, **kwargs: Any) -> Any:
+    """A dataclass field with `--help` text: `dropout: float = flag("Dropout before the head.", default=0.1)`."""
     return field(metadata={"help": text}, **kwargs)
 
 
@@ -35,28 +36,33 @@ def _help(text: str, **kwargs: Any) -> Any:
 class TrainingConfig:
     """Hyperparameters shared by every recipe (names follow HF `TrainingArguments`)."""
 
-    output_dir: str = _help("Where config, metrics, report, summary and weights are written.", default="outputs/run")
-    overwrite_output_dir: bool = _help("Allow writing into an output_dir that holds a finished run.", default=False)
-    per_device_train_batch_size: int = _help("Micro-batch size on each process.", default=32)
-    per_device_eval_batch_size: int = _help("Evaluation batch size on each process.", default=128)
-    gradient_accumulation_steps: int = _help("Micro-batches accumulated into one optimizer step.", default=1)
-    learning_rate: float = _help("Peak learning rate of AdamW.", default=1e-3)
-    weight_decay: float = _help("AdamW decoupled weight decay.", default=0.0)
-    num_train_epochs: int = _help("Passes over the training set (ignored when max_steps > 0).", default=3)
-    max_steps: int = _help("Total optimizer steps; -1 means num_train_epochs decides.", default=-1)
-    warmup_steps: int = _help("Optimizer steps of linear warmup from 0 to learning_rate.", default=0)
-    lr_scheduler_type: str = _help("Learning-rate schedule after warmup: linear, cosine or constant.", default="linear")
-    max_grad_norm: float = _help("Clip the global gradient norm to this value; 0 disables clipping.", default=1.0)
-    seed: int = _help("Seed for model init, data order and dropout.", default=42)
-    logging_steps: int = _help("Log loss and lr every N optimizer steps.", default=10)
-    eval_steps: int = _help("Also evaluate every N optimizer steps; 0 means only at the end of each epoch.", default=0)
-    mixed_precision: Optional[str] = _help(
+    output_dir: str = flag("Where config, metrics, report, summary and weights are written.", default="outputs/run")
+    overwrite_output_dir: bool = flag("Allow writing into an output_dir that holds a finished run.", default=False)
+    per_device_train_batch_size: int = flag("Micro-batch size on each process.", default=32)
+    per_device_eval_batch_size: int = flag("Evaluation batch size on each process.", default=128)
+    gradient_accumulation_steps: int = flag("Micro-batches accumulated into one optimizer step.", default=1)
+    learning_rate: float = flag("Peak learning rate of AdamW.", default=1e-3)
+    weight_decay: float = flag("AdamW decoupled weight decay.", default=0.0)
+    num_train_epochs: int = flag("Passes over the training set (ignored when max_steps > 0).", default=3)
+    max_steps: int = flag("Total optimizer steps; -1 means num_train_epochs decides.", default=-1)
+    warmup_steps: int = flag("Optimizer steps of linear warmup from 0 to learning_rate.", default=0)
+    lr_scheduler_type: str = flag("Learning-rate schedule after warmup: linear, cosine or constant.", default="linear")
+    max_grad_norm: float = flag("Clip the global gradient norm to this value; 0 disables clipping.", default=1.0)
+    seed: int = flag("Seed for model init, data order and dropout.", default=42)
+    logging_steps: int = flag("Log loss and lr every N optimizer steps.", default=10)
+    eval_steps: int = flag("Also evaluate every N optimizer steps; 0 means only at the end of each epoch.", default=0)
+    mixed_precision: Optional[str] = flag(
         "no, fp16 or bf16; default: the launcher config's value, else fp16 on CUDA and no on CPU.", default=None
     )
-    max_consecutive_skipped_steps: int = _help(
+    max_consecutive_skipped_steps: int = flag(
         "Stop when this many fp16 steps in a row are skipped for inf/NaN gradients.", default=50
     )
-    dataloader_num_workers: int = _help("DataLoader worker processes per training process.", default=0)
+    dataloader_num_workers: int = flag("DataLoader worker processes per training process.", default=0)
+    checkpointing_steps: str = flag(
+        "Save a resumable checkpoint every N optimizer steps, or 'epoch', or 'no'.", default="no")
+    save_total_limit: int = flag("Keep only the newest K checkpoints; 0 keeps all.", default=0)
+    resume_from_checkpoint: Optional[str] = flag(
+        "Continue a run: 'latest' (newest complete checkpoint in output_dir) or a checkpoint folder.", default=None)
 
     def validate(self) -> None:
         """Raise `ConfigError` for the first value outside its allowed range."""
@@ -74,6 +80,16 @@ class TrainingConfig:
         require("lr_scheduler_type", self.lr_scheduler_type in SCHEDULERS, "one of " + ", ".join(SCHEDULERS))
         require("mixed_precision", self.mixed_precision in (None, *PRECISIONS), "one of " + ", ".join(PRECISIONS))
         require("output_dir", bool(self.output_dir.strip()), "a non-empty path")
+        every = self.checkpointing_steps
+        require("checkpointing_steps", every in ("no", "epoch") or (every.isdigit() and int(every) >= 1),
+                f"'no', 'epoch' or an integer >= 1, got {every!r}")
+        require("save_total_limit", self.save_total_limit >= 0, "an integer >= 0")
+
+    @property
+    def checkpoint_every(self) -> Optional[int | str]:
+        """`checkpointing_steps` as an int N, 'epoch', or None when off."""
+        every = self.checkpointing_steps
+        return None if every == "no" else every if every == "epoch" else int(every)
 
 
 def require(name: str, ok: bool, allowed: str) -> None:

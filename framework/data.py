@@ -124,9 +124,12 @@ class TrainData:
                  num_workers: int = 0, pin_memory: bool = False):
         self.plan = plan
         self._sampler = _WindowBatchSampler(plan)
+        # Its own generator: a DataLoader draws a base seed each time an iterator starts, and
+        # drawing it from the global RNG would shift the dropout stream of a resumed run.
         self.loader = DataLoader(
             WeightedSamples(dataset), batch_sampler=self._sampler, collate_fn=collate_fn or default_collate,
             num_workers=num_workers, pin_memory=pin_memory, persistent_workers=num_workers > 0,
+            generator=torch.Generator().manual_seed(plan.seed),
         )
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[Window, Iterator[dict[str, Any]]]]:

@@ -22,7 +22,9 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 
-from framework.config import TrainingConfig
+from framework.checkpoint import (load_checkpoint, resolve_checkpoint, run_identity, save_checkpoint,
+                                  should_checkpoint)
+from framework.config import TrainingConfig, config_to_dict
 from framework.data import TrainData, Window
 from framework.errors import UserError
 from framework.evaluation import Report, evaluate, split_batch
@@ -152,6 +154,13 @@ def _evaluate(ctx: _Context, state: TrainState) -> None:
     ctx.run_dir.log({"step": state.step, "epoch": round(epoch, 4), **ctx.report.summary()})
 
 
+def _checkpoint(ctx: _Context, state: TrainState) -> None:
+    save_checkpoint(ctx.accelerator, ctx.config.output_dir, model=ctx.model, optimizer=ctx.optimizer,
+                    scheduler=ctx.scheduler, state=state,
+                    identity=run_identity(ctx.train_data.plan, ctx.config.seed),
+                    save_total_limit=ctx.config.save_total_limit)
+
+
 def train_epoch(ctx: _Context, state: TrainState) -> None:
     """Train from `state.window` to the end of `state.epoch` (or to the last planned step)."""
     config, accelerator = ctx.config, ctx.accelerator
@@ -178,6 +187,10 @@ def train_epoch(ctx: _Context, state: TrainState) -> None:
             ctx.train_time += time.perf_counter() - started
             _evaluate(ctx, state)
             started = time.perf_counter()
+        if should_checkpoint(config.checkpoint_every, state.step, end_of_epoch=False):
+            ctx.train_time += time.perf_counter() - started
+            _checkpoint(ctx, state)
+            started = time.perf_counter()
         if done:
             break
     if accelerator.device.type == "cuda":
@@ -195,20 +208,29 @@ def _peak_memory() -> dict[str, Optional[float]]:
 
 def fit(accelerator: Accelerator, config: TrainingConfig, model: torch.nn.Module, optimizer: Any, scheduler: Any,
         train_data: TrainData, eval_loader: Any, *, class_names: Sequence[str], precision: Precision,
-        run_dir: RunDirectory, loss_fn: LossFn = per_sample_cross_entropy,
-        state: Optional[TrainState] = None) -> FitResult:
+        run_dir: RunDirectory, loss_fn: LossFn = per_sample_cross_entropy) -> FitResult:
     """Train `model` to the planned number of steps, evaluating at each epoch end (and every eval_steps).
 
     `model`, `optimizer` and `eval_loader` must already be prepared; `scheduler`
-    must not be (see `framework.optim.build_scheduler`). Writes metrics.jsonl,
-    report.json/report.txt, model.safetensors and, last, summary.json.
+    must not be (see `framework.optim.build_scheduler`). With
+    `--resume_from_checkpoint` it first restores the checkpoint and continues
+    at the exact sample where it stopped. Writes config.yaml, metrics.jsonl,
+    checkpoints/, report.json/report.txt, model.safetensors and, last,
+    summary.json.
     """
     wall_started = time.perf_counter()
     plan = train_data.plan
     total_steps = total_optimizer_steps(config, plan.windows_per_epoch)
-    state = state or TrainState()
     ctx = _Context(accelerator, config, model, optimizer, scheduler, train_data, eval_loader, class_names,
                    run_dir, loss_fn, total_steps)
+    state = TrainState()
+    if config.resume_from_checkpoint:
+        path = resolve_checkpoint(config.resume_from_checkpoint, config.output_dir)
+        state = load_checkpoint(accelerator, path, model=model, optimizer=optimizer, scheduler=scheduler,
+                                identity=run_identity(plan, config.seed), state_type=TrainState)
+        accelerator.print(f"resumed from {path} at optimizer step {state.step}")
+    run_dir.start(config_to_dict(config) | {"mixed_precision": precision.requested},
+                  resume_step=state.step if config.resume_from_checkpoint else None)
     accelerator.print(format_banner(
         world_size=accelerator.num_processes, device=device_name(accelerator), precision=precision,
         micro_batch=plan.micro_batch, accumulation=plan.accumulation, steps_per_epoch=plan.windows_per_epoch,
@@ -224,6 +246,8 @@ def fit(accelerator: Accelerator, config: TrainingConfig, model: torch.nn.Module
                 state.epoch, state.window = state.epoch + 1, 0
                 if state.last_eval_step != state.step:
                     _evaluate(ctx, state)
+                if config.checkpoint_every == "epoch":
+                    _checkpoint(ctx, state)
     finally:
         ctx.bar.close()
     if state.last_eval_step != state.step or ctx.report is None:

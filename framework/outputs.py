@@ -12,7 +12,7 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import yaml
 
@@ -68,13 +68,18 @@ class RunDirectory:
         except OSError as err:
             raise UserError(f"--output_dir {str(self.path)!r} is not writable ({err.strerror})") from None
 
-    def start(self, config: dict[str, Any], *, resuming: bool) -> None:
-        """Write the resolved config; start metrics.jsonl afresh unless resuming; drop a stale summary."""
+    def start(self, config: dict[str, Any], *, resume_step: Optional[int] = None) -> None:
+        """Write the resolved config and drop a stale summary; metrics.jsonl starts afresh, or, when
+        resuming from step `resume_step`, keeps only the lines up to that step."""
         if not self.is_main:
             return
         write_atomic(self.path / "config.yaml", yaml.safe_dump(config, sort_keys=False))
-        if not resuming:
-            (self.path / "metrics.jsonl").write_text("")
+        metrics = self.path / "metrics.jsonl"
+        kept = ""
+        if resume_step is not None and metrics.exists():
+            lines = [line for line in metrics.read_text().splitlines() if line.strip()]
+            kept = "".join(line + "\n" for line in lines if json.loads(line).get("step", 0) <= resume_step)
+        write_atomic(metrics, kept)
         (self.path / FINISHED_MARKER).unlink(missing_ok=True)
 
     def log(self, record: dict[str, Any]) -> None:

@@ -23,7 +23,7 @@ from torch import nn
 
 from framework import (RunDirectory, TrainingConfig, build_accelerator, build_eval_loader, build_optimizer,
                        build_scheduler, build_train_data, fit, parse_config, run_main, total_optimizer_steps)
-from framework.config import config_to_dict, require
+from framework.config import flag, require
 from framework.data import check_labels
 
 
@@ -36,10 +36,11 @@ class DigitsConfig(TrainingConfig):
     learning_rate: float = 3e-3
     num_train_epochs: int = 10
     warmup_steps: int = 20
-    dropout: float = 0.1
-    channels: int = 32
-    test_size: float = 0.2
-    split_seed: int = 0
+    dropout: float = flag("Dropout before the classifier head, in [0, 1).", default=0.1)
+    channels: int = flag("Channels of the first convolution (the others use twice as many).", default=32)
+    test_size: float = flag("Fraction of the 1797 images held out for evaluation.", default=0.2)
+    split_seed: int = flag("Seed of the stratified train/test split (fixed, so --seed varies training only).",
+                           default=0)
 
     def validate(self) -> None:
         super().validate()
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     config = parse_config(DigitsConfig, argv)
     accelerator, precision = build_accelerator(config)
     run_dir = RunDirectory(config.output_dir, accelerator.is_main_process)
-    run_dir.claim(overwrite=config.overwrite_output_dir, resuming=False)
+    run_dir.claim(overwrite=config.overwrite_output_dir, resuming=config.resume_from_checkpoint is not None)
 
     with accelerator.main_process_first():
         train_set, test_set, class_names = build_data(config)
@@ -101,7 +102,6 @@ def main(argv: list[str] | None = None) -> None:
     scheduler = build_scheduler(optimizer, config, total_optimizer_steps(config, train_data.plan.windows_per_epoch))
     model, optimizer = accelerator.prepare(model, optimizer)
 
-    run_dir.start(config_to_dict(config) | {"mixed_precision": precision.requested}, resuming=False)
     fit(accelerator, config, model, optimizer, scheduler, train_data, eval_loader,
         class_names=class_names, precision=precision, run_dir=run_dir)
     accelerator.end_training()

@@ -87,7 +87,6 @@ def _fit_toy(tmp_path, features):
     wrapped, optimizer = accelerator.prepare(Wrapped(), optimizer)
     run_dir = RunDirectory(config.output_dir, accelerator.is_main_process)
     run_dir.claim(overwrite=False, resuming=False)
-    run_dir.start({}, resuming=False)
     return fit(accelerator, config, wrapped, optimizer, scheduler, train, eval_loader, class_names=["a", "b"],
                precision=precision, run_dir=run_dir)
 

@@ -1,0 +1,163 @@
+"""Checkpoints that survive a kill, and exact resume.
+
+Layout of `output_dir/checkpoints/step_<n>/`:
+    model.safetensors      weights (safetensors)
+    trainer.pt             optimizer, LR scheduler, grad scaler (loaded with weights_only=True)
+    rng_<rank>.pt          every RNG of each process (loaded with weights_only=True)
+    state.json             step counters, data position, and the run's identity (effective batch, seed)
+
+A checkpoint is written into a hidden temporary folder and renamed when
+complete, so a kill mid-write leaves the previous checkpoint as the latest
+one; a folder without state.json is never picked up. Nothing is unpickled
+beyond tensors and plain containers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from framework.errors import UserError
+
+STATE_FILE = "state.json"
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+def checkpoint_root(output_dir: str | Path) -> Path:
+    """The folder holding a run's checkpoints."""
+    return Path(output_dir) / "checkpoints"
+
+
+def list_checkpoints(output_dir: str | Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first (a folder without state.json is incomplete)."""
+    root = checkpoint_root(output_dir)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)) and p.is_dir()]
+    return [p for _, p in sorted(found) if (p / STATE_FILE).is_file()]
+
+
+def resolve_checkpoint(spec: str, output_dir: str | Path) -> Path:
+    """Turn `--resume_from_checkpoint latest|PATH` into a complete checkpoint folder, or raise UserError."""
+    if spec == "latest":
+        found = list_checkpoints(output_dir)
+        if not found:
+            raise UserError(f"--resume_from_checkpoint latest: no complete checkpoint in {checkpoint_root(output_dir)}")
+        return found[-1]
+    path = Path(spec)
+    if not path.is_dir():
+        raise UserError(f"--resume_from_checkpoint {spec!r} does not exist (give a checkpoint folder or 'latest')")
+    if not (path / STATE_FILE).is_file() or not (path / "model.safetensors").is_file():
+        raise UserError(f"--resume_from_checkpoint {spec!r} is incomplete (no {STATE_FILE} or model.safetensors)")
+    return path
+
+
+def _rng_state() -> dict[str, Any]:
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def run_identity(plan: Any, seed: int) -> dict[str, int]:
+    """What a resumed run must share with the checkpoint for the data order to continue unchanged."""
+    return {"effective_batch": plan.effective_batch, "seed": seed, "train_samples": plan.num_samples}
+
+
+def save_checkpoint(accelerator: Any, output_dir: str | Path, *, model: Any, optimizer: Any, scheduler: Any,
+                    state: Any, identity: dict[str, int], save_total_limit: int = 0) -> Path:
+    """Write `checkpoints/step_<state.step>` atomically on every process; returns its path."""
+    root = checkpoint_root(output_dir)
+    final = root / f"step_{state.step}"
+    tmp = root / f".tmp_step_{state.step}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    model_state = accelerator.get_state_dict(model)  # a collective under FSDP: every process calls it
+    torch.save(_rng_state(), tmp / f"rng_{accelerator.process_index}.pt")
+    if accelerator.is_main_process:
+        save_file({k: v.contiguous() for k, v in model_state.items()}, str(tmp / "model.safetensors"))
+        scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler},
+                   tmp / "trainer.pt")
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        record = {"state": dataclasses.asdict(state), "identity": identity,
+                  "world_size": accelerator.num_processes}
+        (tmp / STATE_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        if save_total_limit > 0:
+            for old in list_checkpoints(output_dir)[:-save_total_limit]:
+                shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def _check_model_shapes(path: Path, model_state: dict[str, torch.Tensor]) -> None:
+    with safe_open(str(path / "model.safetensors"), framework="pt") as handle:
+        saved = {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}
+    current = {k: tuple(v.shape) for k, v in model_state.items()}
+    if saved != current:
+        differing = sorted(set(saved.items()) ^ set(current.items()))
+        name = differing[0][0] if differing else "?"
+        raise UserError(f"checkpoint {str(path)!r} is for another model: parameter {name!r} is "
+                        f"{saved.get(name, 'absent')} there and {current.get(name, 'absent')} here")
+
+
+def load_checkpoint(accelerator: Any, path: Path, *, model: Any, optimizer: Any, scheduler: Any,
+                    identity: dict[str, int], state_type: type) -> Any:
+    """Restore model, optimizer, scheduler, scaler and RNGs from `path`; returns the saved train state.
+
+    Refuses (UserError) a checkpoint of another model shape, effective batch, seed or dataset size.
+    """
+    record = json.loads((path / STATE_FILE).read_text())
+    for key, value in identity.items():
+        if record["identity"].get(key) != value:
+            raise UserError(f"checkpoint {str(path)!r} was made with {key}={record['identity'].get(key)}, "
+                            f"this run has {key}={value}; resuming would not continue the same run")
+    unwrapped = accelerator.unwrap_model(model)
+    _check_model_shapes(path, unwrapped.state_dict())
+    with safe_open(str(path / "model.safetensors"), framework="pt", device="cpu") as handle:
+        unwrapped.load_state_dict({k: handle.get_tensor(k) for k in handle.keys()})
+    trainer = torch.load(path / "trainer.pt", map_location="cpu", weights_only=True)
+    optimizer.load_state_dict(trainer["optimizer"])
+    scheduler.load_state_dict(trainer["scheduler"])
+    if accelerator.scaler is not None and trainer["scaler"]:
+        accelerator.scaler.load_state_dict(trainer["scaler"])
+    rng_file = path / f"rng_{accelerator.process_index}.pt"
+    if rng_file.is_file():
+        _set_rng_state(torch.load(rng_file, weights_only=True))
+    return state_type(**record["state"])
+
+
+def should_checkpoint(every: Optional[int | str], step: int, end_of_epoch: bool) -> bool:
+    """Whether to checkpoint after `step` for `--checkpointing_steps` (an int N, 'epoch', or None)."""
+    if every == "epoch":
+        return end_of_epoch
+    return isinstance(every, int) and every > 0 and step % every == 0
