@@ -1,0 +1,151 @@
+"""Runs that survive: SIGKILL at random steps then resume to bitwise-identical weights; bad resumes refused."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers import CONFIGS, DIGITS, REPO, launch, read_json, weights
+
+# fp32 with dropout on (so every RNG must be restored), 4 epochs of 45 steps, a checkpoint every 10.
+RUN_ARGS = ["--mixed_precision", "no", "--dropout", "0.2", "--num_train_epochs", "4", "--checkpointing_steps", "10",
+            "--seed", "11", "--logging_steps", "5"]
+ACCELERATE = str(Path(sys.executable).with_name("accelerate"))
+
+
+def _command(processes: int, out: Path, *extra: str) -> list[str]:
+    if processes == 1:
+        return [sys.executable, str(DIGITS), "--output_dir", str(out), *RUN_ARGS, *extra]
+    return [ACCELERATE, "launch", "--config_file", str(CONFIGS / "cpu_2proc.yaml"), str(DIGITS),
+            "--output_dir", str(out), *RUN_ARGS, *extra]
+
+
+def _run_and_kill_after(command: list[str], out: Path, step: int) -> int:
+    """Start `command`, SIGKILL its whole process group once checkpoint step_<step> exists; return the exit code."""
+    env = {**os.environ, "HF_DATASETS_OFFLINE": "1"}
+    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+    marker = out / "checkpoints" / f"step_{step}"
+    deadline = time.monotonic() + 120
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+    return proc.wait()
+
+
+def _bitwise_equal(a: Path, b: Path) -> bool:
+    wa, wb = weights(a), weights(b)
+    return wa.keys() == wb.keys() and all(wa[k].equal(wb[k]) for k in wa)
+
+
+@pytest.fixture(scope="module", params=[1, 2], ids=["1proc", "2proc"])
+def reference(request, tmp_path_factory):
+    """An uninterrupted run, and the number of processes it used."""
+    out = tmp_path_factory.mktemp(f"reference{request.param}")
+    result = launch(_command(request.param, out, "--overwrite_output_dir", "true"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return request.param, out
+
+
+@pytest.mark.slow
+def test_killed_runs_resume_bitwise_identical(reference, tmp_path):
+    processes, ref_out = reference
+    steps = read_json(ref_out / "summary.json")["optimizer_steps"]
+    checkpoints = list(range(10, steps - 20, 10))
+    kill_points = random.Random(processes).sample(checkpoints, 5)
+    for kill_after in kill_points:
+        out = tmp_path / f"killed_after_{kill_after}"
+        code = _run_and_kill_after(_command(processes, out), out, kill_after)
+        assert code == -signal.SIGKILL or code != 0, f"the run finished before the kill at step {kill_after}"
+        assert not (out / "summary.json").exists()
+        resumed = launch(_command(processes, out, "--resume_from_checkpoint", "latest"))
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        assert "resumed from" in resumed.stdout
+        assert read_json(out / "summary.json")["optimizer_steps"] == steps
+        assert _bitwise_equal(ref_out, out), f"{processes} process(es), killed after step {kill_after}"
+
+
+@pytest.mark.slow
+def test_kill_while_writing_a_checkpoint_leaves_the_previous_one_usable(tmp_path):
+    out = tmp_path / "run"
+    reference = tmp_path / "reference"
+    assert launch(_command(1, reference)).returncode == 0
+    assert _run_and_kill_after(_command(1, out), out, 30) != 0
+    latest = max((p for p in (out / "checkpoints").iterdir() if p.name.startswith("step_")),
+                 key=lambda p: int(p.name.split("_")[1]))
+    # What a kill in the middle of writing the next checkpoint leaves on disk: a half-written temporary
+    # folder (never picked up), and, were the rename not atomic, a step folder without state.json.
+    next_step = int(latest.name.split("_")[1]) + 10
+    partial = out / "checkpoints" / f".tmp_step_{next_step}"
+    shutil.copytree(latest, partial)
+    (partial / "state.json").unlink()
+    (partial / "model.safetensors").write_bytes(b"truncated")
+    shutil.copytree(partial, out / "checkpoints" / f"step_{next_step + 10}")
+    resumed = launch(_command(1, out, "--resume_from_checkpoint", "latest"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed from {latest}" in resumed.stdout
+    assert _bitwise_equal(reference, out)
+
+
+@pytest.mark.slow
+def test_save_total_limit_keeps_newest(tmp_path):
+    result = launch(_command(1, tmp_path, "--save_total_limit", "2", "--max_steps", "50"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_40", "step_50"]
+    assert (tmp_path / "checkpoints" / "step_50" / "model.safetensors").is_file()
+
+
+@pytest.fixture(scope="module")
+def checkpointed_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("checkpointed")
+    result = launch(_command(1, out, "--max_steps", "20"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--resume_from_checkpoint", "/nonexistent/step_5"], "does not exist"),
+    (["--channels", "16", "--resume_from_checkpoint", "latest"], "is for another model: parameter"),
+    (["--per_device_train_batch_size", "16", "--resume_from_checkpoint", "latest"],
+     "was made with effective_batch=32, this run has effective_batch=16"),
+])
+def test_bad_resume_is_refused_and_leaves_outputs_untouched(checkpointed_run, tmp_path, extra, message):
+    out = tmp_path / "copy"
+    shutil.copytree(checkpointed_run, out)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    result = launch([sys.executable, str(DIGITS), "--output_dir", str(out), *RUN_ARGS, *extra])
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_incomplete_checkpoint_path_is_refused(checkpointed_run, tmp_path):
+    broken = tmp_path / "step_10"
+    shutil.copytree(checkpointed_run / "checkpoints" / "step_10", broken)
+    (broken / "state.json").unlink()
+    result = launch([sys.executable, str(DIGITS), "--output_dir", str(tmp_path / "out"), *RUN_ARGS,
+                     "--resume_from_checkpoint", str(broken)])
+    assert result.returncode == 2 and "is incomplete" in result.stderr
+
+
+@pytest.mark.slow
+def test_one_rank_failing_stops_the_whole_job(tmp_path):
+    started = time.monotonic()
+    result = subprocess.run([ACCELERATE, "launch", "--config_file", str(CONFIGS / "cpu_2proc.yaml"),
+                             str(REPO / "tests" / "scripts" / "rank_failure.py"), "--output_dir", str(tmp_path)],
+                            cwd=REPO, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert result.returncode != 0
+    assert time.monotonic() - started < 60
+    assert "simulated failure on rank 1" in result.stderr
+    assert "rank" in result.stderr and ": 1" in result.stderr  # the launcher names the failed rank
+    assert not (tmp_path / "summary.json").exists()
