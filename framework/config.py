@@ -25,6 +25,7 @@ from framework.errors import ConfigError
 
 PRECISIONS = ("no", "fp16", "bf16")
 SCHEDULERS = ("linear", "cosine", "constant")
+TRACKERS = ("tensorboard", "wandb", "trackio", "comet_ml", "aim", "mlflow", "clearml", "dvclive", "swanlab")
 
 
 def flag(text: str, **kwargs: Any) -> Any:
@@ -58,6 +59,9 @@ class TrainingConfig:
         "Stop when this many fp16 steps in a row are skipped for inf/NaN gradients.", default=50
     )
     dataloader_num_workers: int = flag("DataLoader worker processes per training process.", default=0)
+    report_to: str = flag(
+        "Experiment trackers beside metrics.jsonl: none, all, or a comma list such as tensorboard,wandb.",
+        default="none")
     checkpointing_steps: str = flag(
         "Save a resumable checkpoint every N optimizer steps, or 'epoch', or 'no'.", default="no")
     save_total_limit: int = flag("Keep only the newest K checkpoints; 0 keeps all.", default=0)
@@ -80,10 +84,21 @@ class TrainingConfig:
         require("lr_scheduler_type", self.lr_scheduler_type in SCHEDULERS, "one of " + ", ".join(SCHEDULERS))
         require("mixed_precision", self.mixed_precision in (None, *PRECISIONS), "one of " + ", ".join(PRECISIONS))
         require("output_dir", bool(self.output_dir.strip()), "a non-empty path")
+        for name in self.trackers:
+            require("report_to", name in TRACKERS, f"none, all, or a comma list of {', '.join(TRACKERS)}; "
+                    f"got {name!r}")
         every = self.checkpointing_steps
         require("checkpointing_steps", every in ("no", "epoch") or (every.isdigit() and int(every) >= 1),
                 f"'no', 'epoch' or an integer >= 1, got {every!r}")
         require("save_total_limit", self.save_total_limit >= 0, "an integer >= 0")
+
+    @property
+    def trackers(self) -> list[str]:
+        """`report_to` as a list of tracker names ([] for none)."""
+        names = [n.strip() for n in self.report_to.split(",") if n.strip()]
+        if names == ["all"]:
+            return list(TRACKERS)
+        return [] if names == ["none"] else names
 
     @property
     def checkpoint_every(self) -> Optional[int | str]:

@@ -137,8 +137,8 @@ def _log_train(ctx: _Context, state: TrainState, running: _Running, lr: float, s
             f"check the data, or use --mixed_precision bf16/no")
     loss = loss_sum / max(weight_sum, 1.0)
     epoch = state.epoch + state.window / ctx.train_data.plan.windows_per_epoch
-    ctx.run_dir.log({"step": state.step, "epoch": round(epoch, 4), "loss": loss, "lr": lr})
-    elapsed = ctx.train_time + time.perf_counter() - started
+    elapsed = ctx.train_time + time.perf_counter() - started  # after the reduce above, so the device is synced
+    _log(ctx, {"step": state.step, "epoch": round(epoch, 4), "loss": loss, "lr": lr, "elapsed_s": elapsed})
     postfix = {"loss": f"{loss:.4f}", "lr": f"{lr:.2e}", "samples/s": f"{state.samples_seen / max(elapsed, 1e-9):.0f}"}
     if state.skipped_steps:
         postfix["skipped"] = state.skipped_steps
@@ -147,11 +147,17 @@ def _log_train(ctx: _Context, state: TrainState, running: _Running, lr: float, s
         tensor.zero_()
 
 
+def _log(ctx: _Context, record: dict[str, Any]) -> None:
+    """One metrics.jsonl line, and the same values to the --report_to trackers."""
+    ctx.run_dir.log(record)
+    ctx.accelerator.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
+
+
 def _evaluate(ctx: _Context, state: TrainState) -> None:
     ctx.report = evaluate(ctx.accelerator, ctx.model, ctx.eval_loader, ctx.class_names, ctx.loss_fn)
     state.last_eval_step = state.step
     epoch = state.epoch + state.window / ctx.train_data.plan.windows_per_epoch
-    ctx.run_dir.log({"step": state.step, "epoch": round(epoch, 4), **ctx.report.summary()})
+    _log(ctx, {"step": state.step, "epoch": round(epoch, 4), **ctx.report.summary()})
 
 
 def _checkpoint(ctx: _Context, state: TrainState) -> None:
@@ -229,8 +235,11 @@ def fit(accelerator: Accelerator, config: TrainingConfig, model: torch.nn.Module
         state = load_checkpoint(accelerator, path, model=model, optimizer=optimizer, scheduler=scheduler,
                                 identity=run_identity(plan, config.seed), state_type=TrainState)
         accelerator.print(f"resumed from {path} at optimizer step {state.step}")
-    run_dir.start(config_to_dict(config) | {"mixed_precision": precision.requested},
-                  resume_step=state.step if config.resume_from_checkpoint else None)
+    resolved = config_to_dict(config) | {"mixed_precision": precision.requested}
+    run_dir.start(resolved, resume_step=state.step if config.resume_from_checkpoint else None)
+    # Trackers take flat scalars and strings only (TensorBoard's hparams reject None).
+    accelerator.init_trackers(run_dir.path.name or "run", config={k: "none" if v is None else v
+                                                                   for k, v in resolved.items()})
     accelerator.print(format_banner(
         world_size=accelerator.num_processes, device=device_name(accelerator), precision=precision,
         micro_batch=plan.micro_batch, accumulation=plan.accumulation, steps_per_epoch=plan.windows_per_epoch,

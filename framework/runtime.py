@@ -50,12 +50,30 @@ def build_accelerator(config: TrainingConfig) -> tuple[Accelerator, Precision]:
     precision = resolve_precision(config.mixed_precision, launcher if launcher in ("no", "fp16", "bf16") else None, cuda)
     # Gradient accumulation is done by framework.loop with exact per-sample
     # weights, so the Accelerator must not divide losses by N on its own.
-    accelerator = Accelerator(mixed_precision=precision.effective, cpu=not cuda, gradient_accumulation_steps=1)
+    trackers = available_trackers(config.trackers, explicit=config.report_to != "all")
+    accelerator = Accelerator(mixed_precision=precision.effective, cpu=not cuda, gradient_accumulation_steps=1,
+                              log_with=trackers or None, project_dir=config.output_dir)
     check_process_group(int(os.environ.get("WORLD_SIZE", "1")), accelerator.num_processes)
     set_seed(config.seed)
     if precision.note:
         accelerator.print(f"note: {precision.note}")
     return accelerator, precision
+
+
+def available_trackers(names: list[str], explicit: bool) -> list[str]:
+    """The trackers in `names` whose package is installed.
+
+    Accelerate silently drops a requested tracker that is not installed; a tracker
+    named explicitly with --report_to is an error instead.
+    """
+    from accelerate.tracking import get_available_trackers
+
+    installed = {str(t) for t in get_available_trackers()}
+    missing = [n for n in names if n not in installed]
+    if missing and explicit:
+        raise UserError(f"--report_to {missing[0]}: the {missing[0]} package is not installed "
+                        f"(pip install {missing[0]}), or leave it out of --report_to")
+    return [n for n in names if n in installed]
 
 
 def check_process_group(launched_world_size: int, num_processes: int) -> None:

@@ -61,3 +61,20 @@ def test_two_processes_gather_each_sample_exactly_once(tmp_path):
     assert result["world"] == 2
     assert sorted(result["labels"]) == list(range(13))  # 13 = not divisible by batch 4 x 2 processes
     assert result["preds"] == result["labels"]
+
+
+def _gather_one_sample_on_two_processes(out_file: str) -> None:
+    accelerator = Accelerator(cpu=True)
+    dataset = Dataset.from_dict({"sample_id": [0], "labels": [0]}).with_format("torch")
+    loader = accelerator.prepare(torch.utils.data.DataLoader(dataset, batch_size=4))
+    model = accelerator.prepare(IdentityClassifier(2))
+    result = predict(accelerator, model, loader, per_sample_cross_entropy, show_progress=False)
+    if accelerator.is_main_process:
+        with open(out_file, "w") as handle:
+            json.dump({"labels": result.labels.tolist(), "preds": result.predictions.tolist()}, handle)
+
+
+def test_evaluation_set_smaller_than_the_number_of_processes_works(tmp_path):
+    out = tmp_path / "gathered.json"
+    debug_launch(_gather_one_sample_on_two_processes, str(out))
+    assert json.loads(out.read_text()) == {"labels": [0], "preds": [0]}

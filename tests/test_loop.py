@@ -8,11 +8,10 @@ import pytest
 import torch
 from datasets import Dataset
 
-from framework import (RunDirectory, TrainingConfig, build_accelerator, build_eval_loader, build_optimizer,
-                       build_scheduler, build_train_data, fit, total_optimizer_steps)
+from framework import TrainingConfig
 from framework.errors import run_main
 from framework.loop import NonFiniteLossError
-from helpers import read_json, read_metrics, run_digits_in_process
+from helpers import fit_model, read_json, read_metrics, run_digits_in_process
 
 
 def test_loss_falls_and_outputs_are_complete(tmp_path):
@@ -64,31 +63,21 @@ def test_finished_run_is_not_clobbered(tmp_path, capsys):
     assert read_json(tmp_path / "summary.json")["optimizer_steps"] == 3
 
 
+class LinearOnX(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(2, 2)
+
+    def forward(self, x):
+        return self.linear(x)
+
+
 def _fit_toy(tmp_path, features):
     """Fit a linear classifier on toy data whose features are given (NaN allowed)."""
     config = TrainingConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, num_train_epochs=2,
                             logging_steps=2, mixed_precision="no")
-    accelerator, precision = build_accelerator(config)
     data = Dataset.from_dict({"x": features, "labels": [i % 2 for i in range(len(features))]}).with_format("torch")
-    train = build_train_data(data, config, accelerator)
-    eval_loader = build_eval_loader(data, config, accelerator)
-    model = torch.nn.Linear(2, 2)
-    optimizer = build_optimizer(model, config)
-    scheduler = build_scheduler(optimizer, config, total_optimizer_steps(config, train.plan.windows_per_epoch))
-
-    class Wrapped(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.inner = model
-
-        def forward(self, x):
-            return self.inner(x)
-
-    wrapped, optimizer = accelerator.prepare(Wrapped(), optimizer)
-    run_dir = RunDirectory(config.output_dir, accelerator.is_main_process)
-    run_dir.claim(overwrite=False, resuming=False)
-    return fit(accelerator, config, wrapped, optimizer, scheduler, train, eval_loader, class_names=["a", "b"],
-               precision=precision, run_dir=run_dir)
+    return fit_model(config, LinearOnX(), data, data, ["a", "b"])[1]
 
 
 def test_nan_loss_stops_the_run_with_a_clear_message(tmp_path, capsys):

@@ -1,0 +1,337 @@
+"""Throughput and peak memory of this framework's loop against a hand-written PyTorch loop and its peers.
+
+One workload (DESIGN.md): a transformer encoder classifier on synthetic tokens,
+AdamW, micro-batch x accumulation, gradient clipping at 1.0, DataLoader with
+workers and pinned memory. Each (peer, precision) runs in its own process;
+samples/s is timed over `--steps` optimizer steps after `--warmup` steps, between
+two device synchronizations; peak memory is `torch.cuda.max_memory_allocated`
+(CUDA) or the process's peak RSS (CPU). Ratios are against `raw` in the same run.
+
+    python bench/run.py                      # full size (meant for a GPU), fp32 and fp16
+    python bench/run.py --quick --out F.json # CPU size, under 3 minutes on 2 cores
+
+Peers: raw, accelerate, framework, and lightning / hf when those packages are installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+PEERS = ("raw", "accelerate", "framework", "lightning", "hf")
+
+
+@dataclass
+class Workload:
+    vocab: int = 32000
+    seq: int = 256
+    d_model: int = 512
+    heads: int = 8
+    ff: int = 2048
+    layers: int = 6
+    classes: int = 4
+    micro: int = 64
+    accum: int = 2
+    warmup: int = 10
+    steps: int = 40
+    workers: int = 2
+
+
+QUICK = dict(vocab=1000, seq=32, d_model=64, heads=4, ff=128, layers=2, micro=16, accum=2, warmup=10, steps=60,
+             workers=0)
+
+
+class EncoderClassifier(nn.Module):
+    """Token embedding + learned positions, a pre-norm transformer encoder, mean pooling, a linear head."""
+
+    def __init__(self, w: Workload):
+        super().__init__()
+        self.embed = nn.Embedding(w.vocab, w.d_model)
+        self.pos = nn.Parameter(torch.zeros(1, w.seq, w.d_model))
+        layer = nn.TransformerEncoderLayer(w.d_model, w.heads, w.ff, dropout=0.0, batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, w.layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(w.d_model)
+        self.head = nn.Linear(w.d_model, w.classes)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        hidden = self.encoder(self.embed(input_ids) + self.pos)
+        return self.head(self.norm(hidden).mean(dim=1))
+
+
+class SyntheticTokens(torch.utils.data.Dataset):
+    """Deterministic random token sequences with random labels."""
+
+    def __init__(self, w: Workload, size: int):
+        g = torch.Generator().manual_seed(0)
+        self.ids = torch.randint(0, w.vocab, (size, w.seq), generator=g)
+        self.labels = torch.randint(0, w.classes, (size,), generator=g)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"input_ids": self.ids[i], "labels": self.labels[i]}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _peak_mib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _loader(w: Workload, dataset, device, batch: int):
+    return torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True, drop_last=True,
+                                       num_workers=w.workers, pin_memory=device.type == "cuda",
+                                       persistent_workers=w.workers > 0)
+
+
+def _adamw(model, device):
+    return torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda" or None)
+
+
+def run_raw(w: Workload, precision: str, dataset) -> tuple[float, float]:
+    """A hand-written loop done right: autocast + GradScaler, loss / accum, unscale before clipping."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(0)
+    model = EncoderClassifier(w).to(device)
+    optimizer = _adamw(model, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    autocast_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
+    batches = iter(_loader(w, dataset, device, w.micro))
+    total = w.warmup + w.steps
+    start = None
+    for step in range(total):
+        if step == w.warmup:
+            _sync(device)
+            start = time.perf_counter()
+        for _ in range(w.accum):
+            batch = next(batches)
+            ids = batch["input_ids"].to(device, non_blocking=True)
+            labels = batch["labels"].to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                loss = nn.functional.cross_entropy(model(ids).float(), labels)
+            scaler.scale(loss / w.accum).backward()
+        scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+    _sync(device)
+    return w.steps * w.micro * w.accum / (time.perf_counter() - start), _peak_mib(device)
+
+
+def run_accelerate(w: Workload, precision: str, dataset) -> tuple[float, float]:
+    """The plain Accelerate loop from its docs: prepare, accumulate(), backward, clip at sync, step."""
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(mixed_precision=precision, gradient_accumulation_steps=w.accum,
+                              cpu=not torch.cuda.is_available())
+    torch.manual_seed(0)
+    model = EncoderClassifier(w).to(accelerator.device)
+    optimizer = _adamw(model, accelerator.device)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, _loader(w, dataset, accelerator.device, w.micro))
+    batches = iter(loader)
+    start = None
+    for step in range(w.warmup + w.steps):
+        if step == w.warmup:
+            _sync(accelerator.device)
+            start = time.perf_counter()
+        for _ in range(w.accum):
+            batch = next(batches)
+            with accelerator.accumulate(model):
+                loss = nn.functional.cross_entropy(model(batch["input_ids"]), batch["labels"])
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(model.parameters(), 1.0)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+    _sync(accelerator.device)
+    return w.steps * w.micro * w.accum / (time.perf_counter() - start), _peak_mib(accelerator.device)
+
+
+def run_framework(w: Workload, precision: str, dataset) -> tuple[float, float]:
+    """This framework's fit(); the time comes from metrics.jsonl's elapsed_s at two logging steps."""
+    from framework import (RunDirectory, TrainingConfig, build_accelerator, build_eval_loader, build_optimizer,
+                           build_scheduler, build_train_data, fit, total_optimizer_steps)
+
+    with tempfile.TemporaryDirectory() as out:
+        config = TrainingConfig(output_dir=out, per_device_train_batch_size=w.micro,
+                                gradient_accumulation_steps=w.accum, learning_rate=1e-4, lr_scheduler_type="constant",
+                                max_steps=w.warmup + w.steps, logging_steps=w.warmup if w.steps % w.warmup == 0
+                                else 1, mixed_precision=precision, dataloader_num_workers=w.workers)
+        accelerator, resolved = build_accelerator(config)
+        run_dir = RunDirectory(out, accelerator.is_main_process)
+        run_dir.claim(overwrite=True, resuming=False)
+        torch.manual_seed(0)
+        model = EncoderClassifier(w).to(accelerator.device)
+        optimizer = build_optimizer(model, config)
+        train = build_train_data(dataset, config, accelerator)
+        eval_loader = build_eval_loader(torch.utils.data.Subset(dataset, range(w.micro)), config, accelerator)
+        scheduler = build_scheduler(optimizer, config, total_optimizer_steps(config, train.plan.windows_per_epoch))
+        model, optimizer = accelerator.prepare(model, optimizer)
+        fit(accelerator, config, model, optimizer, scheduler, train, eval_loader, class_names=["0", "1", "2", "3"],
+            precision=resolved, run_dir=run_dir)
+        lines = [json.loads(line) for line in Path(out, "metrics.jsonl").read_text().splitlines()]
+        elapsed = {r["step"]: r["elapsed_s"] for r in lines if "elapsed_s" in r}
+        seconds = elapsed[w.warmup + w.steps] - elapsed[w.warmup]
+        return w.steps * w.micro * w.accum / seconds, _peak_mib(accelerator.device)
+
+
+def run_lightning(w: Workload, precision: str, dataset) -> tuple[float, float]:
+    """Lightning's Trainer with the same accumulation, clipping and precision."""
+    import lightning as L
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    times = {}
+
+    class Module(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.model = EncoderClassifier(w)
+
+        def training_step(self, batch, _):
+            return nn.functional.cross_entropy(self.model(batch["input_ids"]), batch["labels"])
+
+        def configure_optimizers(self):
+            return _adamw(self, device)
+
+        def on_train_batch_end(self, *_):
+            if self.trainer.global_step in (w.warmup, w.warmup + w.steps) and self.trainer.global_step not in times:
+                _sync(device)
+                times[self.trainer.global_step] = time.perf_counter()
+
+    trainer = L.Trainer(max_steps=w.warmup + w.steps, accumulate_grad_batches=w.accum, gradient_clip_val=1.0,
+                        precision={"no": "32-true", "fp16": "16-mixed", "bf16": "bf16-mixed"}[precision],
+                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, accelerator="gpu" if device.type == "cuda" else "cpu", devices=1)
+    trainer.fit(Module(), _loader(w, dataset, device, w.micro))
+    seconds = times[w.warmup + w.steps] - times[w.warmup]
+    return w.steps * w.micro * w.accum / seconds, _peak_mib(device)
+
+
+def run_hf(w: Workload, precision: str, dataset) -> tuple[float, float]:
+    """Hugging Face's Trainer with the same accumulation, clipping and precision."""
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    times = {}
+
+    class WithLoss(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.model = EncoderClassifier(w)
+
+        def forward(self, input_ids, labels):
+            logits = self.model(input_ids)
+            return {"loss": nn.functional.cross_entropy(logits.float(), labels), "logits": logits}
+
+    class Timer(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step in (w.warmup, w.warmup + w.steps):
+                _sync(device)
+                times[state.global_step] = time.perf_counter()
+
+    with tempfile.TemporaryDirectory() as out:
+        args = TrainingArguments(output_dir=out, per_device_train_batch_size=w.micro,
+                                 gradient_accumulation_steps=w.accum, max_steps=w.warmup + w.steps,
+                                 learning_rate=1e-4, lr_scheduler_type="constant", max_grad_norm=1.0,
+                                 fp16=precision == "fp16", bf16=precision == "bf16", report_to=[],
+                                 save_strategy="no", logging_strategy="no", dataloader_num_workers=w.workers,
+                                 dataloader_pin_memory=device.type == "cuda", disable_tqdm=True,
+                                 optim="adamw_torch_fused" if device.type == "cuda" else "adamw_torch",
+                                 use_cpu=device.type != "cuda")
+        Trainer(model=WithLoss(), args=args, train_dataset=dataset, callbacks=[Timer()]).train()
+    seconds = times[w.warmup + w.steps] - times[w.warmup]
+    return w.steps * w.micro * w.accum / seconds, _peak_mib(device)
+
+
+RUNNERS = {"raw": run_raw, "accelerate": run_accelerate, "framework": run_framework, "lightning": run_lightning,
+           "hf": run_hf}
+REQUIRES = {"lightning": "lightning", "hf": "transformers"}
+
+
+def _child(args) -> None:
+    w = Workload(**(QUICK if args.quick else {}))
+    dataset = SyntheticTokens(w, (w.warmup + w.steps + 2) * w.micro * w.accum)
+    samples_per_s, peak = RUNNERS[args.peer](w, args.precision, dataset)
+    print("RESULT " + json.dumps({"peer": args.peer, "precision": args.precision, "micro": w.micro,
+                                  "accum": w.accum, "samples_per_s": samples_per_s, "peak_mib": peak}), flush=True)
+
+
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def main() -> None:
+    """Run every (peer, precision) in its own process, print a table with ratios to raw, write --out."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a CPU-sized workload (under 3 minutes on 2 cores)")
+    parser.add_argument("--out", help="write {'rows': [...]} JSON here")
+    parser.add_argument("--peers", default=",".join(PEERS), help="comma list of " + ", ".join(PEERS))
+    parser.add_argument("--precisions", help="comma list of no, fp16, bf16 (default: no,fp16 on CUDA, no on CPU)")
+    parser.add_argument("--repeats", type=int, default=1, help="alternate the peers this many times; best kept")
+    parser.add_argument("--peer", help=argparse.SUPPRESS)
+    parser.add_argument("--precision", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.peer:
+        return _child(args)
+
+    cuda = torch.cuda.is_available()
+    precisions = (args.precisions or ("no,fp16" if cuda else "no")).split(",")
+    peers = [p for p in args.peers.split(",") if p not in REQUIRES or _installed(REQUIRES[p])]
+    skipped = [p for p in args.peers.split(",") if p not in peers]
+    best: dict[tuple[str, str], dict] = {}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_DATASETS_OFFLINE": "1"}
+    for _ in range(args.repeats):
+        for precision in precisions:
+            for peer in peers:
+                cmd = [sys.executable, __file__, "--peer", peer, "--precision", precision] + (["--quick"] * args.quick)
+                done = subprocess.run(cmd, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL)
+                rows = [json.loads(line[7:]) for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+                if done.returncode != 0 or not rows:
+                    print(f"{peer} {precision} failed:\n{done.stderr[-2000:]}", file=sys.stderr)
+                    continue
+                key = (peer, precision)
+                if key not in best or rows[0]["samples_per_s"] > best[key]["samples_per_s"]:
+                    best[key] = rows[0]
+    rows = list(best.values())
+    print(f"device: {torch.cuda.get_device_name() if cuda else 'cpu'}; torch {torch.__version__}; "
+          f"workload: {'quick' if args.quick else 'full'}; repeats: {args.repeats}")
+    print(f"{'peer':<12}{'precision':<11}{'micro x accum':<15}{'samples/s':>11}{'x raw':>8}{'peak MiB':>11}")
+    for row in rows:
+        raw = best.get(("raw", row["precision"]))
+        ratio = row["samples_per_s"] / raw["samples_per_s"] if raw else float("nan")
+        row["ratio_to_raw"] = ratio
+        print(f"{row['peer']:<12}{row['precision']:<11}{str(row['micro']) + ' x ' + str(row['accum']):<15}"
+              f"{row['samples_per_s']:>11.1f}{ratio:>8.3f}{row['peak_mib']:>11.0f}")
+    if skipped:
+        print("not installed, skipped: " + ", ".join(skipped))
+    if args.out:
+        Path(args.out).write_text(json.dumps({"rows": rows}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

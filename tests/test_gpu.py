@@ -1,0 +1,71 @@
+"""GPU-only checks of the fp16 path (skipped without CUDA; run by scripts/gpu_check.sh)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from framework.loop import NonFiniteLossError
+from helpers import fit_model, read_json, read_metrics, run_digits_in_process
+
+pytestmark = pytest.mark.gpu
+
+
+def _digits(tmp_path, **overrides):
+    from recipes import digits
+
+    config = digits.DigitsConfig(output_dir=str(tmp_path), mixed_precision="fp16", **overrides)
+    train_set, test_set, names = digits.build_data(config)
+    return config, digits.build_model(config, len(names)), train_set, test_set, names
+
+
+def test_fp16_really_uses_autocast_and_a_grad_scaler(tmp_path):
+    config, model, train_set, test_set, names = _digits(tmp_path, max_steps=3)
+    dtypes = []
+    model.features[0].register_forward_hook(lambda module, args, out: dtypes.append(out.dtype))
+    accelerator, result = fit_model(config, model, train_set, test_set, names)
+    assert result.summary["mixed_precision"] == "fp16"
+    assert torch.float16 in dtypes  # convolutions ran in fp16 under autocast
+    assert isinstance(accelerator.scaler, torch.amp.GradScaler)
+    assert accelerator.scaler.is_enabled()
+
+
+def _inject_inf(model, at_calls):
+    """Make the gradient of the head's weight inf on the given backward calls (1-based)."""
+    calls = {"n": 0}
+    weight = model.head[-1].weight
+
+    def hook(grad):
+        calls["n"] += 1
+        return grad * float("inf") if calls["n"] in at_calls else grad
+
+    weight.register_hook(hook)
+
+
+def test_inf_gradient_skips_the_step_without_advancing_the_schedule(tmp_path):
+    config, model, train_set, test_set, names = _digits(tmp_path, max_steps=30, warmup_steps=0, logging_steps=1)
+    _inject_inf(model, at_calls={20})
+    _, result = fit_model(config, model, train_set, test_set, names)
+    lrs = [r["lr"] for r in read_metrics(tmp_path) if "lr" in r]
+    repeats = sum(1 for a, b in zip(lrs, lrs[1:]) if a == b)
+    skipped = result.summary["skipped_fp16_steps"]
+    assert skipped >= 1
+    assert repeats == skipped  # every skipped step left the lr where it was; every applied one moved it
+    assert lrs[19] == lrs[20]  # the injected step
+
+
+def test_too_many_consecutive_skips_stop_the_run(tmp_path):
+    config, model, train_set, test_set, names = _digits(tmp_path, max_steps=40, max_consecutive_skipped_steps=5)
+    _inject_inf(model, at_calls=set(range(10, 100)))
+    with pytest.raises(NonFiniteLossError, match="fp16 steps in a row were skipped"):
+        fit_model(config, model, train_set, test_set, names)
+
+
+def test_fp16_and_fp32_digits_accuracy_within_one_point(tmp_path):
+    assert run_digits_in_process(tmp_path / "fp16", "--mixed_precision", "fp16") == 0
+    assert run_digits_in_process(tmp_path / "fp32", "--mixed_precision", "no") == 0
+    fp16 = read_json(tmp_path / "fp16" / "report.json")["accuracy"]
+    fp32 = read_json(tmp_path / "fp32" / "report.json")["accuracy"]
+    assert read_json(tmp_path / "fp16" / "summary.json")["mixed_precision"] == "fp16"
+    assert abs(fp16 - fp32) <= 0.01
+    assert fp16 >= 0.95
