@@ -3,8 +3,9 @@
 One workload (DESIGN.md): a transformer encoder classifier on synthetic tokens,
 AdamW, micro-batch x accumulation, gradient clipping at 1.0, DataLoader with
 workers and pinned memory. Each (peer, precision) runs in its own process;
-samples/s is timed over `--steps` optimizer steps after `--warmup` steps, between
-two device synchronizations; peak memory is `torch.cuda.max_memory_allocated`
+samples/s is timed after warm-up steps, between device synchronizations, over
+windows of optimizer steps, and the fastest window counts (a shared machine's
+noise only ever slows a window down); peak memory is `torch.cuda.max_memory_allocated`
 (CUDA) or the process's peak RSS (CPU). Ratios are against `raw` in the same run.
 
     python bench/run.py                      # full size (meant for a GPU), fp32 and fp16
@@ -16,7 +17,9 @@ Peers: raw, accelerate, framework, and lightning / hf when those packages are in
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
 import os
 import resource
 import subprocess
@@ -48,11 +51,12 @@ class Workload:
     accum: int = 2
     warmup: int = 10
     steps: int = 40
+    window: int = 10  # timed steps are cut into windows of this many steps; the fastest window counts
     workers: int = 2
 
 
-QUICK = dict(vocab=1000, seq=32, d_model=64, heads=4, ff=128, layers=2, micro=16, accum=2, warmup=10, steps=60,
-             workers=0)
+QUICK = dict(vocab=1000, seq=32, d_model=64, heads=4, ff=128, layers=2, micro=16, accum=2, warmup=10, steps=240,
+             window=40, workers=0)
 
 
 class EncoderClassifier(nn.Module):
@@ -98,6 +102,18 @@ def _peak_mib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _is_mark(w: Workload, step: int) -> bool:
+    """Whether optimizer step `step` (count of steps done) opens or closes a timed window."""
+    return step >= w.warmup and (step - w.warmup) % w.window == 0 and step <= w.warmup + w.steps
+
+
+def _best_rate(w: Workload, marks: dict[int, float]) -> float:
+    """Samples/s of the fastest complete window between consecutive marks."""
+    steps = sorted(marks)
+    rates = [(b - a) * w.micro * w.accum / (marks[b] - marks[a]) for a, b in zip(steps, steps[1:])]
+    return max(rates)
+
+
 def _loader(w: Workload, dataset, device, batch: int):
     return torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True, drop_last=True,
                                        num_workers=w.workers, pin_memory=device.type == "cuda",
@@ -114,29 +130,33 @@ def run_raw(w: Workload, precision: str, dataset) -> tuple[float, float]:
     torch.manual_seed(0)
     model = EncoderClassifier(w).to(device)
     optimizer = _adamw(model, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     autocast_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
     batches = iter(_loader(w, dataset, device, w.micro))
-    total = w.warmup + w.steps
-    start = None
-    for step in range(total):
-        if step == w.warmup:
+    marks = {}
+    for step in range(w.warmup + w.steps + 1):
+        if _is_mark(w, step):
             _sync(device)
-            start = time.perf_counter()
+            marks[step] = time.perf_counter()
+            if step == w.warmup + w.steps:
+                break
         for _ in range(w.accum):
             batch = next(batches)
             ids = batch["input_ids"].to(device, non_blocking=True)
             labels = batch["labels"].to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            with torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext():
                 loss = nn.functional.cross_entropy(model(ids).float(), labels)
-            scaler.scale(loss / w.accum).backward()
-        scaler.unscale_(optimizer)
+            (scaler.scale(loss / w.accum) if scaler else loss / w.accum).backward()
+        if scaler:
+            scaler.unscale_(optimizer)
         nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        scaler.step(optimizer)
-        scaler.update()
+        if scaler:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    _sync(device)
-    return w.steps * w.micro * w.accum / (time.perf_counter() - start), _peak_mib(device)
+    return _best_rate(w, marks), _peak_mib(device)
 
 
 def run_accelerate(w: Workload, precision: str, dataset) -> tuple[float, float]:
@@ -150,11 +170,13 @@ def run_accelerate(w: Workload, precision: str, dataset) -> tuple[float, float]:
     optimizer = _adamw(model, accelerator.device)
     model, optimizer, loader = accelerator.prepare(model, optimizer, _loader(w, dataset, accelerator.device, w.micro))
     batches = iter(loader)
-    start = None
-    for step in range(w.warmup + w.steps):
-        if step == w.warmup:
+    marks = {}
+    for step in range(w.warmup + w.steps + 1):
+        if _is_mark(w, step):
             _sync(accelerator.device)
-            start = time.perf_counter()
+            marks[step] = time.perf_counter()
+            if step == w.warmup + w.steps:
+                break
         for _ in range(w.accum):
             batch = next(batches)
             with accelerator.accumulate(model):
@@ -164,8 +186,7 @@ def run_accelerate(w: Workload, precision: str, dataset) -> tuple[float, float]:
                     accelerator.clip_grad_norm_(model.parameters(), 1.0)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-    _sync(accelerator.device)
-    return w.steps * w.micro * w.accum / (time.perf_counter() - start), _peak_mib(accelerator.device)
+    return _best_rate(w, marks), _peak_mib(accelerator.device)
 
 
 def run_framework(w: Workload, precision: str, dataset) -> tuple[float, float]:
@@ -176,8 +197,8 @@ def run_framework(w: Workload, precision: str, dataset) -> tuple[float, float]:
     with tempfile.TemporaryDirectory() as out:
         config = TrainingConfig(output_dir=out, per_device_train_batch_size=w.micro,
                                 gradient_accumulation_steps=w.accum, learning_rate=1e-4, lr_scheduler_type="constant",
-                                max_steps=w.warmup + w.steps, logging_steps=w.warmup if w.steps % w.warmup == 0
-                                else 1, mixed_precision=precision, dataloader_num_workers=w.workers)
+                                max_steps=w.warmup + w.steps, logging_steps=math.gcd(w.warmup, w.window),
+                                mixed_precision=precision, dataloader_num_workers=w.workers)
         accelerator, resolved = build_accelerator(config)
         run_dir = RunDirectory(out, accelerator.is_main_process)
         run_dir.claim(overwrite=True, resuming=False)
@@ -191,9 +212,8 @@ def run_framework(w: Workload, precision: str, dataset) -> tuple[float, float]:
         fit(accelerator, config, model, optimizer, scheduler, train, eval_loader, class_names=["0", "1", "2", "3"],
             precision=resolved, run_dir=run_dir)
         lines = [json.loads(line) for line in Path(out, "metrics.jsonl").read_text().splitlines()]
-        elapsed = {r["step"]: r["elapsed_s"] for r in lines if "elapsed_s" in r}
-        seconds = elapsed[w.warmup + w.steps] - elapsed[w.warmup]
-        return w.steps * w.micro * w.accum / seconds, _peak_mib(accelerator.device)
+        marks = {r["step"]: r["elapsed_s"] for r in lines if "elapsed_s" in r and _is_mark(w, r["step"])}
+        return _best_rate(w, marks), _peak_mib(accelerator.device)
 
 
 def run_lightning(w: Workload, precision: str, dataset) -> tuple[float, float]:
@@ -216,17 +236,17 @@ def run_lightning(w: Workload, precision: str, dataset) -> tuple[float, float]:
             return _adamw(self, device)
 
         def on_train_batch_end(self, *_):
-            if self.trainer.global_step in (w.warmup, w.warmup + w.steps) and self.trainer.global_step not in times:
+            step = self.trainer.global_step
+            if _is_mark(w, step) and step not in times:
                 _sync(device)
-                times[self.trainer.global_step] = time.perf_counter()
+                times[step] = time.perf_counter()
 
     trainer = L.Trainer(max_steps=w.warmup + w.steps, accumulate_grad_batches=w.accum, gradient_clip_val=1.0,
                         precision={"no": "32-true", "fp16": "16-mixed", "bf16": "bf16-mixed"}[precision],
                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, accelerator="gpu" if device.type == "cuda" else "cpu", devices=1)
     trainer.fit(Module(), _loader(w, dataset, device, w.micro))
-    seconds = times[w.warmup + w.steps] - times[w.warmup]
-    return w.steps * w.micro * w.accum / seconds, _peak_mib(device)
+    return _best_rate(w, times), _peak_mib(device)
 
 
 def run_hf(w: Workload, precision: str, dataset) -> tuple[float, float]:
@@ -248,7 +268,7 @@ def run_hf(w: Workload, precision: str, dataset) -> tuple[float, float]:
 
     class Timer(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step in (w.warmup, w.warmup + w.steps):
+            if _is_mark(w, state.global_step) and state.global_step not in times:
                 _sync(device)
                 times[state.global_step] = time.perf_counter()
 
@@ -262,8 +282,7 @@ def run_hf(w: Workload, precision: str, dataset) -> tuple[float, float]:
                                  optim="adamw_torch_fused" if device.type == "cuda" else "adamw_torch",
                                  use_cpu=device.type != "cuda")
         Trainer(model=WithLoss(), args=args, train_dataset=dataset, callbacks=[Timer()]).train()
-    seconds = times[w.warmup + w.steps] - times[w.warmup]
-    return w.steps * w.micro * w.accum / seconds, _peak_mib(device)
+    return _best_rate(w, times), _peak_mib(device)
 
 
 RUNNERS = {"raw": run_raw, "accelerate": run_accelerate, "framework": run_framework, "lightning": run_lightning,
@@ -292,12 +311,14 @@ def main() -> None:
     parser.add_argument("--out", help="write {'rows': [...]} JSON here")
     parser.add_argument("--peers", default=",".join(PEERS), help="comma list of " + ", ".join(PEERS))
     parser.add_argument("--precisions", help="comma list of no, fp16, bf16 (default: no,fp16 on CUDA, no on CPU)")
-    parser.add_argument("--repeats", type=int, default=1, help="alternate the peers this many times; best kept")
+    parser.add_argument("--repeats", type=int, help="alternate the peers this many times and keep each one's best "
+                        "(default: 5 with --quick, 3 otherwise)")
     parser.add_argument("--peer", help=argparse.SUPPRESS)
     parser.add_argument("--precision", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.peer:
         return _child(args)
+    args.repeats = args.repeats or (5 if args.quick else 3)
 
     cuda = torch.cuda.is_available()
     precisions = (args.precisions or ("no,fp16" if cuda else "no")).split(",")

@@ -82,7 +82,11 @@ class WindowPlan:
 
 
 class WeightedSamples(Dataset):
-    """A view of a map-style dataset addressed by (index, weight) keys; each sample gains a `weight`."""
+    """A view of a map-style dataset addressed by (index, weight) keys.
+
+    Fetching a micro-batch returns (samples, weights); `WeightedCollate` collates the
+    samples with the recipe's collate function and adds the weights as `batch["weight"]`.
+    """
 
     def __init__(self, dataset: Any):
         self.dataset = dataset
@@ -90,15 +94,24 @@ class WeightedSamples(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, key: Key) -> dict[str, Any]:
-        index, weight = key
-        return {**self.dataset[index], "weight": torch.tensor(weight)}
-
-    def __getitems__(self, keys: list[Key]) -> list[dict[str, Any]]:
-        fetch = getattr(self.dataset, "__getitems__", None)
+    def __getitems__(self, keys: list[Key]) -> tuple[list[Any], list[float]]:
         indices = [i for i, _ in keys]
+        fetch = getattr(self.dataset, "__getitems__", None)
         samples = fetch(indices) if fetch else [self.dataset[i] for i in indices]
-        return [{**s, "weight": torch.tensor(w)} for s, (_, w) in zip(samples, keys)]
+        return samples, [w for _, w in keys]
+
+
+class WeightedCollate:
+    """Collate (samples, weights) into the recipe's batch plus a float32 `weight` tensor."""
+
+    def __init__(self, collate_fn: Callable):
+        self.collate_fn = collate_fn
+
+    def __call__(self, fetched: tuple[list[Any], list[float]]) -> dict[str, Any]:
+        samples, weights = fetched
+        batch = self.collate_fn(samples)
+        batch["weight"] = torch.tensor(weights, dtype=torch.float32)
+        return batch
 
 
 class _WindowBatchSampler:
@@ -127,7 +140,8 @@ class TrainData:
         # Its own generator: a DataLoader draws a base seed each time an iterator starts, and
         # drawing it from the global RNG would shift the dropout stream of a resumed run.
         self.loader = DataLoader(
-            WeightedSamples(dataset), batch_sampler=self._sampler, collate_fn=collate_fn or default_collate,
+            WeightedSamples(dataset), batch_sampler=self._sampler,
+            collate_fn=WeightedCollate(collate_fn or default_collate),
             num_workers=num_workers, pin_memory=pin_memory, persistent_workers=num_workers > 0,
             generator=torch.Generator().manual_seed(plan.seed),
         )
