@@ -62,7 +62,8 @@ def resolve_checkpoint(spec: str, output_dir: str | Path) -> Path:
     return path
 
 
-def _rng_state() -> dict[str, Any]:
+def capture_rng_state() -> dict[str, Any]:
+    """Every RNG this process draws from: Python, NumPy, torch CPU and CUDA."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
         "python": random.getstate(),
@@ -74,7 +75,8 @@ def _rng_state() -> dict[str, Any]:
     return state
 
 
-def _set_rng_state(state: dict[str, Any]) -> None:
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Put back what `capture_rng_state` returned."""
     random.setstate(state["python"])
     kind, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
@@ -99,7 +101,7 @@ def save_checkpoint(accelerator: Any, output_dir: str | Path, *, model: Any, opt
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     model_state = accelerator.get_state_dict(model)  # a collective under FSDP: every process calls it
-    torch.save(_rng_state(), tmp / f"rng_{accelerator.process_index}.pt")
+    torch.save(capture_rng_state(), tmp / f"rng_{accelerator.process_index}.pt")
     if accelerator.is_main_process:
         save_file({k: v.contiguous() for k, v in model_state.items()}, str(tmp / "model.safetensors"))
         scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
@@ -152,7 +154,7 @@ def load_checkpoint(accelerator: Any, path: Path, *, model: Any, optimizer: Any,
         accelerator.scaler.load_state_dict(trainer["scaler"])
     rng_file = path / f"rng_{accelerator.process_index}.pt"
     if rng_file.is_file():
-        _set_rng_state(torch.load(rng_file, weights_only=True))
+        restore_rng_state(torch.load(rng_file, weights_only=True))
     return state_type(**record["state"])
 
 

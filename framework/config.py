@@ -59,6 +59,14 @@ class TrainingConfig:
         "Stop when this many fp16 steps in a row are skipped for inf/NaN gradients.", default=50
     )
     dataloader_num_workers: int = flag("DataLoader worker processes per training process.", default=0)
+    total_train_batch_size: int = flag(
+        "Effective batch over all processes; 0 means micro-batch x accumulation x processes. When set, "
+        "accumulation follows from it.", default=0)
+    auto_find_batch_size: bool = flag(
+        "Search for the largest micro-batch (up to per_device_train_batch_size) that fits in memory; "
+        "accumulation grows so the effective batch stays the same.", default=False)
+    max_memory_gib: float = flag("Cap this process's CUDA memory (emulates a smaller GPU); 0 = no cap.",
+                                 default=0.0)
     report_to: str = flag(
         "Experiment trackers beside metrics.jsonl: none, all, or a comma list such as tensorboard,wandb.",
         default="none")
@@ -84,6 +92,9 @@ class TrainingConfig:
         require("lr_scheduler_type", self.lr_scheduler_type in SCHEDULERS, "one of " + ", ".join(SCHEDULERS))
         require("mixed_precision", self.mixed_precision in (None, *PRECISIONS), "one of " + ", ".join(PRECISIONS))
         require("output_dir", bool(self.output_dir.strip()), "a non-empty path")
+        require("total_train_batch_size", self.total_train_batch_size >= 0, "an integer >= 0")
+        require("max_memory_gib", math.isfinite(self.max_memory_gib) and self.max_memory_gib >= 0,
+                "a finite number >= 0")
         for name in self.trackers:
             require("report_to", name in TRACKERS, f"none, all, or a comma list of {', '.join(TRACKERS)}; "
                     f"got {name!r}")

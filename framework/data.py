@@ -39,21 +39,25 @@ class WindowPlan:
     """Deterministic assignment of training samples to optimizer steps, micro-batches and processes."""
 
     def __init__(self, num_samples: int, micro_batch: int, accumulation: int, num_processes: int = 1,
-                 process_index: int = 0, seed: int = 0, shuffle: bool = True):
+                 process_index: int = 0, seed: int = 0, shuffle: bool = True, effective_batch: int = 0):
         if num_samples <= 0:
             raise UserError("the training set is empty")
         self.num_samples = num_samples
         self.micro_batch = micro_batch
-        self.accumulation = accumulation
         self.num_processes = num_processes
         self.process_index = process_index
         self.seed = seed
         self.shuffle = shuffle
+        # Samples per optimizer step over all processes (the last window of an epoch may hold fewer).
+        # Given explicitly, it need not be a multiple of micro-batch x processes: the last
+        # micro-batch of each window is then smaller, which exact weighting makes harmless.
+        self.effective_batch = effective_batch or micro_batch * accumulation * num_processes
+        self.accumulation = math.ceil(self.effective_batch / (micro_batch * num_processes))
 
-    @property
-    def effective_batch(self) -> int:
-        """Samples per optimizer step over all processes (the last window of an epoch may hold fewer)."""
-        return self.micro_batch * self.accumulation * self.num_processes
+    def with_micro_batch(self, micro_batch: int) -> "WindowPlan":
+        """The same windows (same effective batch, same order) cut into micro-batches of another size."""
+        return WindowPlan(self.num_samples, micro_batch, 0, self.num_processes, self.process_index, self.seed,
+                          self.shuffle, self.effective_batch)
 
     @property
     def windows_per_epoch(self) -> int:
@@ -146,6 +150,10 @@ class TrainData:
             generator=torch.Generator().manual_seed(plan.seed),
         )
 
+    def use_micro_batch(self, micro_batch: int) -> None:
+        """Re-cut every window into micro-batches of `micro_batch` (automatic micro-batching)."""
+        self.plan = self._sampler.plan = self.plan.with_micro_batch(micro_batch)
+
     def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[Window, Iterator[dict[str, Any]]]]:
         """Yield (window, its micro-batches) for `epoch` from window `start` on."""
         self._sampler.epoch, self._sampler.start = epoch, start
@@ -156,9 +164,16 @@ class TrainData:
 
 def build_train_data(dataset: Sequence, config: Any, accelerator: Any, collate_fn: Optional[Callable] = None,
                      shuffle: bool = True) -> TrainData:
-    """Windowed training data for this process, from the config's batch size, accumulation and seed."""
+    """Windowed training data for this process, from the config's batch size, accumulation and seed.
+
+    With `--total_train_batch_size` the effective batch is that number and accumulation follows from it.
+    """
+    total = config.total_train_batch_size
+    if total and total < accelerator.num_processes:
+        raise UserError(f"--total_train_batch_size {total} is smaller than the {accelerator.num_processes} processes")
     plan = WindowPlan(len(dataset), config.per_device_train_batch_size, config.gradient_accumulation_steps,
-                      accelerator.num_processes, accelerator.process_index, config.seed, shuffle)
+                      accelerator.num_processes, accelerator.process_index, config.seed, shuffle,
+                      effective_batch=total)
     return TrainData(dataset, plan, collate_fn, config.dataloader_num_workers,
                      pin_memory=accelerator.device.type == "cuda")
 

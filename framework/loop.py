@@ -24,8 +24,9 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import DistributedType
 
-from framework.checkpoint import (load_checkpoint, resolve_checkpoint, run_identity, save_checkpoint,
-                                  should_checkpoint)
+from framework.batch_search import largest_fitting, probe_micro_batch
+from framework.checkpoint import (capture_rng_state, load_checkpoint, resolve_checkpoint, restore_rng_state,
+                                  run_identity, save_checkpoint, should_checkpoint)
 from framework.config import TrainingConfig, config_to_dict
 from framework.data import TrainData, Window
 from framework.errors import UserError
@@ -58,6 +59,7 @@ class TrainState:
     consecutive_skipped: int = 0
     samples_seen: int = 0
     last_eval_step: int = -1
+    micro_batch: int = 0  # chosen by --auto_find_batch_size (0: not searched); reused on resume
 
 
 @dataclass
@@ -179,6 +181,28 @@ def _evaluate(ctx: _Context, state: TrainState) -> None:
     _log(ctx, {"step": state.step, "epoch": round(epoch, 4), **ctx.report.summary()})
 
 
+def _search_micro_batch(ctx: _Context) -> tuple[int, list[tuple[int, bool]]]:
+    """Run the micro-batch search on real training samples; the RNG streams are left as they were."""
+    plan, accelerator, model = ctx.train_data.plan, ctx.accelerator, ctx.model
+    order = plan.order(0)
+    samples, collate = ctx.train_data.loader.dataset, ctx.train_data.loader.collate_fn
+
+    def make_batch(n: int) -> dict[str, Any]:
+        keys = [(int(order[i % len(order)]), 1.0) for i in range(n)]
+        return _to_device(collate(samples.__getitems__(keys)), accelerator.device)
+
+    def step(batch: dict[str, Any]) -> torch.Tensor:
+        inputs, labels = split_batch(batch)
+        return ctx.loss_fn(model(**inputs).float(), labels).mean()
+
+    start = min(plan.micro_batch, math.ceil(plan.effective_batch / plan.num_processes))
+    rng = capture_rng_state()
+    model.train()
+    result = largest_fitting(probe_micro_batch(accelerator, model, ctx.optimizer, make_batch, step), start)
+    restore_rng_state(rng)
+    return result.micro_batch, result.tries
+
+
 def _checkpoint(ctx: _Context, state: TrainState) -> None:
     save_checkpoint(ctx.accelerator, ctx.config.output_dir, model=ctx.model, optimizer=ctx.optimizer,
                     scheduler=ctx.scheduler, state=state,
@@ -254,6 +278,16 @@ def fit(accelerator: Accelerator, config: TrainingConfig, model: torch.nn.Module
         state = load_checkpoint(accelerator, path, model=model, optimizer=optimizer, scheduler=scheduler,
                                 identity=run_identity(plan, config.seed), state_type=TrainState)
         accelerator.print(f"resumed from {path} at optimizer step {state.step}")
+    tries: list[tuple[int, bool]] = []
+    if config.auto_find_batch_size:
+        if not state.micro_batch:
+            state.micro_batch, tries = _search_micro_batch(ctx)
+        train_data.use_micro_batch(state.micro_batch)
+        plan = train_data.plan
+        tried = ", ".join(f"{n} {'fits' if ok else 'out of memory'}" for n, ok in tries) or "reused from checkpoint"
+        accelerator.print(f"auto batch size: micro-batch {plan.micro_batch} x {plan.accumulation} accumulation x "
+                          f"{plan.num_processes} processes keeps the effective batch {plan.effective_batch} "
+                          f"(tried: {tried})")
     resolved = config_to_dict(config) | {"mixed_precision": precision.requested}
     run_dir.start(resolved, resume_step=state.step if config.resume_from_checkpoint else None)
     # Trackers take flat scalars and strings only (TensorBoard's hparams reject None).
@@ -261,7 +295,8 @@ def fit(accelerator: Accelerator, config: TrainingConfig, model: torch.nn.Module
                                                                    for k, v in resolved.items()})
     accelerator.print(format_banner(
         world_size=accelerator.num_processes, device=device_name(accelerator), precision=precision,
-        micro_batch=plan.micro_batch, accumulation=plan.accumulation, steps_per_epoch=plan.windows_per_epoch,
+        micro_batch=plan.micro_batch, accumulation=plan.accumulation, effective_batch=plan.effective_batch,
+        steps_per_epoch=plan.windows_per_epoch,
         total_steps=total_steps, train_samples=plan.num_samples))
     sys.stdout.flush()
 
@@ -301,6 +336,7 @@ def fit(accelerator: Accelerator, config: TrainingConfig, model: torch.nn.Module
         "train_time_s": ctx.train_time,
         "wall_time_s": time.perf_counter() - wall_started,
         "eval_accuracy": ctx.report.metrics["accuracy"],
+        "auto_micro_batch": state.micro_batch or None,
         **_peak_memory(),
     }
     run_dir.write_json("summary.json", summary)

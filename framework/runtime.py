@@ -54,6 +54,8 @@ def build_accelerator(config: TrainingConfig) -> tuple[Accelerator, Precision]:
     accelerator = Accelerator(mixed_precision=precision.effective, cpu=not cuda, gradient_accumulation_steps=1,
                               log_with=trackers or None, project_dir=config.output_dir)
     check_process_group(int(os.environ.get("WORLD_SIZE", "1")), accelerator.num_processes)
+    if config.max_memory_gib:
+        cap_cuda_memory(config.max_memory_gib, accelerator.device)
     set_seed(config.seed)
     if precision.note:
         accelerator.print(f"note: {precision.note}")
@@ -76,6 +78,16 @@ def available_trackers(names: list[str], explicit: bool) -> list[str]:
     return [n for n in names if n in installed]
 
 
+def cap_cuda_memory(gib: float, device: torch.device) -> None:
+    """Let this process allocate at most `gib` GiB of CUDA memory (`--max_memory_gib`)."""
+    if device.type != "cuda":
+        raise UserError(f"--max_memory_gib needs a CUDA device; this run is on {device.type}")
+    total = torch.cuda.get_device_properties(device).total_memory
+    if gib * 2**30 >= total:
+        raise UserError(f"--max_memory_gib {gib} is not below this GPU's {total / 2**30:.1f} GiB")
+    torch.cuda.set_per_process_memory_fraction(gib * 2**30 / total, device)
+
+
 def check_process_group(launched_world_size: int, num_processes: int) -> None:
     """Refuse a multi-process launch whose processes did not join one group (each would train on everything)."""
     if launched_world_size > 1 and num_processes != launched_world_size:
@@ -94,17 +106,21 @@ def device_name(accelerator: Accelerator) -> str:
 
 
 def format_banner(*, world_size: int, device: str, precision: Precision, micro_batch: int, accumulation: int,
-                  steps_per_epoch: int, total_steps: int, train_samples: int) -> str:
+                  effective_batch: int, steps_per_epoch: int, total_steps: int, train_samples: int) -> str:
     """The run banner: where it runs, what precision really runs, the effective batch and the steps planned."""
-    effective = micro_batch * accumulation * world_size
+    if effective_batch == micro_batch * accumulation * world_size:
+        batch = (f"{micro_batch} micro-batch x {accumulation} accumulation x {world_size} processes"
+                 f" = {effective_batch} samples per optimizer step")
+    else:  # --total_train_batch_size not a multiple of micro-batch x processes
+        batch = (f"{effective_batch} samples per optimizer step = {accumulation} micro-batches of at most "
+                 f"{micro_batch} on each of {world_size} processes")
     mode = {"no": "fp32", "fp16": "fp16 autocast + dynamic loss scaling", "bf16": "bf16 autocast"}[precision.effective]
     asked = f" (asked for {precision.requested})" if precision.requested != precision.effective else ""
     return "\n".join([
         "=" * 72,
         f"processes       : {world_size}   device: {device}",
         f"precision       : {precision.effective} = {mode}{asked}",
-        f"effective batch : {micro_batch} micro-batch x {accumulation} accumulation x {world_size} processes"
-        f" = {effective} samples per optimizer step",
+        f"effective batch : {batch}",
         f"optimizer steps : {total_steps} planned ({steps_per_epoch} per epoch over {train_samples} training samples)",
         "=" * 72,
     ])

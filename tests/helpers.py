@@ -84,10 +84,10 @@ def debug_launch(fn, *args, num_processes: int = 2) -> None:
     debug_launcher(_single_threaded, args=(fn, *args), num_processes=num_processes)
 
 
-def fit_model(config, model, train_set, eval_set, class_names):
+def fit_model(config, make_model, train_set, eval_set, class_names):
     """The digits recipe's main() for any model and datasets: build, prepare, fit.
 
-    Returns (accelerator, FitResult).
+    `make_model()` is called after seeding, as in a recipe. Returns (accelerator, FitResult).
     """
     from framework import (RunDirectory, build_accelerator, build_eval_loader, build_optimizer, build_scheduler,
                            build_train_data, fit, total_optimizer_steps)
@@ -97,7 +97,7 @@ def fit_model(config, model, train_set, eval_set, class_names):
     run_dir.claim(overwrite=config.overwrite_output_dir, resuming=config.resume_from_checkpoint is not None)
     train = build_train_data(train_set, config, accelerator)
     eval_loader = build_eval_loader(eval_set, config, accelerator)
-    model = model.to(accelerator.device)
+    model = make_model().to(accelerator.device)
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(optimizer, config, total_optimizer_steps(config, train.plan.windows_per_epoch))
     model, optimizer = accelerator.prepare(model, optimizer)

@@ -16,36 +16,45 @@ def _digits(tmp_path, **overrides):
 
     config = digits.DigitsConfig(output_dir=str(tmp_path), mixed_precision="fp16", **overrides)
     train_set, test_set, names = digits.build_data(config)
-    return config, digits.build_model(config, len(names)), train_set, test_set, names
+    return config, lambda: digits.build_model(config, len(names)), train_set, test_set, names
 
 
 def test_fp16_really_uses_autocast_and_a_grad_scaler(tmp_path):
-    config, model, train_set, test_set, names = _digits(tmp_path, max_steps=3)
+    config, make_model, train_set, test_set, names = _digits(tmp_path, max_steps=3)
     dtypes = []
-    model.features[0].register_forward_hook(lambda module, args, out: dtypes.append(out.dtype))
-    accelerator, result = fit_model(config, model, train_set, test_set, names)
+
+    def with_hook():
+        model = make_model()
+        model.features[0].register_forward_hook(lambda module, args, out: dtypes.append(out.dtype))
+        return model
+
+    accelerator, result = fit_model(config, with_hook, train_set, test_set, names)
     assert result.summary["mixed_precision"] == "fp16"
     assert torch.float16 in dtypes  # convolutions ran in fp16 under autocast
     assert isinstance(accelerator.scaler, torch.amp.GradScaler)
     assert accelerator.scaler.is_enabled()
 
 
-def _inject_inf(model, at_calls):
-    """Make the gradient of the head's weight inf on the given backward calls (1-based)."""
+def _inject_inf(make_model, at_calls):
+    """A model factory whose head weight gets an inf gradient on the given backward calls (1-based)."""
     calls = {"n": 0}
-    weight = model.head[-1].weight
 
     def hook(grad):
         calls["n"] += 1
         return grad * float("inf") if calls["n"] in at_calls else grad
 
-    weight.register_hook(hook)
+    def make():
+        model = make_model()
+        model.head[-1].weight.register_hook(hook)
+        return model
+
+    return make
 
 
 def test_inf_gradient_skips_the_step_without_advancing_the_schedule(tmp_path):
-    config, model, train_set, test_set, names = _digits(tmp_path, max_steps=30, warmup_steps=0, logging_steps=1)
-    _inject_inf(model, at_calls={20})
-    _, result = fit_model(config, model, train_set, test_set, names)
+    config, make_model, train_set, test_set, names = _digits(tmp_path, max_steps=30, warmup_steps=0,
+                                                             logging_steps=1)
+    _, result = fit_model(config, _inject_inf(make_model, {20}), train_set, test_set, names)
     lrs = [r["lr"] for r in read_metrics(tmp_path) if "lr" in r]
     repeats = sum(1 for a, b in zip(lrs, lrs[1:]) if a == b)
     skipped = result.summary["skipped_fp16_steps"]
@@ -55,10 +64,10 @@ def test_inf_gradient_skips_the_step_without_advancing_the_schedule(tmp_path):
 
 
 def test_too_many_consecutive_skips_stop_the_run(tmp_path):
-    config, model, train_set, test_set, names = _digits(tmp_path, max_steps=40, max_consecutive_skipped_steps=5)
-    _inject_inf(model, at_calls=set(range(10, 100)))
+    config, make_model, train_set, test_set, names = _digits(tmp_path, max_steps=40,
+                                                             max_consecutive_skipped_steps=5)
     with pytest.raises(NonFiniteLossError, match="fp16 steps in a row were skipped"):
-        fit_model(config, model, train_set, test_set, names)
+        fit_model(config, _inject_inf(make_model, set(range(10, 100))), train_set, test_set, names)
 
 
 def test_fp16_and_fp32_digits_accuracy_within_one_point(tmp_path):

@@ -77,7 +77,7 @@ def _fit_toy(tmp_path, features):
     config = TrainingConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, num_train_epochs=2,
                             logging_steps=2, mixed_precision="no")
     data = Dataset.from_dict({"x": features, "labels": [i % 2 for i in range(len(features))]}).with_format("torch")
-    return fit_model(config, LinearOnX(), data, data, ["a", "b"])[1]
+    return fit_model(config, LinearOnX, data, data, ["a", "b"])[1]
 
 
 def test_nan_loss_stops_the_run_with_a_clear_message(tmp_path, capsys):

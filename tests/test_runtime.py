@@ -37,7 +37,13 @@ def test_unconnected_processes_are_refused():
 
 def test_banner_states_effective_batch_and_steps():
     banner = format_banner(world_size=2, device="cpu", precision=Precision("fp16", "no", "x"), micro_batch=8,
-                           accumulation=4, steps_per_epoch=23, total_steps=46, train_samples=1437)
+                           accumulation=4, effective_batch=64, steps_per_epoch=23, total_steps=46, train_samples=1437)
     assert "8 micro-batch x 4 accumulation x 2 processes = 64 samples per optimizer step" in banner
     assert "46 planned" in banner
     assert "no = fp32 (asked for fp16)" in banner
+
+
+def test_banner_for_an_effective_batch_that_is_not_a_multiple():
+    banner = format_banner(world_size=1, device="cpu", precision=Precision("no", "no"), micro_batch=12,
+                           accumulation=3, effective_batch=32, steps_per_epoch=45, total_steps=45, train_samples=1437)
+    assert "32 samples per optimizer step = 3 micro-batches of at most 12 on each of 1 processes" in banner

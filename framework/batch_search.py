@@ -1,0 +1,111 @@
+"""Automatic micro-batching: the largest micro-batch that fits, with the effective batch kept.
+
+The search is a bisection between the largest size that ran and the smallest
+that ran out of memory, so it needs O(log n) tries. Every try runs several
+forward/backward passes (a size that fits once may not fit on the next step
+once the caching allocator is fragmented), frees cached memory afterwards, and
+is agreed across processes: a size fits only if it fits on every rank, so all
+ranks settle on the same, smallest, answer. Accumulation then follows from the
+effective batch; exact sample weighting makes an uneven last micro-batch harmless.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from framework.errors import UserError
+
+CONFIRM_STEPS = 3
+
+
+@dataclass
+class SearchResult:
+    """The chosen micro-batch and every (size, fitted) try, in order."""
+
+    micro_batch: int
+    tries: list[tuple[int, bool]] = field(default_factory=list)
+
+
+def largest_fitting(fits: Callable[[int], bool], start: int) -> SearchResult:
+    """The largest n in 1..start for which `fits(n)` holds, assuming fitting is monotone in n.
+
+    Tries `start` first (often it fits and there is nothing to search), then
+    bisects. Raises UserError when even 1 does not fit.
+    """
+    tries: list[tuple[int, bool]] = []
+
+    def attempt(n: int) -> bool:
+        ok = fits(n)
+        tries.append((n, ok))
+        return ok
+
+    if attempt(start):
+        return SearchResult(start, tries)
+    ran, failed = 0, start  # largest size that ran (0: none yet), smallest that failed
+    while failed - ran > 1:
+        middle = (ran + failed) // 2
+        if attempt(middle):
+            ran = middle
+        else:
+            failed = middle
+    if ran == 0:
+        raise UserError("--auto_find_batch_size: even a micro-batch of 1 runs out of memory")
+    return SearchResult(ran, tries)
+
+
+def free_memory(optimizer: Any = None) -> None:
+    """Drop gradients and cached allocator blocks after an out-of-memory error."""
+    if optimizer is not None:
+        optimizer.zero_grad(set_to_none=True)
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _optimizer_state_reserve(model: torch.nn.Module, optimizer: Any) -> Any:
+    """Hold the memory AdamW's two moment buffers will take, if they do not exist yet."""
+    inner = getattr(optimizer, "optimizer", optimizer)
+    if any(inner.state.values()):
+        return None
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params or params[0].device.type != "cuda":
+        return None
+    return torch.empty(2 * sum(p.numel() for p in params), dtype=torch.float32, device=params[0].device)
+
+
+def probe_micro_batch(accelerator: Any, model: torch.nn.Module, optimizer: Any,
+                      make_batch: Callable[[int], dict[str, Any]],
+                      step: Callable[[dict[str, Any]], torch.Tensor]) -> Callable[[int], bool]:
+    """A `fits(n)` for `largest_fitting`: CONFIRM_STEPS forward/backward passes of n samples on every rank.
+
+    `step(batch)` returns the loss to back-propagate. No optimizer step is
+    taken and gradients are dropped afterwards, so the model is unchanged.
+    """
+    def fits(n: int) -> bool:
+        reserve = _optimizer_state_reserve(model, optimizer)
+        ok = True
+        try:
+            batch = make_batch(n)
+            for _ in range(CONFIRM_STEPS):
+                with accelerator.no_sync(model):
+                    accelerator.backward(step(batch))
+                optimizer.zero_grad(set_to_none=True)
+        except torch.OutOfMemoryError:
+            ok = False
+        del reserve
+        free_memory(optimizer)
+        # A size fits only where it fits on every process: take the minimum over ranks.
+        flag = torch.tensor(1.0 if ok else 0.0, device=accelerator.device)
+        return bool(-accelerator.reduce(-flag, reduction="max").item() > 0)
+
+    return fits
+
+
+def accumulation_for(effective_batch: int, micro_batch: int, num_processes: int) -> int:
+    """Micro-batches per process needed for one optimizer step of `effective_batch` samples."""
+    return math.ceil(effective_batch / (micro_batch * num_processes))

@@ -1,0 +1,151 @@
+"""Automatic micro-batching: exact largest size in O(log n) tries, agreed across ranks, same math."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import pytest
+import torch
+from accelerate import Accelerator
+
+from framework.batch_search import largest_fitting, probe_micro_batch
+from framework.errors import UserError
+from helpers import EXACT_ARGS, debug_launch, fit_model, read_json, run_digits_in_process
+
+
+@pytest.mark.parametrize("start", [1, 7, 64, 100, 1000])
+@pytest.mark.parametrize("threshold", [1, 2, 9, 33, 64, 5000])
+def test_bisection_finds_exactly_the_largest_size_in_log_tries(start, threshold):
+    result = largest_fitting(lambda n: n <= threshold, start)
+    assert result.micro_batch == min(start, threshold)
+    assert len(result.tries) <= 1 + math.ceil(math.log2(start))
+    assert all(ok == (n <= threshold) for n, ok in result.tries)
+
+
+def test_nothing_fits_is_a_clear_error():
+    with pytest.raises(UserError, match="even a micro-batch of 1 runs out of memory"):
+        largest_fitting(lambda n: False, 16)
+
+
+class OOMAbove(torch.nn.Module):
+    """A linear classifier that raises CUDA's out-of-memory error for batches above `threshold`."""
+
+    def __init__(self, threshold: int, inner: torch.nn.Module | None = None):
+        super().__init__()
+        self.threshold = threshold
+        self.inner = inner or torch.nn.Linear(4, 3)
+
+    def forward(self, **inputs):
+        batch = next(iter(inputs.values())).shape[0]
+        if batch > self.threshold:
+            raise torch.OutOfMemoryError(f"simulated: batch {batch} > {self.threshold}")
+        return self.inner(*inputs.values())
+
+
+def _probe_with_threshold(threshold: int, start: int):
+    accelerator = Accelerator(cpu=True)
+    model = OOMAbove(threshold)
+    optimizer = torch.optim.AdamW(model.parameters())
+    model, optimizer = accelerator.prepare(model, optimizer)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def make_batch(n):
+        return {"x": torch.randn(n, 4), "labels": torch.zeros(n, dtype=torch.long)}
+
+    def step(batch):
+        return torch.nn.functional.cross_entropy(model(x=batch["x"]), batch["labels"])
+
+    result = largest_fitting(probe_micro_batch(accelerator, model, optimizer, make_batch, step), start)
+    unchanged = all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    grads_dropped = all(p.grad is None for p in model.parameters())
+    return accelerator, result, unchanged and grads_dropped
+
+
+def test_real_out_of_memory_errors_are_caught_and_the_model_left_unchanged():
+    _, result, clean = _probe_with_threshold(threshold=21, start=256)
+    assert result.micro_batch == 21
+    assert len(result.tries) <= 1 + 8
+    assert clean
+
+
+def _two_ranks_different_thresholds(out_dir: str) -> None:
+    from accelerate import PartialState
+
+    rank = PartialState(cpu=True).process_index
+    accelerator, result, _ = _probe_with_threshold(threshold=13 if rank == 0 else 9, start=64)
+    with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as handle:
+        json.dump({"micro": result.micro_batch, "world": accelerator.num_processes}, handle)
+
+
+def test_two_processes_agree_on_the_smaller_size(tmp_path):
+    debug_launch(_two_ranks_different_thresholds, str(tmp_path))
+    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert results == [{"micro": 9, "world": 2}, {"micro": 9, "world": 2}]
+
+
+def _digits_with_oom_above(threshold, config):
+    from recipes import digits
+
+    train_set, test_set, names = digits.build_data(config)
+
+    class DigitsOOM(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = digits.build_model(config, len(names))
+
+        def forward(self, pixel_values):
+            if pixel_values.shape[0] > threshold:
+                raise torch.OutOfMemoryError(f"simulated: batch {pixel_values.shape[0]} > {threshold}")
+            return self.net(pixel_values)
+
+    return DigitsOOM, train_set, test_set, names
+
+
+def test_automatic_split_trains_the_same_weights_as_the_big_batch(tmp_path):
+    from recipes import digits
+
+    reference = tmp_path / "reference"
+    assert run_digits_in_process(reference, *EXACT_ARGS, "--per_device_train_batch_size", "32") == 0
+    config = digits.parse_config(digits.DigitsConfig, [
+        "--output_dir", str(tmp_path / "auto"), *EXACT_ARGS, "--per_device_train_batch_size", "32",
+        "--auto_find_batch_size", "true", "--total_train_batch_size", "32", "--per_device_eval_batch_size", "8"])
+    make_model, train_set, test_set, names = _digits_with_oom_above(12, config)
+    _, result = fit_model(config, make_model, train_set, test_set, names)
+    summary = result.summary
+    assert summary["auto_micro_batch"] == 12
+    assert (summary["per_device_train_batch_size"], summary["gradient_accumulation_steps"]) == (12, 3)
+    assert summary["effective_batch_size"] == 32
+    # The wrapper adds a "net." prefix to every weight name.
+    from safetensors.torch import load_file
+
+    auto = {k.removeprefix("net."): v for k, v in load_file(str(tmp_path / "auto" / "model.safetensors")).items()}
+    ref = load_file(str(reference / "model.safetensors"))
+    assert max((auto[k] - ref[k]).abs().max().item() for k in ref) <= 5e-5
+
+
+def test_resume_reuses_the_chosen_micro_batch(tmp_path, capsys):
+    from recipes import digits
+
+    def config_for(*extra):
+        return digits.parse_config(digits.DigitsConfig, [
+            "--output_dir", str(tmp_path), "--max_steps", "10", "--checkpointing_steps", "5",
+            "--auto_find_batch_size", "true", "--per_device_eval_batch_size", "4", *extra])
+
+    config = config_for()
+    make_model, train_set, test_set, names = _digits_with_oom_above(20, config)
+    assert fit_model(config, make_model, train_set, test_set, names)[1].summary["auto_micro_batch"] == 20
+    capsys.readouterr()
+    import shutil
+
+    shutil.rmtree(tmp_path / "checkpoints" / "step_10")
+    from conftest import _reset_accelerate
+
+    _reset_accelerate()
+    resumed = config_for("--resume_from_checkpoint", "latest")
+    make_model, *_ = _digits_with_oom_above(25, resumed)  # a new search would pick 25
+    summary = fit_model(resumed, make_model, train_set, test_set, names)[1].summary
+    assert summary["auto_micro_batch"] == 20
+    assert "reused from checkpoint" in capsys.readouterr().out
+    assert read_json(tmp_path / "summary.json")["optimizer_steps"] == 10
