@@ -10,6 +10,7 @@ noise only ever slows a window down); peak memory is `torch.cuda.max_memory_allo
 
     python bench/run.py                      # full size (meant for a GPU), fp32 and fp16
     python bench/run.py --quick --out F.json # CPU size, under 3 minutes on 2 cores
+    python bench/run.py --auto_batch_check   # effective batch 256 fp16: 256 x 1 vs auto micro-batch under 3 GiB
 
 Peers: raw, accelerate, framework, and lightning / hf when those packages are installed.
 """
@@ -53,6 +54,8 @@ class Workload:
     steps: int = 40
     window: int = 10  # timed steps are cut into windows of this many steps; the fastest window counts
     workers: int = 2
+    auto: bool = False  # framework only: --auto_find_batch_size, starting from micro, keeping micro x accum
+    max_memory_gib: float = 0.0  # framework only: --max_memory_gib
 
 
 QUICK = dict(vocab=1000, seq=32, d_model=64, heads=4, ff=128, layers=2, micro=16, accum=2, warmup=10, steps=240,
@@ -107,10 +110,11 @@ def _is_mark(w: Workload, step: int) -> bool:
     return step >= w.warmup and (step - w.warmup) % w.window == 0 and step <= w.warmup + w.steps
 
 
-def _best_rate(w: Workload, marks: dict[int, float]) -> float:
+def _best_rate(w: Workload, marks: dict[int, float], effective_batch: int = 0) -> float:
     """Samples/s of the fastest complete window between consecutive marks."""
     steps = sorted(marks)
-    rates = [(b - a) * w.micro * w.accum / (marks[b] - marks[a]) for a, b in zip(steps, steps[1:])]
+    batch = effective_batch or w.micro * w.accum
+    rates = [(b - a) * batch / (marks[b] - marks[a]) for a, b in zip(steps, steps[1:])]
     return max(rates)
 
 
@@ -198,7 +202,9 @@ def run_framework(w: Workload, precision: str, dataset) -> tuple[float, float]:
         config = TrainingConfig(output_dir=out, per_device_train_batch_size=w.micro,
                                 gradient_accumulation_steps=w.accum, learning_rate=1e-4, lr_scheduler_type="constant",
                                 max_steps=w.warmup + w.steps, logging_steps=math.gcd(w.warmup, w.window),
-                                mixed_precision=precision, dataloader_num_workers=w.workers)
+                                mixed_precision=precision, dataloader_num_workers=w.workers,
+                                auto_find_batch_size=w.auto, max_memory_gib=w.max_memory_gib,
+                                total_train_batch_size=w.micro * w.accum if w.auto else 0)
         accelerator, resolved = build_accelerator(config)
         run_dir = RunDirectory(out, accelerator.is_main_process)
         run_dir.claim(overwrite=True, resuming=False)
@@ -213,7 +219,9 @@ def run_framework(w: Workload, precision: str, dataset) -> tuple[float, float]:
             precision=resolved, run_dir=run_dir)
         lines = [json.loads(line) for line in Path(out, "metrics.jsonl").read_text().splitlines()]
         marks = {r["step"]: r["elapsed_s"] for r in lines if "elapsed_s" in r and _is_mark(w, r["step"])}
-        return _best_rate(w, marks), _peak_mib(accelerator.device)
+        summary = json.loads(Path(out, "summary.json").read_text())
+        w.micro, w.accum = summary["per_device_train_batch_size"], summary["gradient_accumulation_steps"]
+        return _best_rate(w, marks, summary["effective_batch_size"]), _peak_mib(accelerator.device)
 
 
 def run_lightning(w: Workload, precision: str, dataset) -> tuple[float, float]:
@@ -292,10 +300,46 @@ REQUIRES = {"lightning": "lightning", "hf": "transformers"}
 
 def _child(args) -> None:
     w = Workload(**(QUICK if args.quick else {}))
+    if args.micro:
+        w.micro, w.accum = args.micro, args.accum or 1
+    w.auto, w.max_memory_gib = args.auto, args.max_memory_gib or 0.0
     dataset = SyntheticTokens(w, (w.warmup + w.steps + 2) * w.micro * w.accum)
     samples_per_s, peak = RUNNERS[args.peer](w, args.precision, dataset)
     print("RESULT " + json.dumps({"peer": args.peer, "precision": args.precision, "micro": w.micro,
                                   "accum": w.accum, "samples_per_s": samples_per_s, "peak_mib": peak}), flush=True)
+
+
+def _run_child(peer: str, precision: str, quick: bool, *extra: str) -> dict | None:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_DATASETS_OFFLINE": "1"}
+    cmd = [sys.executable, __file__, "--peer", peer, "--precision", precision, *(["--quick"] * quick), *extra]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL)
+    rows = [json.loads(line[7:]) for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode != 0 or not rows:
+        print(f"{peer} {precision} {' '.join(extra)} failed:\n{done.stderr[-2000:]}", file=sys.stderr)
+        return None
+    return rows[0]
+
+
+def _auto_batch_check(args) -> None:
+    """Effective batch 256 in fp16: unconstrained 256 x 1 vs automatic micro-batching under a memory cap."""
+    cuda = torch.cuda.is_available()
+    precision = "fp16" if cuda else "no"
+    big = "64" if args.quick else "256"
+    args.max_memory_gib = args.max_memory_gib or 3.0
+    rows = []
+    for label, extra in [("unconstrained", ["--micro", big, "--accum", "1"]),
+                         (f"auto, cap {args.max_memory_gib:g} GiB" if cuda else "auto, no cap (CPU)",
+                          ["--micro", big, "--accum", "1", "--auto"]
+                          + (["--max_memory_gib", str(args.max_memory_gib)] if cuda else []))]:
+        row = _run_child("framework", precision, args.quick, *extra)
+        if row:
+            rows.append({**row, "peer": f"framework ({label})"})
+    print(f"{'run':<34}{'precision':<11}{'micro x accum':<15}{'samples/s':>11}{'peak MiB':>11}")
+    for row in rows:
+        print(f"{row['peer']:<34}{row['precision']:<11}{str(row['micro']) + ' x ' + str(row['accum']):<15}"
+              f"{row['samples_per_s']:>11.1f}{row['peak_mib']:>11.0f}")
+    if args.out:
+        Path(args.out).write_text(json.dumps({"rows": rows}, indent=2) + "\n")
 
 
 def _installed(module: str) -> bool:
@@ -313,31 +357,34 @@ def main() -> None:
     parser.add_argument("--precisions", help="comma list of no, fp16, bf16 (default: no,fp16 on CUDA, no on CPU)")
     parser.add_argument("--repeats", type=int, help="alternate the peers this many times and keep each one's best "
                         "(default: 5 with --quick, 3 otherwise)")
+    parser.add_argument("--auto_batch_check", action="store_true",
+                        help="instead: the framework at effective batch 256 (or 64 with --quick), unconstrained "
+                             "(256 x 1) against --auto_find_batch_size under --max_memory_gib")
+    parser.add_argument("--max_memory_gib", type=float, help="the cap for --auto_batch_check (CUDA; default 3)")
     parser.add_argument("--peer", help=argparse.SUPPRESS)
     parser.add_argument("--precision", help=argparse.SUPPRESS)
+    parser.add_argument("--micro", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--accum", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--auto", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.peer:
         return _child(args)
-    args.repeats = args.repeats or (5 if args.quick else 3)
+    if args.auto_batch_check:
+        return _auto_batch_check(args)
+    args.repeats = args.repeats or (5 if args.quick else 2)
 
     cuda = torch.cuda.is_available()
     precisions = (args.precisions or ("no,fp16" if cuda else "no")).split(",")
     peers = [p for p in args.peers.split(",") if p not in REQUIRES or _installed(REQUIRES[p])]
     skipped = [p for p in args.peers.split(",") if p not in peers]
     best: dict[tuple[str, str], dict] = {}
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_DATASETS_OFFLINE": "1"}
     for _ in range(args.repeats):
         for precision in precisions:
             for peer in peers:
-                cmd = [sys.executable, __file__, "--peer", peer, "--precision", precision] + (["--quick"] * args.quick)
-                done = subprocess.run(cmd, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL)
-                rows = [json.loads(line[7:]) for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-                if done.returncode != 0 or not rows:
-                    print(f"{peer} {precision} failed:\n{done.stderr[-2000:]}", file=sys.stderr)
-                    continue
+                row = _run_child(peer, precision, args.quick)
                 key = (peer, precision)
-                if key not in best or rows[0]["samples_per_s"] > best[key]["samples_per_s"]:
-                    best[key] = rows[0]
+                if row and (key not in best or row["samples_per_s"] > best[key]["samples_per_s"]):
+                    best[key] = row
     rows = list(best.values())
     print(f"device: {torch.cuda.get_device_name() if cuda else 'cpu'}; torch {torch.__version__}; "
           f"workload: {'quick' if args.quick else 'full'}; repeats: {args.repeats}")

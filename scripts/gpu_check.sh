@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# BENCH_ARGS="--quick --repeats 1" tries the script on a CPU machine.
 # Runs every GPU-marked test and (when present) the GPU benchmark on a CUDA machine, writing
 # results under $OUT (default: gpu_check_out/). Uses the Python environment it is started in
 # (the GPU machine has torch, accelerate, datasets, sklearn and tqdm preinstalled).
@@ -13,8 +14,11 @@ export HF_DATASETS_OFFLINE=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
   python -c "import torch, accelerate; print('torch', torch.__version__, 'accelerate', accelerate.__version__, 'cuda', torch.cuda.is_available())"
 } | tee "$OUT/environment.txt"
 status=0
-python -m pytest -q -m gpu -rA tests/test_gpu.py 2>&1 | tee "$OUT/gpu_tests.txt" || status=1
-if [ -f bench/run.py ]; then
-  python bench/run.py --out "$OUT/bench.json" 2>&1 | tee "$OUT/bench.txt" || status=1
-fi
+# 1. every GPU-marked test (about 1 minute)
+timeout 180 python -m pytest -q -m gpu -rA tests/ 2>&1 | tee "$OUT/gpu_tests.txt" || status=1
+# 2. the peer benchmark, fp32 and fp16, 2 alternating repeats (about 4-5 minutes on one H100)
+timeout 330 python bench/run.py ${BENCH_ARGS:-} --out "$OUT/bench.json" 2>&1 | tee "$OUT/bench.txt" || status=1
+# 3. effective batch 256 in fp16: 256 x 1 unconstrained vs automatic micro-batching under 3 GiB
+timeout 120 python bench/run.py ${BENCH_ARGS:-} --auto_batch_check --max_memory_gib 3 --out "$OUT/auto_batch.json" 2>&1 \
+  | tee "$OUT/auto_batch.txt" || status=1
 exit $status
