@@ -58,7 +58,7 @@ class Workload:
     max_memory_gib: float = 0.0  # framework only: --max_memory_gib
 
 
-QUICK = dict(vocab=1000, seq=32, d_model=64, heads=4, ff=128, layers=2, micro=16, accum=2, warmup=10, steps=240,
+QUICK = dict(vocab=1000, seq=32, d_model=64, heads=4, ff=128, layers=2, micro=16, accum=2, warmup=10, steps=200,
              window=40, workers=0)
 
 
@@ -356,7 +356,7 @@ def main() -> None:
     parser.add_argument("--peers", default=",".join(PEERS), help="comma list of " + ", ".join(PEERS))
     parser.add_argument("--precisions", help="comma list of no, fp16, bf16 (default: no,fp16 on CUDA, no on CPU)")
     parser.add_argument("--repeats", type=int, help="alternate the peers this many times and keep each one's best "
-                        "(default: 5 with --quick, 3 otherwise)")
+                        "(default: 4 with --quick, 2 otherwise)")
     parser.add_argument("--auto_batch_check", action="store_true",
                         help="instead: the framework at effective batch 256 (or 64 with --quick), unconstrained "
                              "(256 x 1) against --auto_find_batch_size under --max_memory_gib")
@@ -371,7 +371,7 @@ def main() -> None:
         return _child(args)
     if args.auto_batch_check:
         return _auto_batch_check(args)
-    args.repeats = args.repeats or (5 if args.quick else 2)
+    args.repeats = args.repeats or (4 if args.quick else 2)
 
     cuda = torch.cuda.is_available()
     precisions = (args.precisions or ("no,fp16" if cuda else "no")).split(",")

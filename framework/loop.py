@@ -93,6 +93,7 @@ class _Context:
     run_dir: RunDirectory
     loss_fn: LossFn
     total_steps: int
+    params: list = field(default_factory=list)
     bar: Any = None
     report: Optional[Report] = None
     train_time: float = 0.0
@@ -117,12 +118,26 @@ def _optimizer_step(ctx: _Context, window: Window, batches: Any, running: _Runni
         running.loss += weighted.detach()
     running.samples += window.num_real
     if ctx.config.max_grad_norm > 0:
-        accelerator.clip_grad_norm_(model.parameters(), ctx.config.max_grad_norm)  # unscales fp16 grads first
+        _clip_gradients(accelerator, ctx.params, ctx.config.max_grad_norm)
     skipped = _step_optimizer(accelerator, ctx.optimizer)
     if not skipped:
         ctx.scheduler.step()
     ctx.optimizer.zero_grad(set_to_none=True)
     return skipped
+
+
+def _clip_gradients(accelerator: Accelerator, params: list[torch.nn.Parameter], max_norm: float) -> None:
+    """Clip the global gradient norm, on unscaled fp16 gradients.
+
+    Under DDP (or one process) the gradients are already the same everywhere, so
+    torch's own clipping is exact; Accelerate's version adds a per-parameter DTensor
+    scan each step. Sharded and special backends keep Accelerate's implementation.
+    """
+    if accelerator.distributed_type in (DistributedType.NO, DistributedType.MULTI_GPU, DistributedType.MULTI_CPU):
+        accelerator.unscale_gradients()
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
+    else:
+        accelerator.clip_grad_norm_(params, max_norm)
 
 
 def _step_optimizer(accelerator: Accelerator, optimizer: Any) -> bool:
@@ -271,7 +286,7 @@ def fit(accelerator: Accelerator, config: TrainingConfig, model: torch.nn.Module
     plan = train_data.plan
     total_steps = total_optimizer_steps(config, plan.windows_per_epoch)
     ctx = _Context(accelerator, config, model, optimizer, scheduler, train_data, eval_loader, class_names,
-                   run_dir, loss_fn, total_steps)
+                   run_dir, loss_fn, total_steps, [p for p in model.parameters() if p.requires_grad])
     state = TrainState()
     if config.resume_from_checkpoint:
         path = resolve_checkpoint(config.resume_from_checkpoint, config.output_dir)
