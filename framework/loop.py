@@ -94,6 +94,7 @@ class _Context:
     loss_fn: LossFn
     total_steps: int
     params: list = field(default_factory=list)
+    loss_scale: Optional[float] = None  # fp16 GradScaler scale after the last step
     bar: Any = None
     report: Optional[Report] = None
     train_time: float = 0.0
@@ -119,7 +120,7 @@ def _optimizer_step(ctx: _Context, window: Window, batches: Any, running: _Runni
     running.samples += window.num_real
     if ctx.config.max_grad_norm > 0:
         _clip_gradients(accelerator, ctx.params, ctx.config.max_grad_norm)
-    skipped = _step_optimizer(accelerator, ctx.optimizer)
+    skipped = _step_optimizer(ctx)
     if not skipped:
         ctx.scheduler.step()
     ctx.optimizer.zero_grad(set_to_none=True)
@@ -140,7 +141,7 @@ def _clip_gradients(accelerator: Accelerator, params: list[torch.nn.Parameter], 
         accelerator.clip_grad_norm_(params, max_norm)
 
 
-def _step_optimizer(accelerator: Accelerator, optimizer: Any) -> bool:
+def _step_optimizer(ctx: _Context) -> bool:
     """Apply the update; returns True when fp16 loss scaling found inf/NaN gradients and skipped it.
 
     `AcceleratedOptimizer.step` (accelerate 1.15) looks up whether the `lomo_optim`
@@ -149,6 +150,7 @@ def _step_optimizer(accelerator: Accelerator, optimizer: Any) -> bool:
     Where it adds nothing (no XLA, no DeepSpeed) the wrapped optimizer is stepped here
     with the same GradScaler calls.
     """
+    accelerator, optimizer = ctx.accelerator, ctx.optimizer
     if accelerator.distributed_type in (DistributedType.XLA, DistributedType.DEEPSPEED):
         optimizer.step()
         return optimizer.step_was_skipped
@@ -157,10 +159,14 @@ def _step_optimizer(accelerator: Accelerator, optimizer: Any) -> bool:
     if scaler is None:
         inner.step()
         return False
-    scale = scaler.get_scale()
-    scaler.step(inner)
+    if ctx.loss_scale is None:
+        ctx.loss_scale = scaler.get_scale()
+    scaler.step(inner)  # reads the inf/NaN flags on the host: the one sync fp16 needs per step
     scaler.update()
-    return scaler.get_scale() < scale  # the scale backs off exactly when the step was skipped
+    # The scale backs off exactly when the step was skipped. Reading it right after the
+    # sync above costs next to nothing, and it is the next step's starting scale.
+    previous, ctx.loss_scale = ctx.loss_scale, scaler.get_scale()
+    return ctx.loss_scale < previous
 
 
 def _log_train(ctx: _Context, state: TrainState, running: _Running, lr: float, started: float) -> None:

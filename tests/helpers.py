@@ -84,15 +84,18 @@ def debug_launch(fn, *args, num_processes: int = 2) -> None:
     debug_launcher(_single_threaded, args=(fn, *args), num_processes=num_processes)
 
 
-def fit_model(config, make_model, train_set, eval_set, class_names):
+def fit_model(config, make_model, train_set, eval_set, class_names, setup=None):
     """The digits recipe's main() for any model and datasets: build, prepare, fit.
 
-    `make_model()` is called after seeding, as in a recipe. Returns (accelerator, FitResult).
+    `make_model()` is called after seeding, as in a recipe; `setup(accelerator)`, if
+    given, runs right after the Accelerator is built. Returns (accelerator, FitResult).
     """
     from framework import (RunDirectory, build_accelerator, build_eval_loader, build_optimizer, build_scheduler,
                            build_train_data, fit, total_optimizer_steps)
 
     accelerator, precision = build_accelerator(config)
+    if setup:
+        setup(accelerator)
     run_dir = RunDirectory(config.output_dir, accelerator.is_main_process)
     run_dir.claim(overwrite=config.overwrite_output_dir, resuming=config.resume_from_checkpoint is not None)
     train = build_train_data(train_set, config, accelerator)

@@ -94,3 +94,32 @@ def test_nan_loss_stops_the_run_with_a_clear_message(tmp_path, capsys):
 def test_finite_toy_run_finishes(tmp_path):
     result = _fit_toy(tmp_path, [[float(i % 2), 1.0] for i in range(16)])
     assert result.summary["optimizer_steps"] == 8
+
+
+def test_skipped_loss_scaled_steps_do_not_advance_the_schedule(tmp_path):
+    # fp16 itself needs CUDA (see test_gpu.py); torch's CPU GradScaler runs the same skip-and-back-off
+    # logic, so the loop's handling of a skipped step is checked on every machine with it.
+    from recipes import digits
+
+    config = digits.DigitsConfig(output_dir=str(tmp_path), max_steps=12, warmup_steps=0, logging_steps=1,
+                                 mixed_precision="no")
+    train_set, test_set, names = digits.build_data(config)
+    calls = {"n": 0}
+
+    def inf_on_backward_5_and_9(grad):
+        calls["n"] += 1
+        return grad * float("inf") if calls["n"] in (5, 9) else grad
+
+    def make_model():
+        model = digits.build_model(config, len(names))
+        model.head[-1].weight.register_hook(inf_on_backward_5_and_9)
+        return model
+
+    def cpu_scaler(accelerator):
+        accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=1000)
+
+    _, result = fit_model(config, make_model, train_set, test_set, names, setup=cpu_scaler)
+    lrs = [r["lr"] for r in read_metrics(tmp_path) if "lr" in r]
+    assert result.summary["skipped_fp16_steps"] == 2
+    assert [i for i in range(11) if lrs[i] == lrs[i + 1]] == [4, 8]  # steps 5 and 9 left the lr where it was
+    assert lrs[-1] == pytest.approx(config.learning_rate * (1 - 9 / 12))  # 9 applied steps before step 12
