@@ -136,6 +136,7 @@ def _unwrap_optional(annotation: Any) -> tuple[Any, bool]:
 
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
+_NUMBERS = {int: ((int,), "an integer"), float: ((int, float), "a number")}  # type -> (accepted YAML types, noun)
 
 
 def _convert(name: str, raw: Any, annotation: Any) -> Any:
@@ -149,24 +150,16 @@ def _convert(name: str, raw: Any, annotation: Any) -> Any:
         if isinstance(raw, str) and raw.lower() in _TRUE | _FALSE:
             return raw.lower() in _TRUE
         raise ConfigError(f"--{name} must be true or false, got {raw!r}")
-    if kind is int:
-        if isinstance(raw, int) and not isinstance(raw, bool):
-            return raw
+    if kind in _NUMBERS:
+        accepted, noun = _NUMBERS[kind]
+        if isinstance(raw, accepted) and not isinstance(raw, bool):
+            return kind(raw)
         if isinstance(raw, str):
             try:
-                return int(raw)
+                return kind(raw)
             except ValueError:
                 pass
-        raise ConfigError(f"--{name} must be an integer, got {raw!r}")
-    if kind is float:
-        if isinstance(raw, (int, float)) and not isinstance(raw, bool):
-            return float(raw)
-        if isinstance(raw, str):
-            try:
-                return float(raw)
-            except ValueError:
-                pass
-        raise ConfigError(f"--{name} must be a number, got {raw!r}")
+        raise ConfigError(f"--{name} must be {noun}, got {raw!r}")
     if kind is str:
         if isinstance(raw, str):
             return raw
