@@ -197,6 +197,8 @@ def check_labels(dataset: Any, num_labels: int, column: str = "labels", name: st
     labels = np.asarray(dataset[column] if columns is not None else [s[column] for s in dataset])
     if len(labels) == 0:
         raise UserError(f"the {name} is empty")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise UserError(f"the {name} has label {labels.flat[0].item()!r}; labels must be integers 0..{num_labels - 1}")
     bad = labels[(labels < 0) | (labels >= num_labels)]
     if len(bad):
         raise UserError(f"the {name} has label {bad[0].item()!r}, outside the allowed 0..{num_labels - 1}")
