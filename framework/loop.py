@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import math
 import resource
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
@@ -34,7 +33,7 @@ from framework.evaluation import Report, evaluate, split_batch
 from framework.optim import total_optimizer_steps
 from framework.outputs import RunDirectory
 from framework.progress import progress_bar
-from framework.runtime import Precision, device_name, format_banner
+from framework.runtime import Precision, device_name, format_banner, say
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -95,6 +94,7 @@ class _Context:
     total_steps: int
     params: list = field(default_factory=list)
     loss_scale: Optional[float] = None  # fp16 GradScaler scale after the last step
+    samples_at_start: int = 0  # samples seen before this process started (non-zero after a resume)
     bar: Any = None
     report: Optional[Report] = None
     train_time: float = 0.0
@@ -181,12 +181,17 @@ def _log_train(ctx: _Context, state: TrainState, running: _Running, lr: float, s
     epoch = state.epoch + state.window / ctx.train_data.plan.windows_per_epoch
     elapsed = ctx.train_time + time.perf_counter() - started  # after the reduce above, so the device is synced
     _log(ctx, {"step": state.step, "epoch": round(epoch, 4), "loss": loss, "lr": lr, "elapsed_s": elapsed})
-    postfix = {"loss": f"{loss:.4f}", "lr": f"{lr:.2e}", "samples/s": f"{state.samples_seen / max(elapsed, 1e-9):.0f}"}
+    postfix = {"loss": f"{loss:.4f}", "lr": f"{lr:.2e}", "samples/s": f"{_samples_per_second(ctx, state, elapsed):.0f}"}
     if state.skipped_steps:
         postfix["skipped"] = state.skipped_steps
     ctx.bar.set_postfix(postfix, refresh=False)
     running.loss.zero_()
     running.samples = 0
+
+
+def _samples_per_second(ctx: _Context, state: TrainState, seconds: float) -> float:
+    """Training throughput of this process's run (a resumed run counts from its resume)."""
+    return (state.samples_seen - ctx.samples_at_start) / max(seconds, 1e-9)
 
 
 def _log(ctx: _Context, record: dict[str, Any]) -> None:
@@ -298,7 +303,8 @@ def fit(accelerator: Accelerator, config: TrainingConfig, model: torch.nn.Module
         path = resolve_checkpoint(config.resume_from_checkpoint, config.output_dir)
         state = load_checkpoint(accelerator, path, model=model, optimizer=optimizer, scheduler=scheduler,
                                 identity=run_identity(plan, config.seed), state_type=TrainState)
-        accelerator.print(f"resumed from {path} at optimizer step {state.step}")
+        say(accelerator, f"resumed from {path} at optimizer step {state.step}")
+        ctx.samples_at_start = state.samples_seen
     tries: list[tuple[int, bool]] = []
     if config.auto_find_batch_size:
         if not state.micro_batch:
@@ -306,7 +312,7 @@ def fit(accelerator: Accelerator, config: TrainingConfig, model: torch.nn.Module
         train_data.use_micro_batch(state.micro_batch)
         plan = train_data.plan
         tried = ", ".join(f"{n} {'fits' if ok else 'out of memory'}" for n, ok in tries) or "reused from checkpoint"
-        accelerator.print(f"auto batch size: micro-batch {plan.micro_batch} x {plan.accumulation} accumulation x "
+        say(accelerator, f"auto batch size: micro-batch {plan.micro_batch} x {plan.accumulation} accumulation x "
                           f"{plan.num_processes} processes keeps the effective batch {plan.effective_batch} "
                           f"(tried: {tried})")
     resolved = config_to_dict(config) | {"mixed_precision": precision.requested}
@@ -314,12 +320,11 @@ def fit(accelerator: Accelerator, config: TrainingConfig, model: torch.nn.Module
     # Trackers take flat scalars and strings only (TensorBoard's hparams reject None).
     accelerator.init_trackers(run_dir.path.name or "run", config={k: "none" if v is None else v
                                                                    for k, v in resolved.items()})
-    accelerator.print(format_banner(
+    say(accelerator, format_banner(
         world_size=accelerator.num_processes, device=device_name(accelerator), precision=precision,
         micro_batch=plan.micro_batch, accumulation=plan.accumulation, effective_batch=plan.effective_batch,
         steps_per_epoch=plan.windows_per_epoch,
         total_steps=total_steps, train_samples=plan.num_samples))
-    sys.stdout.flush()
 
     ctx.bar = progress_bar(total_steps, "train", accelerator.is_main_process, initial=state.step)
     try:
@@ -337,7 +342,7 @@ def fit(accelerator: Accelerator, config: TrainingConfig, model: torch.nn.Module
     if state.last_eval_step != state.step or ctx.report is None:
         _evaluate(ctx, state)
 
-    accelerator.print(ctx.report.text)
+    say(accelerator, ctx.report.text)
     accelerator.wait_for_everyone()
     accelerator.save_model(model, str(run_dir.path), safe_serialization=True)
     run_dir.write_json("report.json", ctx.report.metrics)
@@ -353,7 +358,7 @@ def fit(accelerator: Accelerator, config: TrainingConfig, model: torch.nn.Module
         "optimizer_steps": state.step,
         "skipped_fp16_steps": state.skipped_steps,
         "train_samples": state.samples_seen,
-        "train_samples_per_second": state.samples_seen / max(ctx.train_time, 1e-9),
+        "train_samples_per_second": _samples_per_second(ctx, state, ctx.train_time),
         "train_time_s": ctx.train_time,
         "wall_time_s": time.perf_counter() - wall_started,
         "eval_accuracy": ctx.report.metrics["accuracy"],

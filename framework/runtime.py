@@ -58,7 +58,7 @@ def build_accelerator(config: TrainingConfig) -> tuple[Accelerator, Precision]:
         cap_cuda_memory(config.max_memory_gib, accelerator.device)
     set_seed(config.seed)
     if precision.note:
-        accelerator.print(f"note: {precision.note}")
+        say(accelerator, f"note: {precision.note}")
     return accelerator, precision
 
 
@@ -95,6 +95,12 @@ def check_process_group(launched_world_size: int, num_processes: int) -> None:
             f"launched with WORLD_SIZE={launched_world_size} but the processes did not form one group "
             f"(num_processes={num_processes}); each would train alone on all the data"
         )
+
+
+def say(accelerator: Accelerator, text: str) -> None:
+    """Print once per job, on the global main process (`accelerator.print` prints once per node)."""
+    if accelerator.is_main_process:
+        print(text, flush=True)
 
 
 def device_name(accelerator: Accelerator) -> str:
