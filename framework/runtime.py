@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from typing import Optional
 
+import datasets
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
@@ -57,6 +59,9 @@ def build_accelerator(config: TrainingConfig) -> tuple[Accelerator, Precision]:
     if config.max_memory_gib:
         cap_cuda_memory(config.max_memory_gib, accelerator.device)
     set_seed(config.seed)
+    if not (accelerator.is_main_process and sys.stderr.isatty()):
+        # datasets' map/cast bars: one set, on a terminal, as for training (see framework.progress)
+        datasets.disable_progress_bars()
     if precision.note:
         say(accelerator, f"note: {precision.note}")
     return accelerator, precision
