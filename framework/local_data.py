@@ -17,7 +17,7 @@ FORMATS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parque
 
 
 @contextlib.contextmanager
-def _quiet_datasets() -> Iterator[None]:
+def quiet_datasets() -> Iterator[None]:
     """No 'Generating split' bars and no logged tracebacks from `datasets` while loading one file."""
     verbosity = ds_logging.get_verbosity()
     bars_were_off = are_progress_bars_disabled()
@@ -48,7 +48,7 @@ def load_local_file(path: str, flag: str) -> Dataset:
     if kind is None:
         raise UserError(f"{flag} {path!r} has an unsupported extension (allowed: {', '.join(FORMATS)})")
     try:
-        with _quiet_datasets():
+        with quiet_datasets():
             dataset = load_dataset(kind, data_files=str(file), split="train")
     except Exception as err:  # datasets raises several types for unreadable files
         if "corresponds to no data" in str(err):  # what datasets says of a file without rows
