@@ -7,7 +7,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from sklearn.metrics import classification_report
+from sklearn.metrics import classification_report, confusion_matrix
 
 from framework.progress import progress_bar
 
@@ -28,7 +28,7 @@ class Report:
     text: str
     metrics: dict[str, Any]
     loss: float
-
+    confusion: np.ndarray  # rows: true class, columns: predicted class
     def summary(self) -> dict[str, float]:
         """The headline numbers logged to metrics.jsonl."""
         return {
@@ -76,7 +76,8 @@ def build_report(predictions: Predictions, class_names: Sequence[str]) -> Report
     kwargs = dict(labels=labels, target_names=list(class_names), zero_division=0, digits=4)
     text = classification_report(predictions.labels, predictions.predictions, **kwargs)
     metrics = classification_report(predictions.labels, predictions.predictions, output_dict=True, **kwargs)
-    return Report(text, metrics, float(predictions.losses.mean()))
+    confusion = confusion_matrix(predictions.labels, predictions.predictions, labels=labels)
+    return Report(text, metrics, float(predictions.losses.mean()), confusion)
 
 
 def evaluate(accelerator: Any, model: torch.nn.Module, loader: Any, class_names: Sequence[str],

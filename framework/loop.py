@@ -32,6 +32,7 @@ from framework.errors import UserError
 from framework.evaluation import Report, evaluate, split_batch
 from framework.optim import total_optimizer_steps
 from framework.outputs import RunDirectory
+from framework.plots import save_plots
 from framework.progress import progress_bar
 from framework.runtime import Precision, device_name, format_banner, say
 
@@ -347,6 +348,10 @@ def fit(accelerator: Accelerator, config: TrainingConfig, model: torch.nn.Module
     accelerator.save_model(model, str(run_dir.path), safe_serialization=True)
     run_dir.write_json("report.json", ctx.report.metrics)
     run_dir.write_text("report.txt", ctx.report.text)
+    if accelerator.is_main_process:
+        note = save_plots(run_dir.path, run_dir.records(), ctx.report.confusion, class_names)
+        if note:
+            say(accelerator, note)
     summary = {
         "world_size": accelerator.num_processes,
         "device": device_name(accelerator),

@@ -93,6 +93,11 @@ class RunDirectory:
         if self.is_main:
             write_atomic(self.path / name, json.dumps(_json_safe(data), indent=2) + "\n")
 
+    def records(self) -> list[dict[str, Any]]:
+        """The lines of metrics.jsonl written so far."""
+        text = (self.path / "metrics.jsonl").read_text() if self.is_main else ""
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+
     def write_text(self, name: str, text: str) -> None:
         """Write a text file (e.g. report.txt) atomically."""
         if self.is_main:

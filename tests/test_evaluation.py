@@ -27,6 +27,7 @@ def test_report_on_known_predictions():
     assert m["fish"] == {"precision": 0.0, "recall": 0.0, "f1-score": 0.0, "support": 0}  # absent, no warning
     assert m["macro avg"]["support"] == 10
     assert report.loss == pytest.approx(0.5)
+    assert report.confusion.tolist() == [[2, 1, 0, 0], [0, 2, 0, 0], [1, 0, 4, 0], [0, 0, 0, 0]]
     assert "fish" in report.text and "accuracy" in report.text
 
 

@@ -25,6 +25,11 @@ def test_loss_falls_and_outputs_are_complete(tmp_path):
     assert report["accuracy"] == evals[-1]["eval_accuracy"]
     assert {"config.yaml", "report.json", "report.txt", "summary.json", "metrics.jsonl",
             "model.safetensors"} <= {p.name for p in tmp_path.iterdir()}
+    from PIL import Image
+
+    for plot in ("loss.png", "confusion_matrix.png"):
+        with Image.open(tmp_path / plot) as image:
+            assert image.format == "PNG" and min(image.size) >= 300
 
 
 def test_optimizer_steps_per_epoch_is_ceil_of_batches_over_accumulation(tmp_path):

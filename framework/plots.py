@@ -1,0 +1,55 @@
+"""loss.png and confusion_matrix.png at the end of a run (matplotlib is an optional extra)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+MISSING = ("note: matplotlib is not installed, so no loss.png or confusion_matrix.png "
+           "(pip install matplotlib, or the project's 'plots' extra)")
+
+
+def save_plots(output_dir: str | Path, records: list[dict], confusion: np.ndarray,
+               class_names: Sequence[str]) -> Optional[str]:
+    """Write loss.png (train and eval loss over optimizer steps) and confusion_matrix.png.
+
+    Returns a one-line note instead when matplotlib is missing.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # files only, no display needed
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return MISSING
+    out = Path(output_dir)
+    train = [(r["step"], r["loss"]) for r in records if "loss" in r]
+    evals = [(r["step"], r["eval_loss"]) for r in records if "eval_loss" in r]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for points, label, style in ((train, "train", "-"), (evals, "eval", "o-")):
+        if points:
+            ax.plot(*zip(*points), style, label=label)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "loss.png", dpi=100)
+    plt.close(fig)
+
+    size = max(4, 0.5 * len(class_names) + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(confusion, cmap="Blues")
+    ticks = range(len(class_names))
+    ax.set_xticks(ticks, class_names, rotation=45, ha="right")
+    ax.set_yticks(ticks, class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for (i, j), count in np.ndenumerate(confusion):
+        ax.text(j, i, str(count), ha="center", va="center",
+                color="white" if count > confusion.max() / 2 else "black", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "confusion_matrix.png", dpi=100)
+    plt.close(fig)
+    return None
