@@ -299,6 +299,11 @@ def fit(accelerator: Accelerator, config: TrainingConfig, model: torch.nn.Module
     total_steps = total_optimizer_steps(config, plan.windows_per_epoch)
     ctx = _Context(accelerator, config, model, optimizer, scheduler, train_data, eval_loader, class_names,
                    run_dir, loss_fn, total_steps, [p for p in model.parameters() if p.requires_grad])
+    if accelerator.distributed_type == DistributedType.FSDP and (config.checkpoint_every or
+                                                                 config.resume_from_checkpoint):
+        # The optimizer state is sharded under FSDP and checkpoint.py saves it from the main process.
+        raise UserError("--checkpointing_steps and --resume_from_checkpoint are not supported with FSDP yet; "
+                        "use a DDP config (multi_gpu.yaml) to checkpoint")
     state = TrainState()
     if config.resume_from_checkpoint:
         path = resolve_checkpoint(config.resume_from_checkpoint, config.output_dir)

@@ -48,6 +48,9 @@ def build_accelerator(config: TrainingConfig) -> tuple[Accelerator, Precision]:
     A launch with WORLD_SIZE > 1 that still ends up single-process is refused.
     """
     cuda = torch.cuda.is_available() and os.environ.get("ACCELERATE_USE_CPU", "false").lower() not in ("1", "true")
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and not cuda:
+        raise UserError("the FSDP launcher config needs GPUs (Accelerate's FSDP does not run on a CPU); "
+                        "use accelerate_configs/cpu_2proc.yaml here")
     launcher = os.environ.get("ACCELERATE_MIXED_PRECISION")
     precision = resolve_precision(config.mixed_precision, launcher if launcher in ("no", "fp16", "bf16") else None, cuda)
     # Gradient accumulation is done by framework.loop with exact per-sample

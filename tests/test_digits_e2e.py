@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from helpers import DIGITS, accelerate_launch, launch, read_json, read_metrics
 
@@ -89,3 +90,12 @@ def test_fp16_on_cpu_says_what_really_runs(tmp_path):
     assert "no = fp32 (asked for fp16)" in result.stdout
     summary = read_json(tmp_path / "summary.json")
     assert (summary["mixed_precision"], summary["mixed_precision_requested"]) == ("no", "fp16")
+
+
+def test_fsdp_config_on_a_cpu_is_refused_with_one_line(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the FSDP config runs here (tests/test_gpu.py)")
+    result = accelerate_launch("fsdp.yaml", DIGITS, "--output_dir", str(tmp_path), timeout=120)
+    assert result.returncode != 0
+    assert "error: the FSDP launcher config needs GPUs" in result.stderr
+    assert not (tmp_path / "summary.json").exists()

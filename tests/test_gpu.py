@@ -78,3 +78,18 @@ def test_fp16_and_fp32_digits_accuracy_within_one_point(tmp_path):
     assert read_json(tmp_path / "fp16" / "summary.json")["mixed_precision"] == "fp16"
     assert abs(fp16 - fp32) <= 0.01
     assert fp16 >= 0.95
+
+
+def test_fsdp_config_trains_digits(tmp_path):
+    # Accelerate's FSDP does not run on a CPU, so this is GPU-only; one GPU is a one-process FSDP group.
+    import sys
+
+    from helpers import CONFIGS, DIGITS, launch
+
+    result = launch([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                     str(CONFIGS / "fsdp.yaml"), "--num_processes", str(torch.cuda.device_count()),
+                     str(DIGITS), "--output_dir", str(tmp_path)], timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = read_json(tmp_path / "summary.json")
+    assert summary["mixed_precision"] == "fp16"
+    assert read_json(tmp_path / "report.json")["accuracy"] >= 0.95
