@@ -1,7 +1,8 @@
 """Text classification: any Hugging Face text dataset or local csv/json/parquet files, a small transformer encoder.
 
 The tokenizer needs no download: a word vocabulary built from the training split
-(saved as output_dir/vocab.json). Batches are padded to their longest sequence;
+(saved as output_dir/vocab.json). With `--model_name_or_path` (and `pip install
+transformers`) a pretrained model is fine-tuned with its own tokenizer instead. Batches are padded to their longest sequence;
 padding is masked out of attention and pooling, so accumulation stays exact.
 
     # local files (a `text` column and a `label` column: integers or class names)
@@ -59,6 +60,9 @@ class TextConfig(TrainingConfig):
     num_layers: int = flag("Encoder layers.", default=2)
     num_heads: int = flag("Attention heads.", default=4)
     dropout: float = flag("Dropout in the encoder and before the head, in [0, 1).", default=0.1)
+    model_name_or_path: str = flag("Fine-tune this pretrained transformers model (Hub name or folder) with its "
+                                   "own tokenizer instead of the small encoder; needs `pip install transformers`.",
+                                   default="")
 
     def validate(self) -> None:
         super().validate()
@@ -118,8 +122,69 @@ def build_vocab(texts: list[str], size: int) -> dict[str, int]:
     return {"[PAD]": PAD, "[UNK]": UNK, **{w: i + 2 for i, (w, _) in enumerate(ranked)}}
 
 
-def build_data(config: TextConfig) -> tuple[Dataset, Dataset, list[str], dict[str, int]]:
-    """Tokenized train and evaluation sets (input_ids, labels), class names and the vocabulary."""
+class WordTokenizer:
+    """Word-level tokenizer over a vocabulary built from the training split (no download)."""
+
+    pad_token_id = PAD
+
+    def __init__(self, vocab: dict[str, int], max_length: int):
+        self.vocab, self.max_length = vocab, max_length
+
+    def __call__(self, texts: list[str], truncation: bool = True, max_length: int | None = None) -> dict:
+        """Token ids of each text (the call signature of a transformers tokenizer)."""
+        limit = (max_length or self.max_length) if truncation else None
+        ids = [[self.vocab.get(w, UNK) for w in words(t)][:limit] or [UNK] for t in texts]
+        return {"input_ids": ids}
+
+    def save_pretrained(self, folder: str) -> None:
+        (Path(folder) / "vocab.json").write_text(json.dumps(self.vocab))
+
+
+def _transformers():
+    try:
+        import transformers
+    except ImportError:
+        raise UserError("--model_name_or_path needs the transformers package (pip install transformers)") from None
+    return transformers
+
+
+def _from_pretrained(loader, config: TextConfig, **kwargs):
+    try:
+        return loader.from_pretrained(config.model_name_or_path, **kwargs)
+    except OSError as err:
+        raise UserError(f"--model_name_or_path {config.model_name_or_path!r} could not be loaded: "
+                        f"{str(err).splitlines()[0]}") from None
+
+
+def load_tokenizer(config: TextConfig):
+    """The tokenizer of `--model_name_or_path` (transformers), or a one-line error."""
+    return _from_pretrained(_transformers().AutoTokenizer, config)
+
+
+def load_pretrained_classifier(config: TextConfig, num_classes: int) -> nn.Module:
+    """The pretrained model of `--model_name_or_path` with a fresh `num_classes` head."""
+    model = _from_pretrained(_transformers().AutoModelForSequenceClassification, config, num_labels=num_classes,
+                             ignore_mismatched_sizes=True)
+    return PretrainedClassifier(model)
+
+
+class PretrainedClassifier(nn.Module):
+    """A transformers sequence classifier called with the batch's inputs, returning its logits."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
+        return self.model(**inputs).logits
+
+
+def build_data(config: TextConfig, tokenizer_for=None):
+    """Tokenized train and evaluation sets, class names and the tokenizer.
+
+    `tokenizer_for(train_texts)` returns the tokenizer (default: a WordTokenizer
+    built from the training texts); it is called once the splits are loaded.
+    """
     train, evaluation = load_splits(config)
     if config.text_column not in train.column_names:
         raise UserError(f"the training data has no text column {config.text_column!r} "
@@ -127,26 +192,38 @@ def build_data(config: TextConfig) -> tuple[Dataset, Dataset, list[str], dict[st
     names, train, evaluation = class_names_of(train, evaluation, config.label_column)
     for name, split in (("training data", train), ("evaluation data", evaluation)):
         check_labels(split, len(names), column=config.label_column, name=name)
-    vocab = build_vocab(train[config.text_column], config.vocab_size)
+    tokenizer = (tokenizer_for or (lambda texts: WordTokenizer(build_vocab(texts, config.vocab_size),
+                                                               config.max_length)))(train[config.text_column])
 
     def tokenize(batch):
-        ids = [[vocab.get(w, UNK) for w in words(t)][:config.max_length] or [UNK] for t in batch[config.text_column]]
-        return {"input_ids": ids, "labels": batch[config.label_column]}
+        encoded = tokenizer(batch[config.text_column], truncation=True, max_length=config.max_length)
+        # attention_mask is rebuilt per batch by the collate function, after padding
+        return {**{k: v for k, v in encoded.items() if k != "attention_mask"}, "labels": batch[config.label_column]}
 
     def prepare(split: Dataset) -> Dataset:
         return split.map(tokenize, batched=True, remove_columns=split.column_names).with_format("torch")
 
-    return prepare(train), prepare(evaluation), names, vocab
+    return prepare(train), prepare(evaluation), names, tokenizer
 
 
-def pad_batch(samples: list[dict]) -> dict[str, torch.Tensor]:
-    """Pad to the longest sequence of the batch; attention_mask is 1 on real tokens."""
-    longest = max(len(s["input_ids"]) for s in samples)
-    ids = torch.full((len(samples), longest), PAD, dtype=torch.long)
-    for row, sample in enumerate(samples):
-        ids[row, :len(sample["input_ids"])] = sample["input_ids"]
-    return {"input_ids": ids, "attention_mask": (ids != PAD).long(),
-            "labels": torch.stack([torch.as_tensor(s["labels"]) for s in samples])}
+def padder(pad_id: int):
+    """A collate function padding every token sequence to the batch's longest; attention_mask marks real tokens."""
+    def pad_batch(samples: list[dict]) -> dict[str, torch.Tensor]:
+        longest = max(len(s["input_ids"]) for s in samples)
+        batch = {}
+        for key in samples[0]:
+            if key == "labels":
+                continue
+            fill = pad_id if key == "input_ids" else 0
+            padded = torch.full((len(samples), longest), fill, dtype=torch.long)
+            for row, sample in enumerate(samples):
+                padded[row, :len(sample[key])] = sample[key]
+            batch[key] = padded
+        lengths = torch.tensor([len(s["input_ids"]) for s in samples])
+        batch["attention_mask"] = (torch.arange(longest)[None, :] < lengths[:, None]).long()
+        batch["labels"] = torch.stack([torch.as_tensor(s["labels"]) for s in samples])
+        return batch
+    return pad_batch
 
 
 class TextEncoder(nn.Module):
@@ -181,13 +258,19 @@ def main(argv: list[str] | None = None) -> None:
     run_dir.claim(overwrite=config.overwrite_output_dir, resuming=config.resume_from_checkpoint is not None)
 
     with accelerator.main_process_first():  # the main process downloads and caches; the others reuse it
-        train_set, eval_set, class_names, vocab = build_data(config)
+        tokenizer_for = (lambda texts: load_tokenizer(config)) if config.model_name_or_path else None
+        train_set, eval_set, class_names, tokenizer = build_data(config, tokenizer_for)
+        if config.model_name_or_path:
+            model = load_pretrained_classifier(config, len(class_names))
+        else:
+            model = TextEncoder(config, len(tokenizer.vocab), len(class_names))
     if accelerator.is_main_process:
-        (Path(config.output_dir) / "vocab.json").write_text(json.dumps(vocab))
-    train_data = build_train_data(train_set, config, accelerator, collate_fn=pad_batch)
-    eval_loader = build_eval_loader(eval_set, config, accelerator, collate_fn=pad_batch)
+        tokenizer.save_pretrained(config.output_dir)
+    collate = padder(tokenizer.pad_token_id)
+    train_data = build_train_data(train_set, config, accelerator, collate_fn=collate)
+    eval_loader = build_eval_loader(eval_set, config, accelerator, collate_fn=collate)
 
-    model = TextEncoder(config, len(vocab), len(class_names)).to(accelerator.device)
+    model = model.to(accelerator.device)
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(optimizer, config, total_optimizer_steps(config, train_data.plan.windows_per_epoch))
     model, optimizer = accelerator.prepare(model, optimizer)

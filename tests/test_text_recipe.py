@@ -69,3 +69,31 @@ def test_text_recipe_refuses_a_missing_text_column(tmp_path, capsys):
                                                       "--output_dir", str(tmp_path / "out")]))
     assert code == 2
     assert "no text column 'text' (columns: sentence, label; set --text_column)" in capsys.readouterr().err
+
+
+def _tiny_pretrained_bert(folder):
+    """A small randomly initialised BERT and its WordPiece tokenizer, saved like a Hub model (no download)."""
+    transformers = pytest.importorskip("transformers")  # the project's 'test' extra installs it
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "."] + sorted(
+        set(FILLER) | {w for words in TOPICS.values() for w in words})
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tokenizer = transformers.BertTokenizerFast(str(folder / "vocab.txt"))  # vocab_file (4.x) or vocab (5.x)
+    config = transformers.BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1,
+                                     num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
+    transformers.BertForSequenceClassification(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+def test_model_name_or_path_fine_tunes_a_pretrained_transformers_model(tmp_path, text_files):
+    from recipes import text_classification
+
+    _tiny_pretrained_bert(tmp_path)
+    out = tmp_path / "out"
+    code = run_main(lambda: text_classification.main([
+        "--train_file", str(text_files / "train.csv"), "--validation_file", str(text_files / "valid.csv"),
+        "--model_name_or_path", str(tmp_path), "--output_dir", str(out), "--num_train_epochs", "8",
+        "--per_device_train_batch_size", "16", "--learning_rate", "2e-3", "--max_length", "32"]))
+    assert code == 0
+    assert read_json(out / "report.json")["accuracy"] >= 0.9
+    assert (out / "tokenizer.json").is_file() or (out / "vocab.txt").is_file()  # its own tokenizer, saved
+    assert not (out / "vocab.json").exists()
