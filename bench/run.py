@@ -206,8 +206,7 @@ def run_framework(w: Workload, precision: str, dataset) -> tuple[float, float]:
                                 auto_find_batch_size=w.auto, max_memory_gib=w.max_memory_gib,
                                 total_train_batch_size=w.micro * w.accum if w.auto else 0)
         accelerator, resolved = build_accelerator(config)
-        run_dir = RunDirectory(out, accelerator.is_main_process)
-        run_dir.claim(overwrite=True, resuming=False)
+        run_dir = RunDirectory.for_run(config, accelerator)
         torch.manual_seed(0)
         model = EncoderClassifier(w).to(accelerator.device)
         optimizer = build_optimizer(model, config)

@@ -51,6 +51,14 @@ class RunDirectory:
         self.path = Path(path)
         self.is_main = is_main
 
+    @classmethod
+    def for_run(cls, config: Any, accelerator: Any) -> "RunDirectory":
+        """Claim `config.output_dir` for this run: --overwrite_output_dir and --resume_from_checkpoint decide
+        whether a finished run there may be continued or replaced (see `claim`)."""
+        run_dir = cls(config.output_dir, accelerator.is_main_process)
+        run_dir.claim(overwrite=config.overwrite_output_dir, resuming=config.resume_from_checkpoint is not None)
+        return run_dir
+
     def claim(self, *, overwrite: bool, resuming: bool) -> None:
         """Create the directory, check it is writable, and refuse to clobber a finished run.
 

@@ -89,8 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     """Parse flags, build data and model, train, evaluate, write the outputs."""
     config = parse_config(DigitsConfig, argv)
     accelerator, precision = build_accelerator(config)
-    run_dir = RunDirectory(config.output_dir, accelerator.is_main_process)
-    run_dir.claim(overwrite=config.overwrite_output_dir, resuming=config.resume_from_checkpoint is not None)
+    run_dir = RunDirectory.for_run(config, accelerator)
 
     with accelerator.main_process_first():
         train_set, test_set, class_names = build_data(config)

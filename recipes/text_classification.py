@@ -254,8 +254,7 @@ def main(argv: list[str] | None = None) -> None:
     """Parse flags, build data and model, train, evaluate, write the outputs."""
     config = parse_config(TextConfig, argv)
     accelerator, precision = build_accelerator(config)
-    run_dir = RunDirectory(config.output_dir, accelerator.is_main_process)
-    run_dir.claim(overwrite=config.overwrite_output_dir, resuming=config.resume_from_checkpoint is not None)
+    run_dir = RunDirectory.for_run(config, accelerator)
 
     with accelerator.main_process_first():  # the main process downloads and caches; the others reuse it
         tokenizer_for = (lambda texts: load_tokenizer(config)) if config.model_name_or_path else None

@@ -96,8 +96,7 @@ def fit_model(config, make_model, train_set, eval_set, class_names, setup=None):
     accelerator, precision = build_accelerator(config)
     if setup:
         setup(accelerator)
-    run_dir = RunDirectory(config.output_dir, accelerator.is_main_process)
-    run_dir.claim(overwrite=config.overwrite_output_dir, resuming=config.resume_from_checkpoint is not None)
+    run_dir = RunDirectory.for_run(config, accelerator)
     train = build_train_data(train_set, config, accelerator)
     eval_loader = build_eval_loader(eval_set, config, accelerator)
     model = make_model().to(accelerator.device)
