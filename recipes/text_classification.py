@@ -179,11 +179,10 @@ class PretrainedClassifier(nn.Module):
         return self.model(**inputs).logits
 
 
-def build_data(config: TextConfig, tokenizer_for=None):
+def build_data(config: TextConfig, tokenizer=None):
     """Tokenized train and evaluation sets, class names and the tokenizer.
 
-    `tokenizer_for(train_texts)` returns the tokenizer (default: a WordTokenizer
-    built from the training texts); it is called once the splits are loaded.
+    Without a (pretrained) `tokenizer`, a WordTokenizer is built from the training texts.
     """
     train, evaluation = load_splits(config)
     if config.text_column not in train.column_names:
@@ -192,8 +191,8 @@ def build_data(config: TextConfig, tokenizer_for=None):
     names, train, evaluation = class_names_of(train, evaluation, config.label_column)
     for name, split in (("training data", train), ("evaluation data", evaluation)):
         check_labels(split, len(names), column=config.label_column, name=name)
-    tokenizer = (tokenizer_for or (lambda texts: WordTokenizer(build_vocab(texts, config.vocab_size),
-                                                               config.max_length)))(train[config.text_column])
+    if tokenizer is None:
+        tokenizer = WordTokenizer(build_vocab(train[config.text_column], config.vocab_size), config.max_length)
 
     def tokenize(batch):
         encoded = tokenizer(batch[config.text_column], truncation=True, max_length=config.max_length)
@@ -257,8 +256,8 @@ def main(argv: list[str] | None = None) -> None:
     run_dir = RunDirectory.for_run(config, accelerator)
 
     with accelerator.main_process_first():  # the main process downloads and caches; the others reuse it
-        tokenizer_for = (lambda texts: load_tokenizer(config)) if config.model_name_or_path else None
-        train_set, eval_set, class_names, tokenizer = build_data(config, tokenizer_for)
+        pretrained_tokenizer = load_tokenizer(config) if config.model_name_or_path else None
+        train_set, eval_set, class_names, tokenizer = build_data(config, pretrained_tokenizer)
         if config.model_name_or_path:
             model = load_pretrained_classifier(config, len(class_names))
         else:
