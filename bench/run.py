@@ -6,13 +6,17 @@ workers and pinned memory. Each (peer, precision) runs in its own process;
 samples/s is timed after warm-up steps, between device synchronizations, over
 windows of optimizer steps, and the fastest window counts (a shared machine's
 noise only ever slows a window down); peak memory is `torch.cuda.max_memory_allocated`
-(CUDA) or the process's peak RSS (CPU). Ratios are against `raw` in the same run.
+(CUDA) or, on a CPU, the process's peak RSS above its RSS once the peer's libraries
+and the data are loaded. Ratios are against `raw` in the same run.
 
     python bench/run.py                      # full size (meant for a GPU), fp32 and fp16
     python bench/run.py --quick --out F.json # CPU size, under 3 minutes on 2 cores
+    python bench/run.py --compile            # also raw, accelerate and framework under torch.compile
     python bench/run.py --auto_batch_check   # effective batch 256 fp16: 256 x 1 vs auto micro-batch under 3 GiB
 
 Peers: raw, accelerate, framework, and lightning / hf when those packages are installed.
+With --compile, `raw+compile`, `accelerate+compile` and `framework+compile`
+(TorchInductor, mode default) are timed too, each against `raw+compile`.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 PEERS = ("raw", "accelerate", "framework", "lightning", "hf")
+COMPILABLE = ("raw", "accelerate", "framework")
 
 
 @dataclass
@@ -56,6 +61,7 @@ class Workload:
     workers: int = 2
     auto: bool = False  # framework only: --auto_find_batch_size, starting from micro, keeping micro x accum
     max_memory_gib: float = 0.0  # framework only: --max_memory_gib
+    compile: bool = False  # raw / accelerate / framework: torch.compile (TorchInductor, mode default)
 
 
 QUICK = dict(vocab=1000, seq=32, d_model=64, heads=4, ff=128, layers=2, micro=16, accum=2, warmup=10, steps=200,
@@ -99,10 +105,33 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+# Libraries each peer loads, imported before the CPU memory baseline is taken.
+LIBRARIES = {"accelerate": ["accelerate"], "framework": ["framework", "matplotlib.pyplot"],
+             "lightning": ["lightning"], "hf": ["transformers"]}
+_rss_baseline_mib = 0.0
+
+
+def _current_rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _take_rss_baseline(peer: str) -> None:
+    """On a CPU, memory is the process's peak RSS above its RSS once the peer's libraries are loaded."""
+    global _rss_baseline_mib
+    import importlib
+
+    for module in LIBRARIES.get(peer, []):
+        with contextlib.suppress(ImportError):
+            importlib.import_module(module)
+    with contextlib.suppress(OSError):
+        _rss_baseline_mib = _current_rss_mib()
+
+
 def _peak_mib(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - _rss_baseline_mib
 
 
 def _is_mark(w: Workload, step: int) -> bool:
@@ -134,6 +163,8 @@ def run_raw(w: Workload, precision: str, dataset) -> tuple[float, float]:
     torch.manual_seed(0)
     model = EncoderClassifier(w).to(device)
     optimizer = _adamw(model, device)
+    if w.compile:
+        model = torch.compile(model)
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     autocast_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
     batches = iter(_loader(w, dataset, device, w.micro))
@@ -168,7 +199,7 @@ def run_accelerate(w: Workload, precision: str, dataset) -> tuple[float, float]:
     from accelerate import Accelerator
 
     accelerator = Accelerator(mixed_precision=precision, gradient_accumulation_steps=w.accum,
-                              cpu=not torch.cuda.is_available())
+                              cpu=not torch.cuda.is_available(), dynamo_backend="inductor" if w.compile else None)
     torch.manual_seed(0)
     model = EncoderClassifier(w).to(accelerator.device)
     optimizer = _adamw(model, accelerator.device)
@@ -204,7 +235,8 @@ def run_framework(w: Workload, precision: str, dataset) -> tuple[float, float]:
                                 max_steps=w.warmup + w.steps, logging_steps=math.gcd(w.warmup, w.window),
                                 mixed_precision=precision, dataloader_num_workers=w.workers,
                                 auto_find_batch_size=w.auto, max_memory_gib=w.max_memory_gib,
-                                total_train_batch_size=w.micro * w.accum if w.auto else 0)
+                                total_train_batch_size=w.micro * w.accum if w.auto else 0,
+                                torch_compile=w.compile)
         accelerator, resolved = build_accelerator(config)
         run_dir = RunDirectory.for_run(config, accelerator)
         torch.manual_seed(0)
@@ -301,15 +333,17 @@ def _child(args) -> None:
     w = Workload(**(QUICK if args.quick else {}))
     if args.micro:
         w.micro, w.accum = args.micro, args.accum or 1
-    w.auto, w.max_memory_gib = args.auto, args.max_memory_gib or 0.0
+    w.auto, w.max_memory_gib, w.compile = args.auto, args.max_memory_gib or 0.0, args.compiled
     dataset = SyntheticTokens(w, (w.warmup + w.steps + 2) * w.micro * w.accum)
+    _take_rss_baseline(args.peer)
     samples_per_s, peak = RUNNERS[args.peer](w, args.precision, dataset)
-    print("RESULT " + json.dumps({"peer": args.peer, "precision": args.precision, "micro": w.micro,
+    peer = args.peer + ("+compile" if w.compile else "")
+    print("RESULT " + json.dumps({"peer": peer, "precision": args.precision, "micro": w.micro,
                                   "accum": w.accum, "samples_per_s": samples_per_s, "peak_mib": peak}), flush=True)
 
 
 def _run_child(peer: str, precision: str, quick: bool, *extra: str) -> dict | None:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_DATASETS_OFFLINE": "1"}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_DATASETS_OFFLINE": "1", "MPLBACKEND": "Agg"}
     cmd = [sys.executable, __file__, "--peer", peer, "--precision", precision, *(["--quick"] * quick), *extra]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL)
     rows = [json.loads(line[7:]) for line in done.stdout.splitlines() if line.startswith("RESULT ")]
@@ -360,7 +394,10 @@ def main() -> None:
                         help="instead: the framework at effective batch 256 (or 64 with --quick), unconstrained "
                              "(256 x 1) against --auto_find_batch_size under --max_memory_gib")
     parser.add_argument("--max_memory_gib", type=float, help="the cap for --auto_batch_check (CUDA; default 3)")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time " + ", ".join(COMPILABLE) + " under torch.compile, against raw+compile")
     parser.add_argument("--peer", help=argparse.SUPPRESS)
+    parser.add_argument("--compiled", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--precision", help=argparse.SUPPRESS)
     parser.add_argument("--micro", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--accum", type=int, help=argparse.SUPPRESS)
@@ -376,24 +413,28 @@ def main() -> None:
     precisions = (args.precisions or ("no,fp16" if cuda else "no")).split(",")
     peers = [p for p in args.peers.split(",") if p not in REQUIRES or _installed(REQUIRES[p])]
     skipped = [p for p in args.peers.split(",") if p not in peers]
+    runs = [(peer, False) for peer in peers] + [(peer, True) for peer in peers if args.compile and peer in COMPILABLE]
     best: dict[tuple[str, str], dict] = {}
     for _ in range(args.repeats):
         for precision in precisions:
-            for peer in peers:
-                row = _run_child(peer, precision, args.quick)
-                key = (peer, precision)
+            for peer, compiled in runs:
+                row = _run_child(peer, precision, args.quick, *(["--compiled"] * compiled))
+                key = (row["peer"], precision) if row else None
                 if row and (key not in best or row["samples_per_s"] > best[key]["samples_per_s"]):
                     best[key] = row
     rows = list(best.values())
     print(f"device: {torch.cuda.get_device_name() if cuda else 'cpu'}; torch {torch.__version__}; "
           f"workload: {'quick' if args.quick else 'full'}; repeats: {args.repeats}")
-    print(f"{'peer':<12}{'precision':<11}{'micro x accum':<15}{'samples/s':>11}{'x raw':>8}{'peak MiB':>11}")
+    print(f"{'peer':<20}{'precision':<11}{'micro x accum':<15}{'samples/s':>11}{'x raw':>8}{'peak MiB':>11}"
+          f"{'mem x raw':>11}")
     for row in rows:
-        raw = best.get(("raw", row["precision"]))
-        ratio = row["samples_per_s"] / raw["samples_per_s"] if raw else float("nan")
-        row["ratio_to_raw"] = ratio
-        print(f"{row['peer']:<12}{row['precision']:<11}{str(row['micro']) + ' x ' + str(row['accum']):<15}"
-              f"{row['samples_per_s']:>11.1f}{ratio:>8.3f}{row['peak_mib']:>11.0f}")
+        # compiled peers are compared with the compiled raw loop, eager ones with the eager raw loop
+        raw = best.get(("raw+compile" if row["peer"].endswith("+compile") else "raw", row["precision"]))
+        row["ratio_to_raw"] = row["samples_per_s"] / raw["samples_per_s"] if raw else float("nan")
+        row["peak_ratio_to_raw"] = row["peak_mib"] / raw["peak_mib"] if raw else float("nan")
+        print(f"{row['peer']:<20}{row['precision']:<11}{str(row['micro']) + ' x ' + str(row['accum']):<15}"
+              f"{row['samples_per_s']:>11.1f}{row['ratio_to_raw']:>8.3f}{row['peak_mib']:>11.0f}"
+              f"{row['peak_ratio_to_raw']:>11.3f}")
     if skipped:
         print("not installed, skipped: " + ", ".join(skipped))
     if args.out:

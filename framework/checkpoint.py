@@ -28,6 +28,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from framework.errors import UserError
+from framework.weights import WEIGHTS_FILE, bare_model, model_state_dict
 
 STATE_FILE = "state.json"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
@@ -57,8 +58,8 @@ def resolve_checkpoint(spec: str, output_dir: str | Path) -> Path:
     path = Path(spec)
     if not path.is_dir():
         raise UserError(f"--resume_from_checkpoint {spec!r} does not exist (give a checkpoint folder or 'latest')")
-    if not (path / STATE_FILE).is_file() or not (path / "model.safetensors").is_file():
-        raise UserError(f"--resume_from_checkpoint {spec!r} is incomplete (no {STATE_FILE} or model.safetensors)")
+    if not (path / STATE_FILE).is_file() or not (path / WEIGHTS_FILE).is_file():
+        raise UserError(f"--resume_from_checkpoint {spec!r} is incomplete (no {STATE_FILE} or {WEIGHTS_FILE})")
     return path
 
 
@@ -100,10 +101,10 @@ def save_checkpoint(accelerator: Any, output_dir: str | Path, *, model: Any, opt
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    model_state = accelerator.get_state_dict(model)  # a collective under FSDP: every process calls it
+    model_state = model_state_dict(accelerator, model)  # a collective under FSDP: every process calls it
     torch.save(capture_rng_state(), tmp / f"rng_{accelerator.process_index}.pt")
     if accelerator.is_main_process:
-        save_file({k: v.contiguous() for k, v in model_state.items()}, str(tmp / "model.safetensors"))
+        save_file(model_state, str(tmp / WEIGHTS_FILE))
         scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler},
                    tmp / "trainer.pt")
@@ -122,7 +123,7 @@ def save_checkpoint(accelerator: Any, output_dir: str | Path, *, model: Any, opt
 
 
 def _check_model_shapes(path: Path, model_state: dict[str, torch.Tensor]) -> None:
-    with safe_open(str(path / "model.safetensors"), framework="pt") as handle:
+    with safe_open(str(path / WEIGHTS_FILE), framework="pt") as handle:
         saved = {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}
     current = {k: tuple(v.shape) for k, v in model_state.items()}
     if saved != current:
@@ -143,9 +144,9 @@ def load_checkpoint(accelerator: Any, path: Path, *, model: Any, optimizer: Any,
         if record["identity"].get(key) != value:
             raise UserError(f"checkpoint {str(path)!r} was made with {key}={record['identity'].get(key)}, "
                             f"this run has {key}={value}; resuming would not continue the same run")
-    unwrapped = accelerator.unwrap_model(model)
+    unwrapped = bare_model(accelerator, model)
     _check_model_shapes(path, unwrapped.state_dict())
-    with safe_open(str(path / "model.safetensors"), framework="pt", device="cpu") as handle:
+    with safe_open(str(path / WEIGHTS_FILE), framework="pt", device="cpu") as handle:
         unwrapped.load_state_dict({k: handle.get_tensor(k) for k in handle.keys()})
     trainer = torch.load(path / "trainer.pt", map_location="cpu", weights_only=True)
     optimizer.load_state_dict(trainer["optimizer"])

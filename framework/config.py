@@ -25,6 +25,7 @@ from framework.errors import ConfigError
 
 PRECISIONS = ("no", "fp16", "bf16")
 SCHEDULERS = ("linear", "cosine", "constant")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 TRACKERS = ("tensorboard", "wandb", "trackio", "comet_ml", "aim", "mlflow", "clearml", "dvclive", "swanlab")
 
 
@@ -67,6 +68,12 @@ class TrainingConfig:
         "accumulation grows so the effective batch stays the same.", default=False)
     max_memory_gib: float = flag("Cap this process's CUDA memory (emulates a smaller GPU); 0 = no cap.",
                                  default=0.0)
+    torch_compile: bool = flag(
+        "Compile the model with torch.compile (TorchInductor) through Accelerate; the first steps are slower.",
+        default=False)
+    torch_compile_mode: Optional[str] = flag(
+        "torch.compile mode: default, reduce-overhead, max-autotune or max-autotune-no-cudagraphs "
+        "(implies --torch_compile).", default=None)
     report_to: str = flag(
         "Experiment trackers beside metrics.jsonl: none, all, or a comma list such as tensorboard,wandb.",
         default="none")
@@ -95,6 +102,8 @@ class TrainingConfig:
         require("total_train_batch_size", self.total_train_batch_size >= 0, "an integer >= 0")
         require("max_memory_gib", math.isfinite(self.max_memory_gib) and self.max_memory_gib >= 0,
                 "a finite number >= 0")
+        require("torch_compile_mode", self.torch_compile_mode in (None, *COMPILE_MODES),
+                "one of " + ", ".join(COMPILE_MODES))
         for name in self.trackers:
             require("report_to", name in TRACKERS, f"none, all, or a comma list of {', '.join(TRACKERS)}; "
                     f"got {name!r}")

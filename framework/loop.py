@@ -26,6 +26,7 @@ from accelerate.utils import DistributedType
 from framework.batch_search import largest_fitting, probe_micro_batch
 from framework.checkpoint import (capture_rng_state, load_checkpoint, resolve_checkpoint, restore_rng_state,
                                   run_identity, save_checkpoint, should_checkpoint)
+from framework.compilation import compile_description
 from framework.config import TrainingConfig, config_to_dict
 from framework.data import TrainData, Window
 from framework.errors import UserError
@@ -35,6 +36,7 @@ from framework.outputs import RunDirectory
 from framework.plots import save_plots
 from framework.progress import progress_bar
 from framework.runtime import Precision, device_name, format_banner, say
+from framework.weights import save_weights
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -330,7 +332,7 @@ def fit(accelerator: Accelerator, config: TrainingConfig, model: torch.nn.Module
         world_size=accelerator.num_processes, device=device_name(accelerator), precision=precision,
         micro_batch=plan.micro_batch, accumulation=plan.accumulation, effective_batch=plan.effective_batch,
         steps_per_epoch=plan.windows_per_epoch,
-        total_steps=total_steps, train_samples=plan.num_samples))
+        total_steps=total_steps, train_samples=plan.num_samples, compiled=compile_description(accelerator)))
 
     ctx.bar = progress_bar(total_steps, "train", accelerator.is_main_process, initial=state.step)
     try:
@@ -350,7 +352,7 @@ def fit(accelerator: Accelerator, config: TrainingConfig, model: torch.nn.Module
 
     say(accelerator, ctx.report.text)
     accelerator.wait_for_everyone()
-    accelerator.save_model(model, str(run_dir.path), safe_serialization=True)
+    save_weights(accelerator, model, run_dir.path)
     run_dir.write_json("report.json", ctx.report.metrics)
     run_dir.write_text("report.txt", ctx.report.text)
     if accelerator.is_main_process:
@@ -373,6 +375,7 @@ def fit(accelerator: Accelerator, config: TrainingConfig, model: torch.nn.Module
         "wall_time_s": time.perf_counter() - wall_started,
         "eval_accuracy": ctx.report.metrics["accuracy"],
         "auto_micro_batch": state.micro_batch or None,
+        "torch_compile": compile_description(accelerator),
         **_peak_memory(),
     }
     run_dir.write_json("summary.json", summary)

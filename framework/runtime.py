@@ -12,6 +12,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
+from framework.compilation import check_compile_toolchain, dynamo_plugin
 from framework.config import TrainingConfig
 from framework.errors import UserError
 
@@ -57,8 +58,11 @@ def build_accelerator(config: TrainingConfig) -> tuple[Accelerator, Precision]:
     # weights, so the Accelerator must not divide losses by N on its own.
     trackers = available_trackers(config.trackers, explicit=config.report_to != "all")
     accelerator = Accelerator(mixed_precision=precision.effective, cpu=not cuda, gradient_accumulation_steps=1,
-                              log_with=trackers or None, project_dir=config.output_dir)
+                              log_with=trackers or None, project_dir=config.output_dir,
+                              dynamo_plugin=dynamo_plugin(config.torch_compile or config.torch_compile_mode is not None,
+                                                          config.torch_compile_mode or "default"))
     check_process_group(int(os.environ.get("WORLD_SIZE", "1")), accelerator.num_processes)
+    check_compile_toolchain(accelerator)
     if config.max_memory_gib:
         cap_cuda_memory(config.max_memory_gib, accelerator.device)
     set_seed(config.seed)
@@ -120,7 +124,8 @@ def device_name(accelerator: Accelerator) -> str:
 
 
 def format_banner(*, world_size: int, device: str, precision: Precision, micro_batch: int, accumulation: int,
-                  effective_batch: int, steps_per_epoch: int, total_steps: int, train_samples: int) -> str:
+                  effective_batch: int, steps_per_epoch: int, total_steps: int, train_samples: int,
+                  compiled: Optional[str] = None) -> str:
     """The run banner: where it runs, what precision really runs, the effective batch and the steps planned."""
     if effective_batch == micro_batch * accumulation * world_size:
         batch = (f"{micro_batch} micro-batch x {accumulation} accumulation x {world_size} processes"
@@ -134,6 +139,7 @@ def format_banner(*, world_size: int, device: str, precision: Precision, micro_b
         "=" * 72,
         f"processes       : {world_size}   device: {device}",
         f"precision       : {precision.effective} = {mode}{asked}",
+        f"torch.compile   : {compiled or 'off'}",
         f"effective batch : {batch}",
         f"optimizer steps : {total_steps} planned ({steps_per_epoch} per epoch over {train_samples} training samples)",
         "=" * 72,

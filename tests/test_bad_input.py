@@ -18,6 +18,7 @@ CASES = [
     (["--learning_rate", "-1e-3"], "--learning_rate must be a finite number > 0"),
     (["--learning_rate", "nan"], "--learning_rate must be a finite number > 0"),
     (["--mixed_precision", "fp8"], "--mixed_precision must be one of no, fp16, bf16"),
+    (["--torch_compile_mode", "fast"], "--torch_compile_mode must be one of default, reduce-overhead"),
     (["--checkpointing_steps", "often"], "--checkpointing_steps must be 'no', 'epoch' or an integer >= 1"),
     (["--report_to", "nosuchtracker"], "--report_to must be none, all, or a comma list of"),
     (["--dropout", "1.5"], "--dropout must be a number in [0, 1)"),

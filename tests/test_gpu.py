@@ -93,3 +93,22 @@ def test_fsdp_config_trains_digits(tmp_path):
     summary = read_json(tmp_path / "summary.json")
     assert summary["mixed_precision"] == "fp16"
     assert read_json(tmp_path / "report.json")["accuracy"] >= 0.95
+
+
+def test_compiled_fp16_digits_matches_eager(tmp_path):
+    """--torch_compile on CUDA (Triton kernels) with fp16 loss scaling: same accuracy, plain weight names."""
+    import sys
+
+    from helpers import DIGITS, launch, weights
+
+    runs = {}
+    for name, extra in (("eager", []), ("compiled", ["--torch_compile"])):
+        out = tmp_path / name
+        done = launch([sys.executable, str(DIGITS), "--output_dir", str(out), "--mixed_precision", "fp16", *extra],
+                      timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        runs[name] = out
+    assert read_json(runs["compiled"] / "summary.json")["torch_compile"] == "inductor (mode default)"
+    assert weights(runs["compiled"]).keys() == weights(runs["eager"]).keys()
+    accuracy = {name: read_json(out / "report.json")["accuracy"] for name, out in runs.items()}
+    assert abs(accuracy["compiled"] - accuracy["eager"]) <= 0.01 and accuracy["compiled"] >= 0.95

@@ -1,0 +1,59 @@
+"""Model weights as the user's module names them: the state dict, and model.safetensors.
+
+A model compiled by Accelerate (`--torch_compile`, or a launcher config with a
+dynamo backend) is a `torch.compile` wrapper whose state-dict keys carry an
+`_orig_mod.` prefix; `Accelerator.save_model` and `get_state_dict` keep it
+(accelerate 1.15), so weights saved from a compiled run would not load into the
+plain model. Here the prefix is stripped: checkpoints and model.safetensors have
+the same keys with and without compilation.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from safetensors.torch import save_file
+
+COMPILED_PREFIX = "_orig_mod."
+WEIGHTS_FILE = "model.safetensors"
+
+
+def model_state_dict(accelerator: Accelerator, model: Any) -> dict[str, torch.Tensor]:
+    """The full model state, with the keys of the uncompiled, unwrapped model.
+
+    Call it on every process: under FSDP gathering the state is a collective.
+    Tensors that share storage (tied weights) are cloned, since safetensors
+    refuses aliases and every key is needed to load the state back strictly.
+    """
+    state = accelerator.get_state_dict(model)
+    seen: set[int] = set()
+    clean = {}
+    for key, tensor in state.items():
+        storage = tensor.untyped_storage().data_ptr() if tensor.numel() else None
+        if storage in seen:
+            tensor = tensor.clone()
+        elif storage is not None:
+            seen.add(storage)
+        clean[key.replace(COMPILED_PREFIX, "")] = tensor.contiguous()
+    return clean
+
+
+def bare_model(accelerator: Accelerator, model: Any) -> torch.nn.Module:
+    """The user's module inside the DDP and torch.compile wrappers (it shares their parameters)."""
+    return accelerator.unwrap_model(model, keep_torch_compile=False)
+
+
+def save_weights(accelerator: Accelerator, model: Any, directory: str | Path) -> Path:
+    """Write `directory/model.safetensors` from the main process, atomically; call it on every process."""
+    state = model_state_dict(accelerator, model)  # a collective under FSDP
+    path = Path(directory) / WEIGHTS_FILE
+    if accelerator.is_main_process:
+        tmp = path.with_name(f".tmp_{WEIGHTS_FILE}")
+        save_file(state, str(tmp))
+        os.replace(tmp, path)
+    accelerator.wait_for_everyone()
+    return path
