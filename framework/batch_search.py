@@ -31,7 +31,7 @@ class SearchResult:
     tries: list[tuple[int, bool]] = field(default_factory=list)
 
 
-def largest_fitting(fits: Callable[[int], bool], start: int) -> SearchResult:
+def largest_fitting(fits: Callable[[int], bool], start: int, what: str = "micro-batch") -> SearchResult:
     """The largest n in 1..start for which `fits(n)` holds, assuming fitting is monotone in n.
 
     Tries `start` first (often it fits and there is nothing to search), then
@@ -54,7 +54,7 @@ def largest_fitting(fits: Callable[[int], bool], start: int) -> SearchResult:
         else:
             failed = middle
     if ran == 0:
-        raise UserError("--auto_find_batch_size: even a micro-batch of 1 runs out of memory")
+        raise UserError(f"--auto_find_batch_size: even a {what} of 1 runs out of memory")
     return SearchResult(ran, tries)
 
 
@@ -99,11 +99,42 @@ def probe_micro_batch(accelerator: Any, model: torch.nn.Module, optimizer: Any,
             ok = False
         del reserve
         free_memory(optimizer)
-        # A size fits only where it fits on every process: take the minimum over ranks.
-        flag = torch.tensor(1.0 if ok else 0.0, device=accelerator.device)
-        return bool(-accelerator.reduce(-flag, reduction="max").item() > 0)
+        return _fits_everywhere(accelerator, ok)
 
     return fits
+
+
+def probe_eval_batch(accelerator: Any, model: torch.nn.Module, optimizer: Any,
+                     make_batch: Callable[[int], dict[str, Any]],
+                     forward: Callable[[dict[str, Any]], torch.Tensor]) -> Callable[[int], bool]:
+    """A `fits(n)` for evaluation: CONFIRM_STEPS forward passes of n samples in eval mode, without gradients.
+
+    Evaluation runs mid-training, so the room the optimizer state will take is held meanwhile.
+    """
+    def fits(n: int) -> bool:
+        reserve = _optimizer_state_reserve(model, optimizer)
+        was_training = model.training
+        model.eval()
+        ok = True
+        try:
+            batch = make_batch(n)
+            with torch.no_grad():
+                for _ in range(CONFIRM_STEPS):
+                    forward(batch)
+        except torch.OutOfMemoryError:
+            ok = False
+        model.train(was_training)
+        del reserve
+        free_memory()
+        return _fits_everywhere(accelerator, ok)
+
+    return fits
+
+
+def _fits_everywhere(accelerator: Any, ok: bool) -> bool:
+    # A size fits only where it fits on every process: take the minimum over ranks.
+    flag = torch.tensor(1.0 if ok else 0.0, device=accelerator.device)
+    return bool(-accelerator.reduce(-flag, reduction="max").item() > 0)
 
 
 def accumulation_for(effective_batch: int, micro_batch: int, num_processes: int) -> int:

@@ -65,7 +65,8 @@ class TrainingConfig:
         "accumulation follows from it.", default=0)
     auto_find_batch_size: bool = flag(
         "Search for the largest micro-batch (up to per_device_train_batch_size) that fits in memory; "
-        "accumulation grows so the effective batch stays the same.", default=False)
+        "accumulation grows so the effective batch stays the same. The evaluation batch is searched too.",
+        default=False)
     max_memory_gib: float = flag("Cap this process's CUDA memory (emulates a smaller GPU); 0 = no cap.",
                                  default=0.0)
     torch_compile: bool = flag(

@@ -45,14 +45,29 @@ def split_batch(batch: dict[str, Any]) -> tuple[dict[str, Any], torch.Tensor]:
     return inputs, batch["labels"]
 
 
+def forward_in_chunks(model: torch.nn.Module, inputs: dict[str, Any], chunk: int = 0) -> torch.Tensor:
+    """`model(**inputs)`, run `chunk` samples at a time when the batch is larger (0: all at once)."""
+    size = next((v.shape[0] for v in inputs.values() if torch.is_tensor(v) and v.dim()), 0)
+    if not chunk or size <= chunk:
+        return model(**inputs)
+    parts = []
+    for start in range(0, size, chunk):
+        part = {k: v[start:start + chunk] if torch.is_tensor(v) and v.dim() and v.shape[0] == size else v
+                for k, v in inputs.items()}
+        parts.append(model(**part))
+    return torch.cat(parts)
+
+
 @torch.no_grad()
 def predict(accelerator: Any, model: torch.nn.Module, loader: Any,
-            loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], show_progress: bool = True) -> Predictions:
+            loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], show_progress: bool = True,
+            forward_batch: int = 0) -> Predictions:
     """Run `model` over a prepared `loader` and gather predictions, labels and per-sample losses.
 
     `gather_for_metrics` drops the samples the distributed sampler repeated to
     even out the last batch, so every evaluation sample counts exactly once on
-    any number of processes.
+    any number of processes. With `forward_batch`, each loaded batch goes through
+    the model that many samples at a time (the size `--auto_find_batch_size` found).
     """
     was_training = model.training
     model.eval()
@@ -60,7 +75,7 @@ def predict(accelerator: Any, model: torch.nn.Module, loader: Any,
     bar = progress_bar(len(loader), "eval", show_progress and accelerator.is_main_process, unit="batch", leave=False)
     for batch in loader:
         inputs, labels = split_batch(batch)
-        logits = model(**inputs)
+        logits = forward_in_chunks(model, inputs, forward_batch)
         losses = loss_fn(logits.float(), labels)
         chunks.append(accelerator.gather_for_metrics((logits.argmax(dim=-1), labels, losses)))
         bar.update(1)
@@ -81,6 +96,7 @@ def build_report(predictions: Predictions, class_names: Sequence[str]) -> Report
 
 
 def evaluate(accelerator: Any, model: torch.nn.Module, loader: Any, class_names: Sequence[str],
-             loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Report:
+             loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], forward_batch: int = 0) -> Report:
     """Predict on every process, gather, and build the report (the same on every process)."""
-    return build_report(predictions=predict(accelerator, model, loader, loss_fn), class_names=class_names)
+    predictions = predict(accelerator, model, loader, loss_fn, forward_batch=forward_batch)
+    return build_report(predictions=predictions, class_names=class_names)

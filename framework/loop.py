@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import DistributedType
 
-from framework.batch_search import largest_fitting, probe_micro_batch
+from framework.batch_search import largest_fitting, probe_eval_batch, probe_micro_batch
 from framework.checkpoint import (capture_rng_state, load_checkpoint, resolve_checkpoint, restore_rng_state,
                                   run_identity, save_checkpoint, should_checkpoint)
 from framework.compilation import compile_description
@@ -62,6 +62,7 @@ class TrainState:
     samples_seen: int = 0
     last_eval_step: int = -1
     micro_batch: int = 0  # chosen by --auto_find_batch_size (0: not searched); reused on resume
+    eval_batch: int = 0  # evaluation forward batch chosen by --auto_find_batch_size (0: not searched)
 
 
 @dataclass
@@ -204,7 +205,8 @@ def _log(ctx: _Context, record: dict[str, Any]) -> None:
 
 
 def _evaluate(ctx: _Context, state: TrainState) -> None:
-    ctx.report = evaluate(ctx.accelerator, ctx.model, ctx.eval_loader, ctx.class_names, ctx.loss_fn)
+    ctx.report = evaluate(ctx.accelerator, ctx.model, ctx.eval_loader, ctx.class_names, ctx.loss_fn,
+                          forward_batch=state.eval_batch)
     state.last_eval_step = state.step
     epoch = state.epoch + state.window / ctx.train_data.plan.windows_per_epoch
     _log(ctx, {"step": state.step, "epoch": round(epoch, 4), **ctx.report.summary()})
@@ -230,6 +232,27 @@ def _search_micro_batch(ctx: _Context) -> tuple[int, list[tuple[int, bool]]]:
     result = largest_fitting(probe_micro_batch(accelerator, model, ctx.optimizer, make_batch, step), start)
     restore_rng_state(rng)
     return result.micro_batch, result.tries
+
+
+def _search_eval_batch(ctx: _Context) -> tuple[int, list[tuple[int, bool]]]:
+    """The largest evaluation forward batch (up to per_device_eval_batch_size) that fits beside training."""
+    samples, collate = ctx.eval_loader.dataset, ctx.eval_loader.collate_fn
+
+    def make_batch(n: int) -> dict[str, Any]:
+        return _to_device(collate([samples[i % len(samples)] for i in range(n)]), ctx.accelerator.device)
+
+    def forward(batch: dict[str, Any]) -> torch.Tensor:
+        return ctx.model(**split_batch(batch)[0])
+
+    rng = capture_rng_state()
+    fits = probe_eval_batch(ctx.accelerator, ctx.model, ctx.optimizer, make_batch, forward)
+    result = largest_fitting(fits, ctx.config.per_device_eval_batch_size, what="evaluation batch")
+    restore_rng_state(rng)
+    return result.micro_batch, result.tries
+
+
+def _describe_tries(tries: list[tuple[int, bool]]) -> str:
+    return ", ".join(f"{n} {'fits' if ok else 'out of memory'}" for n, ok in tries) or "reused from checkpoint"
 
 
 def _checkpoint(ctx: _Context, state: TrainState) -> None:
@@ -313,16 +336,20 @@ def fit(accelerator: Accelerator, config: TrainingConfig, model: torch.nn.Module
                                 identity=run_identity(plan, config.seed), state_type=TrainState)
         say(accelerator, f"resumed from {path} at optimizer step {state.step}")
         ctx.samples_at_start = state.samples_seen
-    tries: list[tuple[int, bool]] = []
     if config.auto_find_batch_size:
+        tries: list[tuple[int, bool]] = []
         if not state.micro_batch:
             state.micro_batch, tries = _search_micro_batch(ctx)
         train_data.use_micro_batch(state.micro_batch)
         plan = train_data.plan
-        tried = ", ".join(f"{n} {'fits' if ok else 'out of memory'}" for n, ok in tries) or "reused from checkpoint"
         say(accelerator, f"auto batch size: micro-batch {plan.micro_batch} x {plan.accumulation} accumulation x "
                           f"{plan.num_processes} processes keeps the effective batch {plan.effective_batch} "
-                          f"(tried: {tried})")
+                          f"(tried: {_describe_tries(tries)})")
+        tries = []
+        if not state.eval_batch:
+            state.eval_batch, tries = _search_eval_batch(ctx)
+        say(accelerator, f"auto batch size: evaluation runs {state.eval_batch} samples per forward pass "
+                          f"(tried: {_describe_tries(tries)})")
     resolved = config_to_dict(config) | {"mixed_precision": precision.requested}
     run_dir.start(resolved, resume_step=state.step if config.resume_from_checkpoint else None)
     # Trackers take flat scalars and strings only (TensorBoard's hparams reject None).
@@ -375,6 +402,7 @@ def fit(accelerator: Accelerator, config: TrainingConfig, model: torch.nn.Module
         "wall_time_s": time.perf_counter() - wall_started,
         "eval_accuracy": ctx.report.metrics["accuracy"],
         "auto_micro_batch": state.micro_batch or None,
+        "auto_eval_batch": state.eval_batch or None,
         "torch_compile": compile_description(accelerator),
         **_peak_memory(),
     }

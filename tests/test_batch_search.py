@@ -12,7 +12,7 @@ from accelerate import Accelerator
 
 from framework.batch_search import largest_fitting, probe_micro_batch
 from framework.errors import UserError
-from helpers import EXACT_ARGS, debug_launch, fit_model, read_json, run_digits_in_process
+from helpers import EXACT_ARGS, debug_launch, fit_model, read_json, read_metrics, run_digits_in_process
 
 
 @pytest.mark.parametrize("start", [1, 7, 64, 100, 1000])
@@ -85,7 +85,8 @@ def test_two_processes_agree_on_the_smaller_size(tmp_path):
     assert results == [{"micro": 9, "world": 2}, {"micro": 9, "world": 2}]
 
 
-def _digits_with_oom_above(threshold, config):
+def _digits_with_oom_above(threshold, config, eval_threshold=None):
+    """The digits CNN, raising out-of-memory above `threshold` samples (`eval_threshold` in eval mode)."""
     from recipes import digits
 
     train_set, test_set, names = digits.build_data(config)
@@ -96,8 +97,9 @@ def _digits_with_oom_above(threshold, config):
             self.net = digits.build_model(config, len(names))
 
         def forward(self, pixel_values):
-            if pixel_values.shape[0] > threshold:
-                raise torch.OutOfMemoryError(f"simulated: batch {pixel_values.shape[0]} > {threshold}")
+            limit = threshold if self.training or eval_threshold is None else eval_threshold
+            if pixel_values.shape[0] > limit:
+                raise torch.OutOfMemoryError(f"simulated: batch {pixel_values.shape[0]} > {limit}")
             return self.net(pixel_values)
 
     return DigitsOOM, train_set, test_set, names
@@ -149,3 +151,47 @@ def test_resume_reuses_the_chosen_micro_batch(tmp_path, capsys):
     assert summary["auto_micro_batch"] == 20
     assert "reused from checkpoint" in capsys.readouterr().out
     assert read_json(tmp_path / "summary.json")["optimizer_steps"] == 10
+
+
+def test_evaluation_batch_is_searched_too_and_gives_the_same_report(tmp_path):
+    from recipes import digits
+
+    args = [*EXACT_ARGS, "--max_steps", "20", "--per_device_eval_batch_size", "128"]
+    reference = tmp_path / "reference"
+    assert run_digits_in_process(reference, *args) == 0
+
+    def config_for(name, *extra):
+        return digits.parse_config(digits.DigitsConfig, ["--output_dir", str(tmp_path / name), *args, *extra])
+
+    # Training batches of 32 fit; evaluating more than 20 samples at once runs out of memory.
+    plain = config_for("plain")
+    make_model, train_set, test_set, names = _digits_with_oom_above(32, plain, eval_threshold=20)
+    with pytest.raises(torch.OutOfMemoryError):
+        fit_model(plain, make_model, train_set, test_set, names)
+
+    from conftest import _reset_accelerate
+
+    _reset_accelerate()
+    auto = config_for("auto", "--auto_find_batch_size", "true")
+    _, result = fit_model(auto, make_model, train_set, test_set, names)
+    assert (result.summary["auto_micro_batch"], result.summary["auto_eval_batch"]) == (32, 20)
+    expected = read_json(reference / "report.json")
+    assert read_json(tmp_path / "auto" / "report.json")["accuracy"] == expected["accuracy"]
+    assert result.report.metrics["macro avg"] == pytest.approx(expected["macro avg"])
+    eval_losses = [[r["eval_loss"] for r in read_metrics(d) if "eval_loss" in r] for d in (reference, tmp_path / "auto")]
+    assert eval_losses[1] == pytest.approx(eval_losses[0], abs=1e-6)
+
+
+def test_forward_in_chunks_matches_one_forward_pass():
+    from framework.evaluation import forward_in_chunks
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(5, 3)
+    calls = []
+    model.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    x = torch.randn(23, 5)
+    whole = model(x)
+    calls.clear()
+    chunked = forward_in_chunks(lambda input, scale: model(input) * scale, {"input": x, "scale": 1.0}, chunk=10)
+    assert calls == [10, 10, 3]
+    torch.testing.assert_close(chunked, whole)
