@@ -7,6 +7,8 @@ once the caching allocator is fragmented), frees cached memory afterwards, and
 is agreed across processes: a size fits only if it fits on every rank, so all
 ranks settle on the same, smallest, answer. Accumulation then follows from the
 effective batch; exact sample weighting makes an uneven last micro-batch harmless.
+The loop probes with n copies of the longest sample (`data.largest_sample_index`),
+the largest batch of n that padding to the longest can produce.
 """
 
 from __future__ import annotations

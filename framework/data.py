@@ -189,6 +189,31 @@ def build_eval_loader(dataset: Sequence, config: Any, accelerator: Any,
     return accelerator.prepare(loader)
 
 
+def largest_sample_index(dataset: Any) -> int:
+    """The index of the sample with the most elements in its variable-length columns (0 when none vary).
+
+    Collate functions pad a batch to its longest sample, so n copies of this sample
+    make the largest batch of n that the data can produce: the batch-size search
+    probes with it, so that a size it accepts does not run out of memory later on a
+    batch of long sequences. Only Hugging Face datasets are inspected (list columns,
+    vectorized over Arrow, selections and splits respected); other datasets give 0.
+    """
+    import datasets
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if not isinstance(dataset, datasets.Dataset) or len(dataset) == 0:
+        return 0
+    table = dataset.with_format("arrow")
+    names = [f.name for f in dataset.data.schema if pa.types.is_list(f.type) or pa.types.is_large_list(f.type)]
+    if not names:
+        return 0
+    total = np.zeros(len(dataset), dtype=np.int64)
+    for name in names:
+        total += pc.list_value_length(table[name]).fill_null(0).to_numpy()
+    return int(total.argmax())
+
+
 def check_labels(dataset: Any, num_labels: int, column: str = "labels", name: str = "dataset") -> None:
     """Refuse a dataset without the label column or with a label outside 0..num_labels-1."""
     columns = getattr(dataset, "column_names", None)

@@ -28,7 +28,7 @@ from framework.checkpoint import (capture_rng_state, load_checkpoint, resolve_ch
                                   run_identity, save_checkpoint, should_checkpoint)
 from framework.compilation import compile_description
 from framework.config import TrainingConfig, config_to_dict
-from framework.data import TrainData, Window
+from framework.data import TrainData, Window, largest_sample_index
 from framework.errors import UserError
 from framework.evaluation import Report, evaluate, split_batch
 from framework.optim import total_optimizer_steps
@@ -213,14 +213,13 @@ def _evaluate(ctx: _Context, state: TrainState) -> None:
 
 
 def _search_micro_batch(ctx: _Context) -> tuple[int, list[tuple[int, bool]]]:
-    """Run the micro-batch search on real training samples; the RNG streams are left as they were."""
+    """Search the micro-batch on copies of the longest training sample; the RNG streams are left as they were."""
     plan, accelerator, model = ctx.train_data.plan, ctx.accelerator, ctx.model
-    order = plan.order(0)
     samples, collate = ctx.train_data.loader.dataset, ctx.train_data.loader.collate_fn
+    largest = largest_sample_index(samples.dataset)
 
-    def make_batch(n: int) -> dict[str, Any]:
-        keys = [(int(order[i % len(order)]), 1.0) for i in range(n)]
-        return _to_device(collate(samples.__getitems__(keys)), accelerator.device)
+    def make_batch(n: int) -> dict[str, Any]:  # the worst case: n copies of the longest sample
+        return _to_device(collate(samples.__getitems__([(largest, 1.0)] * n)), accelerator.device)
 
     def step(batch: dict[str, Any]) -> torch.Tensor:
         inputs, labels = split_batch(batch)
@@ -237,9 +236,10 @@ def _search_micro_batch(ctx: _Context) -> tuple[int, list[tuple[int, bool]]]:
 def _search_eval_batch(ctx: _Context) -> tuple[int, list[tuple[int, bool]]]:
     """The largest evaluation forward batch (up to per_device_eval_batch_size) that fits beside training."""
     samples, collate = ctx.eval_loader.dataset, ctx.eval_loader.collate_fn
+    largest = largest_sample_index(samples)
 
     def make_batch(n: int) -> dict[str, Any]:
-        return _to_device(collate([samples[i % len(samples)] for i in range(n)]), ctx.accelerator.device)
+        return _to_device(collate([samples[largest]] * n), ctx.accelerator.device)
 
     def forward(batch: dict[str, Any]) -> torch.Tensor:
         return ctx.model(**split_batch(batch)[0])

@@ -84,11 +84,12 @@ def debug_launch(fn, *args, num_processes: int = 2) -> None:
     debug_launcher(_single_threaded, args=(fn, *args), num_processes=num_processes)
 
 
-def fit_model(config, make_model, train_set, eval_set, class_names, setup=None):
+def fit_model(config, make_model, train_set, eval_set, class_names, setup=None, collate_fn=None):
     """The digits recipe's main() for any model and datasets: build, prepare, fit.
 
     `make_model()` is called after seeding, as in a recipe; `setup(accelerator)`, if
-    given, runs right after the Accelerator is built. Returns (accelerator, FitResult).
+    given, runs right after the Accelerator is built; `collate_fn` batches both sets.
+    Returns (accelerator, FitResult).
     """
     from framework import (RunDirectory, build_accelerator, build_eval_loader, build_optimizer, build_scheduler,
                            build_train_data, fit, total_optimizer_steps)
@@ -97,8 +98,8 @@ def fit_model(config, make_model, train_set, eval_set, class_names, setup=None):
     if setup:
         setup(accelerator)
     run_dir = RunDirectory.for_run(config, accelerator)
-    train = build_train_data(train_set, config, accelerator)
-    eval_loader = build_eval_loader(eval_set, config, accelerator)
+    train = build_train_data(train_set, config, accelerator, collate_fn=collate_fn)
+    eval_loader = build_eval_loader(eval_set, config, accelerator, collate_fn=collate_fn)
     model = make_model().to(accelerator.device)
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(optimizer, config, total_optimizer_steps(config, train.plan.windows_per_epoch))

@@ -195,3 +195,59 @@ def test_forward_in_chunks_matches_one_forward_pass():
     chunked = forward_in_chunks(lambda input, scale: model(input) * scale, {"input": x, "scale": 1.0}, chunk=10)
     assert calls == [10, 10, 3]
     torch.testing.assert_close(chunked, whole)
+
+
+class TokensOOM(torch.nn.Module):
+    """Mean-pooled embeddings; out of memory when a padded batch holds more than `budget` tokens."""
+
+    def __init__(self, budget: int):
+        super().__init__()
+        self.budget = budget
+        self.embed = torch.nn.Embedding(50, 8)
+        self.head = torch.nn.Linear(8, 2)
+
+    def forward(self, input_ids, attention_mask):
+        if input_ids.numel() > self.budget:
+            raise torch.OutOfMemoryError(f"simulated: {tuple(input_ids.shape)} > {self.budget} tokens")
+        mask = attention_mask.unsqueeze(-1).float()
+        return self.head((self.embed(input_ids) * mask).sum(1) / mask.sum(1))
+
+
+def _variable_length_tokens(size: int, long_every: int):
+    """Token sequences of length 4, and of length 40 for every `long_every`-th sample."""
+    from datasets import Dataset
+
+    lengths = [40 if i % long_every == long_every - 1 else 4 for i in range(size)]
+    rows = {"input_ids": [[1 + (i + j) % 49 for j in range(n)] for i, n in enumerate(lengths)],
+            "labels": [i % 2 for i in range(size)]}
+    return Dataset.from_dict(rows).with_format("torch")
+
+
+def test_search_probes_the_longest_sequences_so_training_never_runs_out_of_memory(tmp_path):
+    from framework.config import TrainingConfig
+    from recipes.text_classification import padder
+
+    # Most batches are short; a few hold a 40-token sequence. 200 tokens fit.
+    train_set, eval_set = _variable_length_tokens(240, 37), _variable_length_tokens(60, 29)
+    config = TrainingConfig(output_dir=str(tmp_path), per_device_train_batch_size=64,
+                            total_train_batch_size=64, per_device_eval_batch_size=64, num_train_epochs=2,
+                            auto_find_batch_size=True)
+    _, result = fit_model(config, lambda: TokensOOM(200), train_set, eval_set, ["a", "b"], collate_fn=padder(0))
+    # 5 x 40 tokens is the largest batch that fits when it holds a long sequence.
+    assert (result.summary["auto_micro_batch"], result.summary["auto_eval_batch"]) == (5, 5)
+    assert result.summary["gradient_accumulation_steps"] == 13  # ceil(64 / 5)
+    assert result.summary["train_samples"] == 2 * 240
+
+
+def test_largest_sample_index_follows_splits_and_ignores_fixed_shapes():
+    from datasets import Dataset
+
+    from framework.data import largest_sample_index
+
+    data = Dataset.from_dict({"input_ids": [[0] * n for n in (3, 9, 2, 12, 5, 7)], "label": [0] * 6})
+    subset = data.select([4, 1, 5, 0])
+    assert largest_sample_index(subset) == 1  # sample 1 of the selection: 9 tokens
+    split = data.train_test_split(test_size=2, seed=0)["train"]
+    lengths = [len(x) for x in split["input_ids"]]
+    assert largest_sample_index(split) == lengths.index(max(lengths))
+    assert largest_sample_index(torch.utils.data.TensorDataset(torch.zeros(4, 3))) == 0
