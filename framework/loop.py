@@ -255,6 +255,23 @@ def _describe_tries(tries: list[tuple[int, bool]]) -> str:
     return ", ".join(f"{n} {'fits' if ok else 'out of memory'}" for n, ok in tries) or "reused from checkpoint"
 
 
+def _choose_batch_sizes(ctx: _Context, state: TrainState) -> None:
+    """--auto_find_batch_size: search (or reuse from the checkpoint) the micro-batch and the eval batch."""
+    tries: list[tuple[int, bool]] = []
+    if not state.micro_batch:
+        state.micro_batch, tries = _search_micro_batch(ctx)
+    ctx.train_data.use_micro_batch(state.micro_batch)
+    plan = ctx.train_data.plan
+    say(ctx.accelerator, f"auto batch size: micro-batch {plan.micro_batch} x {plan.accumulation} accumulation x "
+                         f"{plan.num_processes} processes keeps the effective batch {plan.effective_batch} "
+                         f"(tried: {_describe_tries(tries)})")
+    tries = []
+    if not state.eval_batch:
+        state.eval_batch, tries = _search_eval_batch(ctx)
+    say(ctx.accelerator, f"auto batch size: evaluation runs {state.eval_batch} samples per forward pass "
+                         f"(tried: {_describe_tries(tries)})")
+
+
 def _checkpoint(ctx: _Context, state: TrainState) -> None:
     save_checkpoint(ctx.accelerator, ctx.config.output_dir, model=ctx.model, optimizer=ctx.optimizer,
                     scheduler=ctx.scheduler, state=state,
@@ -337,19 +354,8 @@ def fit(accelerator: Accelerator, config: TrainingConfig, model: torch.nn.Module
         say(accelerator, f"resumed from {path} at optimizer step {state.step}")
         ctx.samples_at_start = state.samples_seen
     if config.auto_find_batch_size:
-        tries: list[tuple[int, bool]] = []
-        if not state.micro_batch:
-            state.micro_batch, tries = _search_micro_batch(ctx)
-        train_data.use_micro_batch(state.micro_batch)
+        _choose_batch_sizes(ctx, state)
         plan = train_data.plan
-        say(accelerator, f"auto batch size: micro-batch {plan.micro_batch} x {plan.accumulation} accumulation x "
-                          f"{plan.num_processes} processes keeps the effective batch {plan.effective_batch} "
-                          f"(tried: {_describe_tries(tries)})")
-        tries = []
-        if not state.eval_batch:
-            state.eval_batch, tries = _search_eval_batch(ctx)
-        say(accelerator, f"auto batch size: evaluation runs {state.eval_batch} samples per forward pass "
-                          f"(tried: {_describe_tries(tries)})")
     resolved = config_to_dict(config) | {"mixed_precision": precision.requested}
     run_dir.start(resolved, resume_step=state.step if config.resume_from_checkpoint else None)
     # Trackers take flat scalars and strings only (TensorBoard's hparams reject None).
