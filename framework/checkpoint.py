@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import random
 import re
 import shutil
@@ -48,8 +49,16 @@ def list_checkpoints(output_dir: str | Path) -> list[Path]:
     return [p for _, p in sorted(found) if (p / STATE_FILE).is_file()]
 
 
-def resolve_checkpoint(spec: str, output_dir: str | Path) -> Path:
-    """Turn `--resume_from_checkpoint latest|PATH` into a complete checkpoint folder, or raise UserError."""
+def resolve_checkpoint(spec: Optional[str], output_dir: str | Path) -> Optional[Path]:
+    """Turn `--resume_from_checkpoint auto|latest|PATH` into a complete checkpoint folder, or raise UserError.
+
+    None (no resume) and `auto` without a complete checkpoint give None: start from scratch.
+    """
+    if spec is None:
+        return None
+    if spec == "auto":
+        found = list_checkpoints(output_dir)
+        return found[-1] if found else None
     if spec == "latest":
         found = list_checkpoints(output_dir)
         if not found:
@@ -57,7 +66,8 @@ def resolve_checkpoint(spec: str, output_dir: str | Path) -> Path:
         return found[-1]
     path = Path(spec)
     if not path.is_dir():
-        raise UserError(f"--resume_from_checkpoint {spec!r} does not exist (give a checkpoint folder or 'latest')")
+        raise UserError(f"--resume_from_checkpoint {spec!r} does not exist (give a checkpoint folder, 'latest' "
+                        f"or 'auto')")
     if not (path / STATE_FILE).is_file() or not (path / WEIGHTS_FILE).is_file():
         raise UserError(f"--resume_from_checkpoint {spec!r} is incomplete (no {STATE_FILE} or {WEIGHTS_FILE})")
     return path
@@ -91,6 +101,15 @@ def run_identity(plan: Any, seed: int) -> dict[str, int]:
     return {"effective_batch": plan.effective_batch, "seed": seed, "train_samples": plan.num_samples}
 
 
+def _fsync(path: Path) -> None:
+    """Flush a file or a folder (its entries) to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def save_checkpoint(accelerator: Any, output_dir: str | Path, *, model: Any, optimizer: Any, scheduler: Any,
                     state: Any, identity: dict[str, int], save_total_limit: int = 0) -> Path:
     """Write `checkpoints/step_<state.step>` atomically on every process; returns its path."""
@@ -102,7 +121,9 @@ def save_checkpoint(accelerator: Any, output_dir: str | Path, *, model: Any, opt
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     model_state = model_state_dict(accelerator, model)  # a collective under FSDP: every process calls it
-    torch.save(capture_rng_state(), tmp / f"rng_{accelerator.process_index}.pt")
+    rng_file = tmp / f"rng_{accelerator.process_index}.pt"
+    torch.save(capture_rng_state(), rng_file)
+    _fsync(rng_file)
     if accelerator.is_main_process:
         save_file(model_state, str(tmp / WEIGHTS_FILE))
         scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
@@ -113,8 +134,14 @@ def save_checkpoint(accelerator: Any, output_dir: str | Path, *, model: Any, opt
         record = {"state": dataclasses.asdict(state), "identity": identity,
                   "world_size": accelerator.num_processes}
         (tmp / STATE_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        # Durable before visible: a power cut after the rename must not leave a "complete" checkpoint
+        # whose files never reached the disk.
+        for file in tmp.iterdir():
+            _fsync(file)
+        _fsync(tmp)
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
+        _fsync(root)
         if save_total_limit > 0:
             for old in list_checkpoints(output_dir)[:-save_total_limit]:
                 shutil.rmtree(old, ignore_errors=True)

@@ -82,7 +82,9 @@ class TrainingConfig:
         "Save a resumable checkpoint every N optimizer steps, or 'epoch', or 'no'.", default="no")
     save_total_limit: int = flag("Keep only the newest K checkpoints; 0 keeps all.", default=0)
     resume_from_checkpoint: Optional[str] = flag(
-        "Continue a run: 'latest' (newest complete checkpoint in output_dir) or a checkpoint folder.", default=None)
+        "Continue a run: 'auto' (the newest complete checkpoint in output_dir if there is one, else start "
+        "fresh: one command for a first run and every requeue), 'latest' (the newest, which must exist) or a "
+        "checkpoint folder.", default=None)
 
     def validate(self) -> None:
         """Raise `ConfigError` for the first value outside its allowed range."""
@@ -101,6 +103,9 @@ class TrainingConfig:
         require("mixed_precision", self.mixed_precision in (None, *PRECISIONS), "one of " + ", ".join(PRECISIONS))
         require("output_dir", bool(self.output_dir.strip()), "a non-empty path")
         require("total_train_batch_size", self.total_train_batch_size >= 0, "an integer >= 0")
+        require("gradient_accumulation_steps", not self.total_train_batch_size or self.gradient_accumulation_steps == 1,
+                f"left at 1 when --total_train_batch_size is set (accumulation then follows from it), "
+                f"got {self.gradient_accumulation_steps}")
         require("max_memory_gib", math.isfinite(self.max_memory_gib) and self.max_memory_gib >= 0,
                 "a finite number >= 0")
         require("torch_compile_mode", self.torch_compile_mode in (None, *COMPILE_MODES),

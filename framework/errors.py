@@ -1,4 +1,12 @@
-"""User-facing errors: one line on stderr and a non-zero exit, never a stack trace."""
+"""How a run ends when it does not finish: one line on stderr and a documented exit code, never a stack trace.
+
+Exit codes (README, "Exit codes"):
+    0  the run finished
+    2  bad input: a flag, config file, data file or checkpoint (fix the command)
+    3  training diverged: NaN/inf loss, or too many fp16 steps skipped in a row (retry with other settings)
+    4  stopped by SIGTERM/SIGUSR1 after writing a checkpoint (rerun the same command with
+       --resume_from_checkpoint auto to continue)
+"""
 
 from __future__ import annotations
 
@@ -6,28 +14,52 @@ import os
 import sys
 from typing import Callable
 
+EXIT_USER_ERROR = 2
+EXIT_DIVERGED = 3
+EXIT_PREEMPTED = 4
 
-class UserError(Exception):
+
+class RunStopped(Exception):
+    """A run that ends early on purpose; `exit_code` tells a cluster script why."""
+
+    exit_code = 1
+    prefix = "error"
+
+
+class UserError(RunStopped):
     """A problem with the user's input (flags, files, data), reported as one line."""
+
+    exit_code = EXIT_USER_ERROR
 
 
 class ConfigError(UserError):
     """A bad flag, config file key or value."""
 
 
-EXIT_USER_ERROR = 2
+class TrainingDiverged(RunStopped):
+    """Training produced a NaN/inf loss, or too many fp16 steps in a row were skipped."""
+
+    exit_code = EXIT_DIVERGED
+
+
+class Preempted(RunStopped):
+    """A stop signal arrived; every process finished its step and a checkpoint was written."""
+
+    exit_code = EXIT_PREEMPTED
+    prefix = "stopped"
 
 
 def run_main(main: Callable[[], object]) -> int:
-    """Call a recipe's `main()` and turn a `UserError` into one `error:` line and exit code 2.
+    """Call a recipe's `main()` and turn a `RunStopped` into one line on stderr and its exit code.
 
-    Every process of a multi-process launch reaches the same input errors, so
-    only the first process prints them; other exceptions propagate unchanged.
+    Every process of a multi-process launch stops for the same reason at the same
+    step (input errors are checked on all processes; divergence and stop signals
+    are agreed), so only the first process prints; other exceptions propagate unchanged.
     """
     try:
         main()
-    except UserError as err:
+    except RunStopped as err:
         if os.environ.get("RANK", "0") == "0":
-            print(f"error: {err}", file=sys.stderr, flush=True)
-        return EXIT_USER_ERROR
+            print(f"{err.prefix}: {err}", file=sys.stderr, flush=True)
+        return err.exit_code
     return 0

@@ -24,16 +24,17 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType
 
 from framework.batch_search import largest_fitting, probe_eval_batch, probe_micro_batch
-from framework.checkpoint import (capture_rng_state, load_checkpoint, resolve_checkpoint, restore_rng_state,
+from framework.checkpoint import (capture_rng_state, checkpoint_root, load_checkpoint, resolve_checkpoint, restore_rng_state,
                                   run_identity, save_checkpoint, should_checkpoint)
 from framework.compilation import compile_description
 from framework.config import TrainingConfig, config_to_dict
 from framework.data import TrainData, Window, largest_sample_index
-from framework.errors import UserError
+from framework.errors import Preempted, TrainingDiverged, UserError
 from framework.evaluation import Report, evaluate, split_batch
 from framework.optim import total_optimizer_steps
 from framework.outputs import RunDirectory
 from framework.plots import save_plots
+from framework.preemption import StopSignal
 from framework.progress import progress_bar
 from framework.runtime import Precision, device_name, format_banner, say
 from framework.weights import save_weights
@@ -41,8 +42,8 @@ from framework.weights import save_weights
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-class NonFiniteLossError(UserError):
-    """Training produced a NaN/inf loss, or too many fp16 steps in a row were skipped."""
+class NonFiniteLossError(TrainingDiverged):
+    """Training produced a NaN/inf loss, or too many fp16 steps in a row were skipped (exit code 3)."""
 
 
 def per_sample_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -96,12 +97,15 @@ class _Context:
     run_dir: RunDirectory
     loss_fn: LossFn
     total_steps: int
+    stop: StopSignal
     params: list = field(default_factory=list)
     loss_scale: Optional[float] = None  # fp16 GradScaler scale after the last step
     samples_at_start: int = 0  # samples seen before this process started (non-zero after a resume)
     bar: Any = None
     report: Optional[Report] = None
     train_time: float = 0.0
+    stopping: bool = False  # all processes agreed to stop (a stop signal arrived)
+    checkpointed_step: int = -1
 
 
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -273,6 +277,7 @@ def _choose_batch_sizes(ctx: _Context, state: TrainState) -> None:
 
 
 def _checkpoint(ctx: _Context, state: TrainState) -> None:
+    ctx.checkpointed_step = state.step
     save_checkpoint(ctx.accelerator, ctx.config.output_dir, model=ctx.model, optimizer=ctx.optimizer,
                     scheduler=ctx.scheduler, state=state,
                     identity=run_identity(ctx.train_data.plan, ctx.config.seed),
@@ -311,9 +316,25 @@ def train_epoch(ctx: _Context, state: TrainState) -> None:
             started = time.perf_counter()
         if done:
             break
+        if ctx.stop.agreed():  # every process calls it once per step, so all agree on this step
+            ctx.stopping = True
+            break
     if accelerator.device.type == "cuda":
         torch.cuda.synchronize()
     ctx.train_time += time.perf_counter() - started
+
+
+def _stop_with_checkpoint(ctx: _Context, state: TrainState) -> None:
+    """A stop signal was agreed on: write one complete checkpoint (unless this step has one) and stop."""
+    what = ctx.stop.received or "a stop signal on another process"
+    if ctx.accelerator.distributed_type == DistributedType.FSDP:
+        raise Preempted(f"{what} received: stopped after optimizer step {state.step}; FSDP runs cannot "
+                        f"checkpoint yet, so this run cannot be resumed")
+    if ctx.checkpointed_step != state.step:
+        _checkpoint(ctx, state)
+    raise Preempted(f"{what} received: stopped after optimizer step {state.step} of {ctx.total_steps} and saved "
+                    f"{checkpoint_root(ctx.config.output_dir) / f'step_{state.step}'}; run the same command with "
+                    f"--resume_from_checkpoint auto to continue")
 
 
 def _peak_memory() -> dict[str, Optional[float]]:
@@ -340,15 +361,16 @@ def fit(accelerator: Accelerator, config: TrainingConfig, model: torch.nn.Module
     plan = train_data.plan
     total_steps = total_optimizer_steps(config, plan.windows_per_epoch)
     ctx = _Context(accelerator, config, model, optimizer, scheduler, train_data, eval_loader, class_names,
-                   run_dir, loss_fn, total_steps, [p for p in model.parameters() if p.requires_grad])
+                   run_dir, loss_fn, total_steps, StopSignal(accelerator.num_processes),
+                   [p for p in model.parameters() if p.requires_grad])
     if accelerator.distributed_type == DistributedType.FSDP and (config.checkpoint_every or
                                                                  config.resume_from_checkpoint):
         # The optimizer state is sharded under FSDP and checkpoint.py saves it from the main process.
         raise UserError("--checkpointing_steps and --resume_from_checkpoint are not supported with FSDP yet; "
                         "use a DDP config (multi_gpu.yaml) to checkpoint")
     state = TrainState()
-    if config.resume_from_checkpoint:
-        path = resolve_checkpoint(config.resume_from_checkpoint, config.output_dir)
+    path = resolve_checkpoint(config.resume_from_checkpoint, config.output_dir)
+    if path is not None:
         state = load_checkpoint(accelerator, path, model=model, optimizer=optimizer, scheduler=scheduler,
                                 identity=run_identity(plan, config.seed), state_type=TrainState)
         say(accelerator, f"resumed from {path} at optimizer step {state.step}")
@@ -357,7 +379,7 @@ def fit(accelerator: Accelerator, config: TrainingConfig, model: torch.nn.Module
         _choose_batch_sizes(ctx, state)
         plan = train_data.plan
     resolved = config_to_dict(config) | {"mixed_precision": precision.requested}
-    run_dir.start(resolved, resume_step=state.step if config.resume_from_checkpoint else None)
+    run_dir.start(resolved, resume_step=state.step if path is not None else None)
     # Trackers take flat scalars and strings only (TensorBoard's hparams reject None).
     accelerator.init_trackers(run_dir.path.name or "run", config={k: "none" if v is None else v
                                                                    for k, v in resolved.items()})
@@ -369,15 +391,18 @@ def fit(accelerator: Accelerator, config: TrainingConfig, model: torch.nn.Module
 
     ctx.bar = progress_bar(total_steps, "train", accelerator.is_main_process, initial=state.step)
     try:
-        while state.step < total_steps:
-            ctx.bar.set_description(f"train epoch {state.epoch + 1}", refresh=False)
-            train_epoch(ctx, state)
-            if state.window >= plan.windows_per_epoch:
-                state.epoch, state.window = state.epoch + 1, 0
-                if state.last_eval_step != state.step:
-                    _evaluate(ctx, state)
-                if config.checkpoint_every == "epoch":
-                    _checkpoint(ctx, state)
+        with ctx.stop:
+            while state.step < total_steps:
+                ctx.bar.set_description(f"train epoch {state.epoch + 1}", refresh=False)
+                train_epoch(ctx, state)
+                if state.window >= plan.windows_per_epoch and not ctx.stopping:
+                    state.epoch, state.window = state.epoch + 1, 0
+                    if state.last_eval_step != state.step:
+                        _evaluate(ctx, state)
+                    if config.checkpoint_every == "epoch":
+                        _checkpoint(ctx, state)
+                if ctx.stopping:
+                    _stop_with_checkpoint(ctx, state)
     finally:
         ctx.bar.close()
     if state.last_eval_step != state.step or ctx.report is None:

@@ -1,8 +1,10 @@
 """The output directory: config.yaml, metrics.jsonl, report.json, summary.json, model.safetensors.
 
 Every process runs the same checks (so all of them stop on the same bad
-input), and only the main process writes. JSON and YAML files are written to
-a temporary name and renamed, so a reader never sees half a file.
+input), and only the main process writes. Nothing is created until the run
+starts (`RunDirectory.start`, after every input was checked), so a refused run
+leaves no trace. JSON and YAML files are written to a temporary name and
+renamed, so a reader never sees half a file; files get the user's umask.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Optional
@@ -19,12 +22,22 @@ import yaml
 from framework.errors import UserError
 
 FINISHED_MARKER = "summary.json"
+# What a run leaves in output_dir; --overwrite_output_dir removes these (and nothing else) before a new run.
+RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "config.yaml", "report.json", "report.txt", FINISHED_MARKER,
+               "model.safetensors", "loss.png", "confusion_matrix.png")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file in the same folder and a rename."""
+    """Write `text` to `path` through a temporary file in the same folder and a rename (mode from the umask)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp creates 0600; teammates on a shared filesystem must read it
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
         os.replace(tmp, path)
@@ -55,32 +68,63 @@ class RunDirectory:
     def for_run(cls, config: Any, accelerator: Any) -> "RunDirectory":
         """Claim `config.output_dir` for this run: --overwrite_output_dir and --resume_from_checkpoint decide
         whether a finished run there may be continued or replaced (see `claim`)."""
+        from framework.checkpoint import list_checkpoints
+
         run_dir = cls(config.output_dir, accelerator.is_main_process)
-        run_dir.claim(overwrite=config.overwrite_output_dir, resuming=config.resume_from_checkpoint is not None)
+        spec = config.resume_from_checkpoint
+        # `auto` with nothing to resume is a fresh start, and is refused like one where a run already is.
+        resuming = spec is not None and (spec != "auto" or bool(list_checkpoints(config.output_dir)))
+        run_dir.claim(overwrite=config.overwrite_output_dir, resuming=resuming)
         return run_dir
 
     def claim(self, *, overwrite: bool, resuming: bool) -> None:
-        """Create the directory, check it is writable, and refuse to clobber a finished run.
+        """Check the directory can be written and holds no run this one would clobber; creates nothing.
 
-        Raises `UserError` before anything is written.
+        Raises `UserError` on a file in the way, an unwritable location, or an earlier run
+        (finished, or with checkpoints) unless `overwrite` or `resuming`.
         """
+        from framework.checkpoint import list_checkpoints
+
+        where = str(self.path)
         if self.path.exists() and not self.path.is_dir():
-            raise UserError(f"--output_dir {str(self.path)!r} exists and is not a directory")
-        if (self.path / FINISHED_MARKER).exists() and not (overwrite or resuming):
-            raise UserError(f"--output_dir {str(self.path)!r} holds a finished run; pass --overwrite_output_dir "
+            raise UserError(f"--output_dir {where!r} exists and is not a directory")
+        existing = self.path
+        while not existing.exists():
+            existing = existing.parent
+        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+            raise UserError(f"--output_dir {where!r} is not writable ({str(existing)!r} is "
+                            f"{'not a directory' if not existing.is_dir() else 'read-only'})")
+        if overwrite or resuming:
+            return
+        if (self.path / FINISHED_MARKER).exists():
+            raise UserError(f"--output_dir {where!r} holds a finished run; pass --overwrite_output_dir "
                             f"true to replace it, --resume_from_checkpoint to continue it, or another --output_dir")
-        try:
-            self.path.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryFile(dir=self.path):
-                pass
-        except OSError as err:
-            raise UserError(f"--output_dir {str(self.path)!r} is not writable ({err.strerror})") from None
+        if list_checkpoints(self.path):
+            raise UserError(f"--output_dir {where!r} holds checkpoints of an unfinished run; pass "
+                            f"--resume_from_checkpoint auto to continue it, --overwrite_output_dir true to "
+                            f"replace it, or another --output_dir")
 
     def start(self, config: dict[str, Any], *, resume_step: Optional[int] = None) -> None:
-        """Write the resolved config and drop a stale summary; metrics.jsonl starts afresh, or, when
-        resuming from step `resume_step`, keeps only the lines up to that step."""
+        """Create the directory and write the resolved config; drop a stale summary.
+
+        A new run (`resume_step` None) first removes an earlier run's outputs and checkpoints
+        (`RUN_OUTPUTS`; `claim` allowed it with --overwrite_output_dir), so nothing of the
+        replaced run can be resumed or mixed in. When resuming from step `resume_step`,
+        metrics.jsonl keeps only the lines up to that step.
+        """
         if not self.is_main:
             return
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise UserError(f"--output_dir {str(self.path)!r} is not writable ({err.strerror})") from None
+        if resume_step is None:
+            for name in RUN_OUTPUTS:
+                old = self.path / name
+                if old.is_dir() and not old.is_symlink():
+                    shutil.rmtree(old)
+                else:
+                    old.unlink(missing_ok=True)
         write_atomic(self.path / "config.yaml", yaml.safe_dump(config, sort_keys=False))
         metrics = self.path / "metrics.jsonl"
         kept = ""

@@ -49,6 +49,12 @@ def build_accelerator(config: TrainingConfig) -> tuple[Accelerator, Precision]:
     A launch with WORLD_SIZE > 1 that still ends up single-process is refused.
     """
     cuda = torch.cuda.is_available() and os.environ.get("ACCELERATE_USE_CPU", "false").lower() not in ("1", "true")
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        # Accelerate's DeepSpeed backward steps the engine unless accumulate() drives it; the exact
+        # accumulation here does not use accumulate(), so every micro-batch would be an optimizer step.
+        raise UserError("DeepSpeed launcher configs are not supported (untested with exact accumulation); use "
+                        "cpu.yaml, cpu_2proc.yaml, single_gpu.yaml, multi_gpu.yaml, multi_node.yaml or fsdp.yaml "
+                        "from accelerate_configs/")
     if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and not cuda:
         raise UserError("the FSDP launcher config needs GPUs (Accelerate's FSDP does not run on a CPU); "
                         "use accelerate_configs/cpu_2proc.yaml here")

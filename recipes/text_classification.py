@@ -262,8 +262,6 @@ def main(argv: list[str] | None = None) -> None:
             model = load_pretrained_classifier(config, len(class_names))
         else:
             model = TextEncoder(config, len(tokenizer.vocab), len(class_names))
-    if accelerator.is_main_process:
-        tokenizer.save_pretrained(config.output_dir)
     collate = padder(tokenizer.pad_token_id)
     train_data = build_train_data(train_set, config, accelerator, collate_fn=collate)
     eval_loader = build_eval_loader(eval_set, config, accelerator, collate_fn=collate)
@@ -275,6 +273,8 @@ def main(argv: list[str] | None = None) -> None:
 
     fit(accelerator, config, model, optimizer, scheduler, train_data, eval_loader,
         class_names=class_names, precision=precision, run_dir=run_dir)
+    if accelerator.is_main_process:
+        tokenizer.save_pretrained(config.output_dir)
     accelerator.end_training()
 
 

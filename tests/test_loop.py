@@ -9,7 +9,7 @@ import torch
 from datasets import Dataset
 
 from framework import TrainingConfig
-from framework.errors import run_main
+from framework.errors import EXIT_DIVERGED, run_main
 from framework.loop import NonFiniteLossError
 from helpers import fit_model, read_json, read_metrics, run_digits_in_process
 
@@ -90,7 +90,7 @@ def test_nan_loss_stops_the_run_with_a_clear_message(tmp_path, capsys):
     features[9] = [float("nan"), 1.0]
     with pytest.raises(NonFiniteLossError, match="NaN or inf"):
         _fit_toy(tmp_path, features)
-    assert run_main(lambda: _fit_toy(tmp_path / "again", features)) == 2
+    assert run_main(lambda: _fit_toy(tmp_path / "again", features)) == EXIT_DIVERGED  # not 2: bad input
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: the training loss was NaN or inf in the steps up to step")
     assert not (tmp_path / "summary.json").exists()

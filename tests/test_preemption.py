@@ -1,0 +1,139 @@
+"""Stop signals: a real SIGTERM/SIGUSR1 to a running launch ends it with one complete checkpoint, and the
+identical command with --resume_from_checkpoint auto finishes bitwise equal to an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from framework.errors import EXIT_PREEMPTED
+from framework.preemption import StopSignal
+from helpers import CONFIGS, DIGITS, REPO, debug_launch, launch, read_json, weights
+
+ACCELERATE = str(Path(sys.executable).with_name("accelerate"))
+# Dropout on (the digits default 0.1) so every RNG must come back; no periodic checkpoints.
+RUN_ARGS = ["--mixed_precision", "no", "--num_train_epochs", "6", "--seed", "3", "--logging_steps", "5",
+            "--resume_from_checkpoint", "auto"]
+
+
+def _command(launcher: str, out: Path) -> list[str]:
+    if launcher == "python":
+        return [sys.executable, str(DIGITS), "--output_dir", str(out), *RUN_ARGS]
+    config = {"accelerate-1proc": "cpu.yaml", "accelerate-2proc": "cpu_2proc.yaml"}[launcher]
+    return [ACCELERATE, "launch", "--config_file", str(CONFIGS / config), str(DIGITS), "--output_dir", str(out),
+            *RUN_ARGS]
+
+
+def _logged_step(out: Path) -> int:
+    try:
+        lines = (out / "metrics.jsonl").read_text().splitlines()
+    except FileNotFoundError:
+        return 0
+    return max((json.loads(line).get("step", 0) for line in lines if line.strip()), default=0)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def _signal_mid_run(command: list[str], out: Path, sig: signal.Signals, after_step: int = 20):
+    """Start `command` in its own process group, send `sig` to the group once training passed `after_step`;
+    return (launcher exit code, stderr, seconds from the signal until every process of the group is gone)."""
+    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    err_file = out.parent / f"{out.name}.stderr"
+    with open(err_file, "w") as err:
+        proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL,
+                                env=env, start_new_session=True)
+        deadline = time.monotonic() + 120
+        while _logged_step(out) < after_step and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert proc.poll() is None, "the run ended before the signal"
+        os.killpg(proc.pid, sig)
+        sent = time.monotonic()
+        code = proc.wait(timeout=90)
+        while _group_alive(proc.pid) and time.monotonic() - sent < 90:  # 1 process: the launcher exits first
+            time.sleep(0.05)
+        gone_after = time.monotonic() - sent
+    return code, err_file.read_text(), gone_after
+
+
+def _bitwise_equal(a: Path, b: Path) -> bool:
+    wa, wb = weights(a), weights(b)
+    return wa.keys() == wb.keys() and all(wa[k].equal(wb[k]) for k in wa)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher,sig", [("accelerate-1proc", signal.SIGTERM), ("accelerate-2proc", signal.SIGTERM),
+                                          ("python", signal.SIGUSR1)])
+def test_stop_signal_checkpoints_and_the_same_command_resumes_bitwise(tmp_path, launcher, sig):
+    reference, out = tmp_path / "reference", tmp_path / "run"
+    fresh = launch(_command(launcher, reference))  # `auto` with no checkpoint: trains from scratch
+    assert fresh.returncode == 0, fresh.stderr[-3000:]
+    assert "resumed from" not in fresh.stdout
+
+    code, stderr, gone_after = _signal_mid_run(_command(launcher, out), out, sig)
+    assert gone_after < 60
+    stopped = [line for line in stderr.splitlines() if line.startswith("stopped:")]
+    assert len(stopped) == 1 and f"{sig.name} received: stopped after optimizer step" in stopped[0], stderr[-3000:]
+    if launcher == "python":
+        # stderr holds the progress bar, then the one line; no traceback
+        assert code == EXIT_PREEMPTED and stderr.strip().splitlines()[-1] == stopped[0]
+        assert "Traceback" not in stderr
+    checkpoints = sorted(p.name for p in (out / "checkpoints").iterdir())
+    step = read_json(out / "checkpoints" / checkpoints[0] / "state.json")["state"]["step"]
+    assert checkpoints == [f"step_{step}"] and step >= 20
+    assert {"model.safetensors", "trainer.pt", "rng_0.pt", "state.json"} <= {
+        p.name for p in (out / "checkpoints" / f"step_{step}").iterdir()}
+    assert not (out / "summary.json").exists()
+
+    resumed = launch(_command(launcher, out))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed from {out / 'checkpoints' / f'step_{step}'} at optimizer step {step}" in resumed.stdout
+    assert read_json(out / "summary.json")["optimizer_steps"] == read_json(reference / "summary.json")[
+        "optimizer_steps"]
+    assert _bitwise_equal(reference, out)
+
+
+def _agree_when_only_rank_1_is_signalled(results):
+    """In a real 2-process group only rank 1 gets the signal, during step 3; both must stop after the same step."""
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=True)
+    with StopSignal(accelerator.num_processes) as stop:
+        for step in range(1, 20):
+            if step == 3 and accelerator.process_index == 1:
+                os.kill(os.getpid(), signal.SIGTERM)
+            if stop.agreed():
+                break
+        stopped_at = step
+    results.put((accelerator.process_index, stopped_at, stop.received))
+
+
+def test_processes_agree_on_the_stop_step():
+    import multiprocessing
+
+    results = multiprocessing.get_context("fork").SimpleQueue()
+    debug_launch(_agree_when_only_rank_1_is_signalled, results)
+    got = sorted(results.get() for _ in range(2))
+    # Rank 1 raised its flag at step 3; the all-reduce started then is read one step later.
+    assert got == [(0, 4, None), (1, 4, "SIGTERM")]
+
+
+def test_one_process_stops_after_the_current_step_and_restores_the_handlers():
+    before = signal.getsignal(signal.SIGUSR1)
+    with StopSignal(1) as stop:
+        assert not stop.agreed()
+        os.kill(os.getpid(), signal.SIGUSR1)  # would end the process under the default handler
+        assert stop.received == "SIGUSR1" and stop.agreed()
+    assert signal.getsignal(signal.SIGUSR1) is before
