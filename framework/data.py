@@ -10,6 +10,11 @@ j-th micro-batch of process p) holds window samples [s*b, (s+1)*b).
 Every sample carries a weight: 1 for a real sample, 0 for the filler a process
 gets when a short last window leaves it no real sample (it still has to join
 the gradient all-reduce). The loop divides by the window's real-sample count.
+
+Random data augmentation draws from a generator seeded by (seed, epoch, sample
+index) (`sample_generator`), never from a process-global RNG: a sample is
+augmented the same way whatever the split into micro-batches and processes,
+whichever DataLoader worker loads it, and after a resume.
 """
 
 from __future__ import annotations
@@ -25,6 +30,14 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from framework.errors import UserError
 
 Key = tuple[int, float]  # (dataset index, sample weight)
+Augment = Callable[[Any, torch.Generator], Any]  # (one sample, its generator) -> the augmented sample
+
+
+def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
+    """The random stream of one sample in one epoch: the same on any split, worker or resume."""
+    # SeedSequence mixes the three numbers, so nearby (epoch, index) pairs get unrelated streams.
+    state = np.random.SeedSequence([seed, epoch, index]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
 @dataclass(frozen=True)
@@ -90,19 +103,26 @@ class WeightedSamples(Dataset):
 
     Fetching a micro-batch returns (samples, weights); `WeightedCollate` collates the
     samples with the recipe's collate function and adds the weights as `batch["weight"]`.
+    Keys of training batches carry the epoch too, (index, weight, epoch): then each sample
+    goes through `augment` with its own `sample_generator(seed, epoch, index)`.
     """
 
-    def __init__(self, dataset: Any):
+    def __init__(self, dataset: Any, augment: Optional[Augment] = None, seed: int = 0):
         self.dataset = dataset
+        self.augment = augment
+        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitems__(self, keys: list[Key]) -> tuple[list[Any], list[float]]:
-        indices = [i for i, _ in keys]
+    def __getitems__(self, keys: list[tuple]) -> tuple[list[Any], list[float]]:
+        indices = [key[0] for key in keys]
         fetch = getattr(self.dataset, "__getitems__", None)
         samples = fetch(indices) if fetch else [self.dataset[i] for i in indices]
-        return samples, [w for _, w in keys]
+        if self.augment is not None and keys and len(keys[0]) > 2:
+            samples = [self.augment(sample, sample_generator(self.seed, epoch, index))
+                       for sample, (index, _, epoch) in zip(samples, keys)]
+        return samples, [key[1] for key in keys]
 
 
 class WeightedCollate:
@@ -126,9 +146,10 @@ class _WindowBatchSampler:
         self.epoch = 0
         self.start = 0
 
-    def __iter__(self) -> Iterator[list[Key]]:
+    def __iter__(self) -> Iterator[list[tuple[int, float, int]]]:
         for window in self.plan.windows(self.epoch, self.start):
-            yield from window.micro_batches
+            for micro_batch in window.micro_batches:
+                yield [(index, weight, self.epoch) for index, weight in micro_batch]
 
     def __len__(self) -> int:
         return sum(len(w.micro_batches) for w in self.plan.windows(self.epoch, self.start))
@@ -138,13 +159,13 @@ class TrainData:
     """Training batches grouped into windows: `for window, batches in data.epoch(e): ...`."""
 
     def __init__(self, dataset: Any, plan: WindowPlan, collate_fn: Optional[Callable] = None,
-                 num_workers: int = 0, pin_memory: bool = False):
+                 num_workers: int = 0, pin_memory: bool = False, augment: Optional[Augment] = None):
         self.plan = plan
         self._sampler = _WindowBatchSampler(plan)
         # Its own generator: a DataLoader draws a base seed each time an iterator starts, and
         # drawing it from the global RNG would shift the dropout stream of a resumed run.
         self.loader = DataLoader(
-            WeightedSamples(dataset), batch_sampler=self._sampler,
+            WeightedSamples(dataset, augment, plan.seed), batch_sampler=self._sampler,
             collate_fn=WeightedCollate(collate_fn or default_collate),
             num_workers=num_workers, pin_memory=pin_memory, persistent_workers=num_workers > 0,
             generator=torch.Generator().manual_seed(plan.seed),
@@ -163,10 +184,12 @@ class TrainData:
 
 
 def build_train_data(dataset: Sequence, config: Any, accelerator: Any, collate_fn: Optional[Callable] = None,
-                     shuffle: bool = True) -> TrainData:
+                     shuffle: bool = True, augment: Optional[Augment] = None) -> TrainData:
     """Windowed training data for this process, from the config's batch size, accumulation and seed.
 
     With `--total_train_batch_size` the effective batch is that number and accumulation follows from it.
+    `augment(sample, generator)`, if given, transforms each training sample drawing only from
+    `generator` (seeded per seed, epoch and sample index), so augmentation keeps training exact.
     """
     total = config.total_train_batch_size
     if total and total < accelerator.num_processes:
@@ -175,7 +198,7 @@ def build_train_data(dataset: Sequence, config: Any, accelerator: Any, collate_f
                       accelerator.num_processes, accelerator.process_index, config.seed, shuffle,
                       effective_batch=total)
     return TrainData(dataset, plan, collate_fn, config.dataloader_num_workers,
-                     pin_memory=accelerator.device.type == "cuda")
+                     pin_memory=accelerator.device.type == "cuda", augment=augment)
 
 
 def build_eval_loader(dataset: Sequence, config: Any, accelerator: Any,

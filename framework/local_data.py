@@ -59,6 +59,34 @@ def load_local_file(path: str, flag: str) -> Dataset:
     return dataset
 
 
+def _row_name(path: str, row: int) -> str:
+    """How a person finds row `row` (0-based) of a data file: csv counts the header line."""
+    suffix = Path(path).suffix.lower()
+    if suffix == ".csv":
+        return f"line {row + 2}"
+    if suffix == ".jsonl":
+        return f"line {row + 1}"
+    return f"record {row + 1}"
+
+
+def check_complete_rows(dataset: Dataset, columns: list[str], path: str, flag: str) -> None:
+    """Refuse a file with a row whose value in one of `columns` is missing or blank, naming file and row."""
+    import pyarrow.compute as pc
+
+    table = dataset.with_format("arrow")[:]
+    for column in columns:
+        if column not in table.column_names:
+            continue
+        values = table[column]
+        missing = pc.is_null(values)
+        if values.type in ("string", "large_string"):
+            missing = pc.or_(missing, pc.equal(pc.utf8_trim_whitespace(values), ""))
+        rows = pc.indices_nonzero(missing.fill_null(True)).to_pylist()
+        if rows:
+            more = f" (and {len(rows) - 1} more rows)" if len(rows) > 1 else ""
+            raise UserError(f"{flag} {path!r} {_row_name(path, rows[0])} has no {column!r} value{more}")
+
+
 def load_labelled_file(path: str, flag: str, label_column: str, num_labels: int) -> Dataset:
     """A local file whose `label_column` holds integers in 0..num_labels-1, or a one-line UserError."""
     dataset = load_local_file(path, flag)

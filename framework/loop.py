@@ -347,7 +347,8 @@ def _peak_memory() -> dict[str, Optional[float]]:
 
 def fit(accelerator: Accelerator, config: TrainingConfig, model: torch.nn.Module, optimizer: Any, scheduler: Any,
         train_data: TrainData, eval_loader: Any, *, class_names: Sequence[str], precision: Precision,
-        run_dir: RunDirectory, loss_fn: LossFn = per_sample_cross_entropy) -> FitResult:
+        run_dir: RunDirectory, loss_fn: LossFn = per_sample_cross_entropy,
+        data_notes: Optional[dict[str, Any]] = None) -> FitResult:
     """Train `model` to the planned number of steps, evaluating at each epoch end (and every eval_steps).
 
     `model`, `optimizer` and `eval_loader` must already be prepared; `scheduler`
@@ -355,7 +356,8 @@ def fit(accelerator: Accelerator, config: TrainingConfig, model: torch.nn.Module
     `--resume_from_checkpoint` it first restores the checkpoint and continues
     at the exact sample where it stopped. Writes config.yaml, metrics.jsonl,
     checkpoints/, report.json/report.txt, model.safetensors and, last,
-    summary.json.
+    summary.json. `data_notes` (for example how many bad files were left out)
+    go into the banner and summary.json.
     """
     wall_started = time.perf_counter()
     plan = train_data.plan
@@ -387,7 +389,8 @@ def fit(accelerator: Accelerator, config: TrainingConfig, model: torch.nn.Module
         world_size=accelerator.num_processes, device=device_name(accelerator), precision=precision,
         micro_batch=plan.micro_batch, accumulation=plan.accumulation, effective_batch=plan.effective_batch,
         steps_per_epoch=plan.windows_per_epoch,
-        total_steps=total_steps, train_samples=plan.num_samples, compiled=compile_description(accelerator)))
+        total_steps=total_steps, train_samples=plan.num_samples, compiled=compile_description(accelerator),
+        data_notes=data_notes))
 
     ctx.bar = progress_bar(total_steps, "train", accelerator.is_main_process, initial=state.step)
     try:
@@ -436,6 +439,7 @@ def fit(accelerator: Accelerator, config: TrainingConfig, model: torch.nn.Module
         "auto_eval_batch": state.eval_batch or None,
         "torch_compile": compile_description(accelerator),
         **_peak_memory(),
+        **(data_notes or {}),
     }
     run_dir.write_json("summary.json", summary)
     accelerator.wait_for_everyone()

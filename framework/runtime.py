@@ -131,7 +131,7 @@ def device_name(accelerator: Accelerator) -> str:
 
 def format_banner(*, world_size: int, device: str, precision: Precision, micro_batch: int, accumulation: int,
                   effective_batch: int, steps_per_epoch: int, total_steps: int, train_samples: int,
-                  compiled: Optional[str] = None) -> str:
+                  compiled: Optional[str] = None, data_notes: Optional[dict] = None) -> str:
     """The run banner: where it runs, what precision really runs, the effective batch and the steps planned."""
     if effective_batch == micro_batch * accumulation * world_size:
         batch = (f"{micro_batch} micro-batch x {accumulation} accumulation x {world_size} processes"
@@ -148,5 +148,6 @@ def format_banner(*, world_size: int, device: str, precision: Precision, micro_b
         f"torch.compile   : {compiled or 'off'}",
         f"effective batch : {batch}",
         f"optimizer steps : {total_steps} planned ({steps_per_epoch} per epoch over {train_samples} training samples)",
+        *([f"data            : {', '.join(f'{k} {v}' for k, v in data_notes.items())}"] if data_notes else []),
         "=" * 72,
     ])

@@ -2,7 +2,9 @@
 
 The network normalizes with GroupNorm, which looks at one sample at a time, so
 accumulated and big-batch training give the same model (BatchNorm would not).
-Augmentation (random crop after padding, horizontal flip) uses plain torch ops.
+Augmentation (random crop after padding, horizontal flip; `--augment`) uses plain
+torch ops and draws from each sample's own generator (seed, epoch, index), so it
+keeps training exact on any split, any number of DataLoader workers, and a resume.
 
     # a local tree: train/<class>/*.png and valid/<class>/*.png
     accelerate launch --config_file accelerate_configs/cpu.yaml recipes/image_classification.py \\
@@ -17,6 +19,7 @@ Augmentation (random crop after padding, horizontal flip) uses plain torch ops.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable
 
 import numpy as np
@@ -29,6 +32,7 @@ from framework import (RunDirectory, TrainingConfig, build_accelerator, build_ev
 from framework.config import flag, require
 from framework.data import check_labels
 from framework.errors import UserError
+from framework.image_files import unreadable_images
 from framework.local_data import quiet_datasets
 
 
@@ -49,7 +53,11 @@ class ImageConfig(TrainingConfig):
     channels: int = flag("Channels of the first stage (then x2, x4).", default=32)
     groups: int = flag("GroupNorm groups (must divide --channels).", default=8)
     dropout: float = flag("Dropout before the classifier head, in [0, 1).", default=0.1)
-    augment: bool = flag("Random crop (after 4-pixel padding) and horizontal flip while training.", default=True)
+    augment: str = flag("Training augmentation, a comma list of crop (random crop after 4-pixel padding) and "
+                        "flip (horizontal; wrong for orientation-sensitive images such as digits or text), "
+                        "or none.", default="crop,flip")
+    skip_bad_images: bool = flag("Leave out images that cannot be decoded (counted in the banner and "
+                                 "summary.json) instead of stopping before training.", default=False)
 
     def validate(self) -> None:
         super().validate()
@@ -60,6 +68,19 @@ class ImageConfig(TrainingConfig):
         require("groups", self.groups >= 1 and self.channels % self.groups == 0,
                 f"an integer >= 1 that divides --channels ({self.channels})")
         require("dropout", 0.0 <= self.dropout < 1.0, "a number in [0, 1)")
+        ops = self.augment_ops
+        require("augment", ops is not None, f"none or a comma list of {', '.join(AUGMENTATIONS)}, got {self.augment!r}")
+
+    @property
+    def augment_ops(self) -> tuple[str, ...] | None:
+        """`--augment` as a tuple of transform names (empty for none); None when it names an unknown one."""
+        names = tuple(n.strip() for n in self.augment.split(",") if n.strip())
+        if names in ((), ("none",)):
+            return ()
+        return names if set(names) <= set(AUGMENTATIONS) else None
+
+
+AUGMENTATIONS = ("crop", "flip")
 
 
 def load_splits(config: ImageConfig) -> tuple[Dataset, Dataset]:
@@ -98,29 +119,45 @@ def to_tensor(image, size: int) -> torch.Tensor:
     return torch.from_numpy(array).permute(2, 0, 1) / 127.5 - 1.0
 
 
-def augment(pixels: torch.Tensor) -> torch.Tensor:
-    """Random 4-pixel-padded crop and horizontal flip (torch's global RNG, so resume restores it)."""
-    size = pixels.shape[-1]
-    padded = nn.functional.pad(pixels, (4, 4, 4, 4), mode="reflect")
-    top, left = torch.randint(0, 9, (2,)).tolist()
-    crop = padded[:, top:top + size, left:left + size]
-    return crop.flip(-1) if torch.rand(()) < 0.5 else crop
+def augment(sample: dict, generator: torch.Generator, ops: tuple[str, ...]) -> dict:
+    """Random 4-pixel-padded crop and/or horizontal flip of one sample, drawn from its own `generator`."""
+    pixels = sample["pixel_values"]
+    if "crop" in ops:
+        size = pixels.shape[-1]
+        padded = nn.functional.pad(pixels, (4, 4, 4, 4), mode="reflect")
+        top, left = torch.randint(0, 9, (2,), generator=generator).tolist()
+        pixels = padded[:, top:top + size, left:left + size]
+    if "flip" in ops and torch.rand((), generator=generator) < 0.5:
+        pixels = pixels.flip(-1)
+    return {**sample, "pixel_values": pixels}
 
 
-def transform(image_column: str, label_column: str, size: int, train: bool) -> Callable[[dict], dict]:
+def transform(image_column: str, label_column: str, size: int) -> Callable[[dict], dict]:
     """A batched `Dataset.set_transform` function producing pixel_values and labels."""
     def apply(batch: dict) -> dict:
-        pixels = [to_tensor(image, size) for image in batch[image_column]]
-        if train:
-            pixels = [augment(p) for p in pixels]
-        return {"pixel_values": pixels, "labels": batch[label_column]}
+        return {"pixel_values": [to_tensor(image, size) for image in batch[image_column]],
+                "labels": batch[label_column]}
     return apply
 
 
-def build_data(config: ImageConfig) -> tuple[Dataset, Dataset, list[str]]:
-    """Train and evaluation sets yielding pixel_values and labels, and the class names."""
+def drop_unreadable(dataset: Dataset, column: str, what: str, skip: bool) -> tuple[Dataset, int]:
+    """Decode every image first; stop with one line naming the first bad one, or leave them out with `skip`."""
+    bad = unreadable_images(dataset, column)
+    if bad and not skip:
+        _, name, reason = bad[0]
+        raise UserError(f"the {what} has {len(bad)} unreadable image(s), the first {name!r} ({reason}); "
+                        f"fix or remove them, or pass --skip_bad_images true to leave them out")
+    rows = {row for row, _, _ in bad}
+    return (dataset.select([i for i in range(len(dataset)) if i not in rows]) if bad else dataset), len(bad)
+
+
+def build_data(config: ImageConfig) -> tuple[Dataset, Dataset, list[str], int]:
+    """Train and evaluation sets yielding pixel_values and labels, the class names, and how many
+    unreadable images were left out (--skip_bad_images)."""
     train, evaluation = load_splits(config)
     column = image_column_of(train, config.image_column)
+    train, bad_train = drop_unreadable(train, column, "training data", config.skip_bad_images)
+    evaluation, bad_eval = drop_unreadable(evaluation, column, "evaluation data", config.skip_bad_images)
     label = train.features.get(config.label_column)
     if not isinstance(label, ClassLabel):
         raise UserError(f"the training data has no class label column {config.label_column!r} "
@@ -132,9 +169,9 @@ def build_data(config: ImageConfig) -> tuple[Dataset, Dataset, list[str]]:
                         f"the training classes {names}")
     for name, split in (("training data", train), ("evaluation data", evaluation)):
         check_labels(split, len(names), column=config.label_column, name=name)
-    train.set_transform(transform(column, config.label_column, config.image_size, train=config.augment))
-    evaluation.set_transform(transform(column, config.label_column, config.image_size, train=False))
-    return train, evaluation, names
+    train.set_transform(transform(column, config.label_column, config.image_size))
+    evaluation.set_transform(transform(column, config.label_column, config.image_size))
+    return train, evaluation, names, bad_train + bad_eval
 
 
 class ResidualBlock(nn.Module):
@@ -175,8 +212,9 @@ def main(argv: list[str] | None = None) -> None:
     run_dir = RunDirectory.for_run(config, accelerator)
 
     with accelerator.main_process_first():  # the main process downloads and caches; the others reuse it
-        train_set, eval_set, class_names = build_data(config)
-    train_data = build_train_data(train_set, config, accelerator)
+        train_set, eval_set, class_names, skipped = build_data(config)
+    ops = config.augment_ops
+    train_data = build_train_data(train_set, config, accelerator, augment=partial(augment, ops=ops) if ops else None)
     eval_loader = build_eval_loader(eval_set, config, accelerator)
 
     model = SmallResNet(config, len(class_names)).to(accelerator.device)
@@ -185,7 +223,8 @@ def main(argv: list[str] | None = None) -> None:
     model, optimizer = accelerator.prepare(model, optimizer)
 
     fit(accelerator, config, model, optimizer, scheduler, train_data, eval_loader,
-        class_names=class_names, precision=precision, run_dir=run_dir)
+        class_names=class_names, precision=precision, run_dir=run_dir,
+        data_notes={"skipped_bad_images": skipped} if config.skip_bad_images else None)
     accelerator.end_training()
 
 

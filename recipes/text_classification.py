@@ -33,7 +33,7 @@ from framework import (RunDirectory, TrainingConfig, build_accelerator, build_ev
 from framework.config import flag, require
 from framework.data import check_labels
 from framework.errors import UserError
-from framework.local_data import load_local_file
+from framework.local_data import check_complete_rows, load_local_file
 
 PAD, UNK = 0, 1
 WORD = re.compile(r"\w+|[^\w\s]")
@@ -83,9 +83,13 @@ def load_splits(config: TextConfig) -> tuple[Dataset, Dataset]:
         if evaluation is None:
             raise UserError(f"--dataset_name {config.dataset_name!r} has no validation or test split")
         return data["train"], evaluation
+    columns = [config.text_column, config.label_column]
     train = load_local_file(config.train_file, "--train_file")
+    check_complete_rows(train, columns, config.train_file, "--train_file")
     if config.validation_file:
-        return train, load_local_file(config.validation_file, "--validation_file")
+        evaluation = load_local_file(config.validation_file, "--validation_file")
+        check_complete_rows(evaluation, columns, config.validation_file, "--validation_file")
+        return train, evaluation
     split = train.train_test_split(test_size=0.1, seed=0)
     return split["train"], split["test"]
 

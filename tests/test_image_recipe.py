@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import random
+import shutil
+import sys
 
 import pytest
+import torch
 from PIL import Image, ImageDraw
 
 from framework.errors import run_main
-from helpers import REPO, accelerate_launch, read_json
+from helpers import REPO, accelerate_launch, launch, max_abs_diff, read_json, weights
 
 IMAGES = REPO / "recipes" / "image_classification.py"
 SHAPES = ("circle", "square", "triangle")
@@ -68,3 +71,94 @@ def test_image_recipe_refuses_an_empty_folder(tmp_path, capsys):
         "--output_dir", str(tmp_path / "out")]))
     assert code == 2
     assert "--train_dir" in capsys.readouterr().err
+
+
+# fp32, no dropout: what exactness needs (dropout masks depend on the split). Augmentation stays on (crop,flip).
+EXACT = ["--num_train_epochs", "2", "--channels", "8", "--groups", "4", "--dropout", "0", "--mixed_precision", "no",
+         "--seed", "5", "--augment", "crop,flip"]
+
+
+def _image_args(folders, out, *extra):
+    return ["--train_dir", str(folders / "train"), "--validation_dir", str(folders / "valid"),
+            "--output_dir", str(out), *EXACT, *extra]
+
+
+@pytest.mark.slow
+def test_augmented_training_is_the_same_on_one_and_two_processes(tmp_path, image_folders):
+    one = accelerate_launch("cpu.yaml", IMAGES, *_image_args(image_folders, tmp_path / "one",
+                                                             "--per_device_train_batch_size", "32"))
+    two = accelerate_launch("cpu_2proc.yaml", IMAGES, *_image_args(image_folders, tmp_path / "two",
+                                                                   "--per_device_train_batch_size", "16"))
+    assert one.returncode == 0 and two.returncode == 0, (one.stderr + two.stderr)[-3000:]
+    assert read_json(tmp_path / "two" / "summary.json")["world_size"] == 2
+    assert max_abs_diff(tmp_path / "one", tmp_path / "two") < 5e-5
+
+
+@pytest.mark.slow
+def test_augmented_resume_with_dataloader_workers_is_bitwise(tmp_path, image_folders):
+    args = ["--per_device_train_batch_size", "16", "--dataloader_num_workers", "2"]
+    full = launch([sys.executable, str(IMAGES), *_image_args(image_folders, tmp_path / "full", *args,
+                                                              "--checkpointing_steps", "7")])
+    assert full.returncode == 0, full.stderr[-3000:]
+    resumed_dir = tmp_path / "resumed"
+    shutil.copytree(tmp_path / "full" / "checkpoints" / "step_7", resumed_dir / "checkpoints" / "step_7")
+    resumed = launch([sys.executable, str(IMAGES), *_image_args(image_folders, resumed_dir, *args,
+                                                                "--resume_from_checkpoint", "latest")])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stdout and "at optimizer step 7" in resumed.stdout
+    a, b = weights(tmp_path / "full"), weights(resumed_dir)
+    assert all(a[k].equal(b[k]) for k in a)
+
+
+def test_augmentation_draws_only_from_the_sample_generator():
+    from framework.data import sample_generator
+    from recipes.image_classification import augment
+
+    sample = {"pixel_values": torch.arange(3 * 8 * 8, dtype=torch.float32).reshape(3, 8, 8), "labels": 1}
+    torch.manual_seed(0)
+    first = augment(sample, sample_generator(5, 1, 17), ("crop", "flip"))["pixel_values"]
+    torch.manual_seed(1)  # the global RNG plays no part
+    again = augment(sample, sample_generator(5, 1, 17), ("crop", "flip"))["pixel_values"]
+    assert first.equal(again)
+    others = {tuple(augment(sample, sample_generator(5, e, i), ("crop", "flip"))["pixel_values"].flatten()[:40]
+                    .tolist()) for e in range(3) for i in range(10)}
+    assert len(others) > 10  # other epochs and samples get other crops and flips
+    assert augment(sample, sample_generator(5, 1, 17), ())["pixel_values"].equal(sample["pixel_values"])
+
+
+@pytest.fixture
+def folders_with_a_corrupt_image(tmp_path, image_folders):
+    root = tmp_path / "data"
+    shutil.copytree(image_folders, root)
+    (root / "train" / "circle" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a png" * 10)
+    return root
+
+
+def test_a_corrupt_image_stops_the_run_before_training(tmp_path, folders_with_a_corrupt_image):
+    out = tmp_path / "out"
+    result = launch([sys.executable, str(IMAGES), *_image_args(folders_with_a_corrupt_image, out)], timeout=120)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: the training data has 1 unreadable image(s)")
+    assert "broken.png" in lines[0] and "--skip_bad_images" in lines[0]
+    assert "train" not in result.stdout and not out.exists()  # no banner, no step, nothing written
+
+
+def test_skip_bad_images_trains_and_counts_them(tmp_path, folders_with_a_corrupt_image):
+    out = tmp_path / "out"
+    result = launch([sys.executable, str(IMAGES), *_image_args(folders_with_a_corrupt_image, out),
+                     "--skip_bad_images", "true", "--max_steps", "3"], timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "data            : skipped_bad_images 1" in result.stdout
+    summary = read_json(out / "summary.json")
+    assert summary["skipped_bad_images"] == 1 and summary["optimizer_steps"] == 3
+
+
+def test_unknown_augmentation_is_refused(tmp_path, capsys):
+    from recipes import image_classification
+
+    code = run_main(lambda: image_classification.main(["--train_dir", "a", "--validation_dir", "b",
+                                                       "--augment", "crop,rotate"]))
+    assert code == 2
+    assert capsys.readouterr().err.strip() == ("error: --augment must be none or a comma list of crop, flip, "
+                                               "got 'crop,rotate'")

@@ -36,3 +36,19 @@ def test_bad_data_file(tmp_path, capsys, name, content, message):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ")
     assert message.format(dir=tmp_path) in err[0]
+
+
+@pytest.mark.parametrize("name,content,message", [
+    ("labels.csv", "text,label\nhi,a\nho,\nhu,b\n", "--train_file '{path}' line 3 has no 'label' value"),
+    ("texts.csv", "text,label\nhi,a\n  ,b\n,a\n", "--train_file '{path}' line 3 has no 'text' value (and 1 more rows)"),
+    ("rows.jsonl", '{"text": "hi", "label": 1}\n{"text": null, "label": 0}\n',
+     "--train_file '{path}' line 2 has no 'text' value"),
+])
+def test_rows_without_text_or_label_are_named_by_file_and_row(tmp_path, capsys, name, content, message):
+    from framework.local_data import check_complete_rows, load_local_file
+
+    path = _write(tmp_path, name, content)
+    assert run_main(lambda: check_complete_rows(load_local_file(path, "--train_file"), ["text", "label"], path,
+                                                "--train_file")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {message.format(path=path)}"]
