@@ -21,8 +21,9 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
+# Each `make train` replaces the previous run in outputs/digits (ARGS come later, so they can change that).
 train: $(BIN)/.installed
-	$(BIN)/accelerate launch --config_file $(CONFIG) recipes/digits.py $(ARGS)
+	$(BIN)/accelerate launch --config_file $(CONFIG) recipes/digits.py --overwrite_output_dir true $(ARGS)
 
 test: $(BIN)/.installed
 	HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q $(ARGS)

@@ -134,9 +134,12 @@ def probe_eval_batch(accelerator: Any, model: torch.nn.Module, optimizer: Any,
 
 
 def _fits_everywhere(accelerator: Any, ok: bool) -> bool:
-    # A size fits only where it fits on every process: take the minimum over ranks.
-    flag = torch.tensor(1.0 if ok else 0.0, device=accelerator.device)
-    return bool(-accelerator.reduce(-flag, reduction="max").item() > 0)
+    # A size fits only where it fits on every process: the minimum over ranks. torch's MIN, not
+    # Accelerate's reduce: before accelerate 1.14 any reduction other than "mean" was a sum.
+    flag = torch.tensor(1 if ok else 0, dtype=torch.int32, device=accelerator.device)
+    if accelerator.num_processes > 1:
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+    return bool(flag.item())
 
 
 def accumulation_for(effective_batch: int, micro_batch: int, num_processes: int) -> int:

@@ -29,6 +29,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from framework.errors import UserError
+from framework.outputs import umask_mode
 from framework.weights import WEIGHTS_FILE, bare_model, model_state_dict
 
 STATE_FILE = "state.json"
@@ -126,6 +127,7 @@ def save_checkpoint(accelerator: Any, output_dir: str | Path, *, model: Any, opt
     _fsync(rng_file)
     if accelerator.is_main_process:
         save_file(model_state, str(tmp / WEIGHTS_FILE))
+        umask_mode(tmp / WEIGHTS_FILE)
         scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler},
                    tmp / "trainer.pt")

@@ -47,7 +47,10 @@ class TrainingConfig:
     weight_decay: float = flag("AdamW decoupled weight decay.", default=0.0)
     num_train_epochs: int = flag("Passes over the training set (ignored when max_steps > 0).", default=3)
     max_steps: int = flag("Total optimizer steps; -1 means num_train_epochs decides.", default=-1)
-    warmup_steps: int = flag("Optimizer steps of linear warmup from 0 to learning_rate.", default=0)
+    warmup_steps: int = flag("Optimizer steps of linear warmup from 0 to learning_rate; when > 0 it wins over "
+                             "warmup_ratio.", default=0)
+    warmup_ratio: float = flag("Fraction of the planned optimizer steps spent in linear warmup (rounded up), "
+                               "so short and long runs warm up alike.", default=0.0)
     lr_scheduler_type: str = flag("Learning-rate schedule after warmup: linear, cosine or constant.", default="linear")
     max_grad_norm: float = flag("Clip the global gradient norm to this value; 0 disables clipping.", default=1.0)
     seed: int = flag("Seed for model init, data order and dropout.", default=42)
@@ -99,6 +102,8 @@ class TrainingConfig:
         for name in ("weight_decay", "max_grad_norm"):
             value = getattr(self, name)
             require(name, math.isfinite(value) and value >= 0, "a finite number >= 0")
+        require("warmup_ratio", math.isfinite(self.warmup_ratio) and 0.0 <= self.warmup_ratio < 1.0,
+                "a number in [0, 1)")
         require("lr_scheduler_type", self.lr_scheduler_type in SCHEDULERS, "one of " + ", ".join(SCHEDULERS))
         require("mixed_precision", self.mixed_precision in (None, *PRECISIONS), "one of " + ", ".join(PRECISIONS))
         require("output_dir", bool(self.output_dir.strip()), "a non-empty path")

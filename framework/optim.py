@@ -28,6 +28,11 @@ def total_optimizer_steps(config: TrainingConfig, steps_per_epoch: int) -> int:
     return config.max_steps if config.max_steps > 0 else config.num_train_epochs * steps_per_epoch
 
 
+def warmup_steps_for(config: TrainingConfig, total_steps: int) -> int:
+    """Warmup length in optimizer steps: --warmup_steps when > 0, else ceil(--warmup_ratio x total steps)."""
+    return config.warmup_steps if config.warmup_steps > 0 else math.ceil(config.warmup_ratio * total_steps)
+
+
 def lr_factor(step: int, warmup_steps: int, total_steps: int, kind: str) -> float:
     """Multiplier of the peak lr for the optimizer step with 0-based index `step`.
 
@@ -51,7 +56,9 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainingConfig, to
     Keep it out of `accelerator.prepare`: a prepared scheduler steps once per
     process per call, so the schedule would run world-size times too fast.
     """
+    warmup = warmup_steps_for(config, total_steps)
+
     def factor(step: int) -> float:
-        return lr_factor(step, config.warmup_steps, total_steps, config.lr_scheduler_type)
+        return lr_factor(step, warmup, total_steps, config.lr_scheduler_type)
 
     return LambdaLR(optimizer, factor)

@@ -33,6 +33,12 @@ def _umask() -> int:
     return mask
 
 
+def umask_mode(path: Path | str) -> None:
+    """Give a file the mode the user's umask asks for (0644 under 022); for writers that create 0600
+    files (tempfile.mkstemp, safetensors), which teammates on a shared filesystem could not read."""
+    os.chmod(path, 0o666 & ~_umask())
+
+
 def write_atomic(path: Path, text: str) -> None:
     """Write `text` to `path` through a temporary file in the same folder and a rename (mode from the umask)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

@@ -18,6 +18,8 @@ import torch
 from accelerate import Accelerator
 from safetensors.torch import save_file
 
+from framework.outputs import umask_mode
+
 COMPILED_PREFIX = "_orig_mod."
 WEIGHTS_FILE = "model.safetensors"
 
@@ -54,6 +56,7 @@ def save_weights(accelerator: Accelerator, model: Any, directory: str | Path) ->
     if accelerator.is_main_process:
         tmp = path.with_name(f".tmp_{WEIGHTS_FILE}")
         save_file(state, str(tmp))
+        umask_mode(tmp)
         os.replace(tmp, path)
     accelerator.wait_for_everyone()
     return path

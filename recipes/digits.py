@@ -35,7 +35,7 @@ class DigitsConfig(TrainingConfig):
     per_device_train_batch_size: int = 32
     learning_rate: float = 3e-3
     num_train_epochs: int = 10
-    warmup_steps: int = 20
+    warmup_ratio: float = 0.05
     dropout: float = flag("Dropout before the classifier head, in [0, 1).", default=0.1)
     channels: int = flag("Channels of the first convolution (the others use twice as many).", default=32)
     test_size: float = flag("Fraction of the 1797 images held out for evaluation.", default=0.2)

@@ -42,7 +42,7 @@ class ImageConfig(TrainingConfig):
 
     output_dir: str = "outputs/images"
     num_train_epochs: int = 10
-    warmup_steps: int = 20
+    warmup_ratio: float = 0.05
     dataset_name: str = flag("A Hub image dataset, e.g. cifar10 or beans.", default="")
     train_dir: str = flag("A local folder with one sub-folder of images per class (instead of --dataset_name).",
                           default="")

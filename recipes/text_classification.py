@@ -45,7 +45,7 @@ class TextConfig(TrainingConfig):
 
     output_dir: str = "outputs/text"
     num_train_epochs: int = 5
-    warmup_steps: int = 20
+    warmup_ratio: float = 0.05
     dataset_name: str = flag("A Hub dataset, e.g. ag_news, imdb or glue (with --dataset_config).", default="")
     dataset_config: str = flag("The Hub dataset's configuration, e.g. sst2.", default="")
     train_file: str = flag("A local csv/json/jsonl/parquet training file (instead of --dataset_name).", default="")
