@@ -110,6 +110,8 @@ def class_names_of(train: Dataset, evaluation: Dataset, column: str) -> tuple[li
         unknown = sorted(set(evaluation[column]) - set(names))
         if unknown:
             raise UserError(f"the evaluation data has label {unknown[0]!r}, not among the training labels")
+        ids = {name: i for i, name in enumerate(names)}  # by hand: datasets < 3.1 cannot cast names to ClassLabel
+        evaluation = evaluation.map(lambda batch: {column: [ids[v] for v in batch[column]]}, batched=True)
         return names, train, evaluation.cast_column(column, train.features[column])
     return [str(i) for i in range(max(values) + 1)], train, evaluation
 

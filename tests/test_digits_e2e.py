@@ -75,7 +75,7 @@ def test_torchrun_forms_one_two_process_group(tmp_path):
 ])
 def test_bad_flags_exit_nonzero_with_one_line(tmp_path, args, flag):
     result = launch([sys.executable, str(DIGITS), "--output_dir", str(tmp_path / "out"), *args], timeout=60)
-    assert result.returncode != 0
+    assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and flag in lines[0], result.stderr
     assert not (tmp_path / "out").exists()  # nothing written
@@ -95,7 +95,9 @@ def test_fp16_on_cpu_says_what_really_runs(tmp_path):
 def test_fsdp_config_on_a_cpu_is_refused_with_one_line(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU: the FSDP config runs here (tests/test_gpu.py)")
-    result = accelerate_launch("fsdp.yaml", DIGITS, "--output_dir", str(tmp_path), timeout=120)
+    result = accelerate_launch("fsdp.yaml", DIGITS, "--output_dir", str(tmp_path / "out"), timeout=120)
     assert result.returncode != 0
-    assert "error: the FSDP launcher config needs GPUs" in result.stderr
-    assert not (tmp_path / "summary.json").exists()
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [errors[0]] and "the FSDP launcher config needs GPUs" in errors[0]  # once, not per rank
+    assert "exitcode  : 2" in result.stderr  # every rank exited with the bad-input code
+    assert not (tmp_path / "out").exists()

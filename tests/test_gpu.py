@@ -52,7 +52,7 @@ def _inject_inf(make_model, at_calls):
 
 
 def test_inf_gradient_skips_the_step_without_advancing_the_schedule(tmp_path):
-    config, make_model, train_set, test_set, names = _digits(tmp_path, max_steps=30, warmup_steps=0,
+    config, make_model, train_set, test_set, names = _digits(tmp_path, max_steps=30, warmup_ratio=0.0,
                                                              logging_steps=1)
     _, result = fit_model(config, _inject_inf(make_model, {20}), train_set, test_set, names)
     lrs = [r["lr"] for r in read_metrics(tmp_path) if "lr" in r]

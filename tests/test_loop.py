@@ -106,7 +106,7 @@ def test_skipped_loss_scaled_steps_do_not_advance_the_schedule(tmp_path):
     # logic, so the loop's handling of a skipped step is checked on every machine with it.
     from recipes import digits
 
-    config = digits.DigitsConfig(output_dir=str(tmp_path), max_steps=12, warmup_steps=0, logging_steps=1,
+    config = digits.DigitsConfig(output_dir=str(tmp_path), max_steps=12, warmup_ratio=0.0, logging_steps=1,
                                  mixed_precision="no")
     train_set, test_set, names = digits.build_data(config)
     calls = {"n": 0}

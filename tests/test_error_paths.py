@@ -1,0 +1,59 @@
+"""What a user sees on bad input under each launcher the README shows (README, "Errors and exit codes").
+
+The recipe prints one `error:` line, once per job, and exits 2. A launcher reports a failed child
+its own way: Accelerate's single-process launcher adds a CalledProcessError traceback, torch's
+elastic agent (multi-process `accelerate launch`, `torchrun`) a ChildFailedError report naming
+each rank's exit code; both then exit 1. These tests pin that down whole.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers import CONFIGS, DIGITS, launch
+
+BIN = Path(sys.executable).parent
+BAD = ["--learning_rate", "-1"]
+MESSAGE = "error: --learning_rate must be a finite number > 0"
+
+
+def _stderr_lines(result) -> list[str]:
+    return result.stderr.strip().splitlines()
+
+
+def test_python_prints_exactly_one_line_and_exits_2(tmp_path):
+    result = launch([sys.executable, str(DIGITS), "--output_dir", str(tmp_path / "out"), *BAD], timeout=60)
+    assert (result.returncode, _stderr_lines(result)) == (2, [MESSAGE])
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_accelerate_launch_one_process(tmp_path):
+    result = launch([str(BIN / "accelerate"), "launch", "--config_file", str(CONFIGS / "cpu.yaml"), str(DIGITS),
+                     "--output_dir", str(tmp_path / "out"), *BAD], timeout=120)
+    lines = _stderr_lines(result)
+    assert result.returncode == 1
+    assert [line for line in lines if line.startswith("error:")] == [MESSAGE]
+    assert lines.index(MESSAGE) < lines.index("Traceback (most recent call last):")
+    assert lines[-1].startswith("subprocess.CalledProcessError") and lines[-1].endswith("non-zero exit status 2.")
+    quiet = launch([str(BIN / "accelerate"), "launch", "-q", "--config_file", str(CONFIGS / "cpu.yaml"), str(DIGITS),
+                    "--output_dir", str(tmp_path / "out"), *BAD], timeout=120)
+    assert quiet.returncode == 1 and _stderr_lines(quiet)[-1] == MESSAGE and "Traceback" not in quiet.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["accelerate-2proc", "torchrun"])
+def test_multi_process_launchers(tmp_path, launcher):
+    start = ([str(BIN / "accelerate"), "launch", "--config_file", str(CONFIGS / "cpu_2proc.yaml")]
+             if launcher == "accelerate-2proc" else [str(BIN / "torchrun"), "--nproc_per_node", "2"])
+    result = launch([*start, str(DIGITS), "--output_dir", str(tmp_path / "out"), *BAD], timeout=120)
+    lines = _stderr_lines(result)
+    assert result.returncode == 1
+    assert [line for line in lines if line.startswith("error:")] == [MESSAGE]  # once per job, not per rank
+    assert lines.index(MESSAGE) < min(i for i, line in enumerate(lines) if "ChildFailedError" in line)
+    assert any("exitcode  : 2" in line for line in lines)  # the report names the bad-input code
+    assert not (tmp_path / "out").exists()
