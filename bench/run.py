@@ -2,12 +2,15 @@
 
 One workload (DESIGN.md): a transformer encoder classifier on synthetic tokens,
 AdamW, micro-batch x accumulation, gradient clipping at 1.0, DataLoader with
-workers and pinned memory. Each (peer, precision) runs in its own process;
-samples/s is timed after warm-up steps, between device synchronizations, over
-windows of optimizer steps, and the fastest window counts (a shared machine's
-noise only ever slows a window down); peak memory is `torch.cuda.max_memory_allocated`
-(CUDA) or, on a CPU, the process's peak RSS above its RSS once the peer's libraries
-and the data are loaded. Ratios are against `raw` in the same run.
+workers and pinned memory. Every peer gets the same optimizer settings (AdamW, lr 1e-4,
+no weight decay; each run reports its optimizer's settings and the table refuses to
+compare runs whose settings differ). Each (peer, precision) runs in its own process;
+samples/s is timed after warm-up steps, between device synchronizations, over all
+the timed optimizer steps. Peers alternate over --repeats runs (default 5); the table
+shows each one's median and spread ((max - min) / median), and a ratio to `raw` in
+the same invocation only where it is larger than the spread of both. Peak memory is
+`torch.cuda.max_memory_allocated` (CUDA) or, on a CPU, the process's peak RSS above
+its RSS once the peer's libraries and the data are loaded.
 
     python bench/run.py                      # full size (meant for a GPU), fp32 and fp16
     python bench/run.py --quick --out F.json # CPU size, under 3 minutes on 2 cores
@@ -139,12 +142,24 @@ def _is_mark(w: Workload, step: int) -> bool:
     return step >= w.warmup and (step - w.warmup) % w.window == 0 and step <= w.warmup + w.steps
 
 
-def _best_rate(w: Workload, marks: dict[int, float], effective_batch: int = 0) -> float:
-    """Samples/s of the fastest complete window between consecutive marks."""
-    steps = sorted(marks)
-    batch = effective_batch or w.micro * w.accum
-    rates = [(b - a) * batch / (marks[b] - marks[a]) for a, b in zip(steps, steps[1:])]
-    return max(rates)
+def _rate(w: Workload, marks: dict[int, float], effective_batch: int = 0) -> float:
+    """Samples/s over all timed steps: from the first mark (after warm-up) to the last."""
+    first, last = min(marks), max(marks)
+    return (last - first) * (effective_batch or w.micro * w.accum) / (marks[last] - marks[first])
+
+
+ADAMW = {"lr": 1e-4, "weight_decay": 0.0}  # every peer's optimizer: asserted from the optimizers themselves
+
+
+def optimizer_settings(optimizer) -> dict:
+    """The hyperparameters of an optimizer's parameter groups (they must all agree), for comparing peers."""
+    optimizer = getattr(optimizer, "optimizer", optimizer)  # Accelerate's wrapper
+    keys = ("lr", "weight_decay", "betas", "eps", "amsgrad", "maximize")
+    groups = {tuple((k, tuple(g[k]) if isinstance(g[k], (list, tuple)) else g[k]) for k in keys if k in g)
+              for g in optimizer.param_groups if g["params"]}
+    if len(groups) != 1:
+        raise SystemExit(f"{type(optimizer).__name__} has parameter groups with different settings: {groups}")
+    return {"type": type(optimizer).__name__, **{k: list(v) if isinstance(v, tuple) else v for k, v in groups.pop()}}
 
 
 def _loader(w: Workload, dataset, device, batch: int):
@@ -154,7 +169,7 @@ def _loader(w: Workload, dataset, device, batch: int):
 
 
 def _adamw(model, device):
-    return torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda" or None)
+    return torch.optim.AdamW(model.parameters(), **ADAMW, fused=device.type == "cuda" or None)
 
 
 def run_raw(w: Workload, precision: str, dataset) -> tuple[float, float]:
@@ -191,7 +206,7 @@ def run_raw(w: Workload, precision: str, dataset) -> tuple[float, float]:
         else:
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    return _best_rate(w, marks), _peak_mib(device)
+    return _rate(w, marks), _peak_mib(device), optimizer_settings(optimizer)
 
 
 def run_accelerate(w: Workload, precision: str, dataset) -> tuple[float, float]:
@@ -221,7 +236,7 @@ def run_accelerate(w: Workload, precision: str, dataset) -> tuple[float, float]:
                     accelerator.clip_grad_norm_(model.parameters(), 1.0)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-    return _best_rate(w, marks), _peak_mib(accelerator.device)
+    return _rate(w, marks), _peak_mib(accelerator.device), optimizer_settings(optimizer)
 
 
 def run_framework(w: Workload, precision: str, dataset) -> tuple[float, float]:
@@ -231,7 +246,8 @@ def run_framework(w: Workload, precision: str, dataset) -> tuple[float, float]:
 
     with tempfile.TemporaryDirectory() as out:
         config = TrainingConfig(output_dir=out, per_device_train_batch_size=w.micro,
-                                gradient_accumulation_steps=w.accum, learning_rate=1e-4, lr_scheduler_type="constant",
+                                gradient_accumulation_steps=w.accum, learning_rate=ADAMW["lr"],
+                                weight_decay=ADAMW["weight_decay"], lr_scheduler_type="constant",
                                 max_steps=w.warmup + w.steps, logging_steps=math.gcd(w.warmup, w.window),
                                 mixed_precision=precision, dataloader_num_workers=w.workers,
                                 auto_find_batch_size=w.auto, max_memory_gib=w.max_memory_gib,
@@ -252,7 +268,8 @@ def run_framework(w: Workload, precision: str, dataset) -> tuple[float, float]:
         marks = {r["step"]: r["elapsed_s"] for r in lines if "elapsed_s" in r and _is_mark(w, r["step"])}
         summary = json.loads(Path(out, "summary.json").read_text())
         w.micro, w.accum = summary["per_device_train_batch_size"], summary["gradient_accumulation_steps"]
-        return _best_rate(w, marks, summary["effective_batch_size"]), _peak_mib(accelerator.device)
+        return (_rate(w, marks, summary["effective_batch_size"]), _peak_mib(accelerator.device),
+                optimizer_settings(optimizer))
 
 
 def run_lightning(w: Workload, precision: str, dataset) -> tuple[float, float]:
@@ -285,7 +302,7 @@ def run_lightning(w: Workload, precision: str, dataset) -> tuple[float, float]:
                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, accelerator="gpu" if device.type == "cuda" else "cpu", devices=1)
     trainer.fit(Module(), _loader(w, dataset, device, w.micro))
-    return _best_rate(w, times), _peak_mib(device)
+    return _rate(w, times), _peak_mib(device), optimizer_settings(trainer.optimizers[0])
 
 
 def run_hf(w: Workload, precision: str, dataset) -> tuple[float, float]:
@@ -314,14 +331,16 @@ def run_hf(w: Workload, precision: str, dataset) -> tuple[float, float]:
     with tempfile.TemporaryDirectory() as out:
         args = TrainingArguments(output_dir=out, per_device_train_batch_size=w.micro,
                                  gradient_accumulation_steps=w.accum, max_steps=w.warmup + w.steps,
-                                 learning_rate=1e-4, lr_scheduler_type="constant", max_grad_norm=1.0,
+                                 learning_rate=ADAMW["lr"], weight_decay=ADAMW["weight_decay"],
+                                 lr_scheduler_type="constant", max_grad_norm=1.0,
                                  fp16=precision == "fp16", bf16=precision == "bf16", report_to=[],
                                  save_strategy="no", logging_strategy="no", dataloader_num_workers=w.workers,
                                  dataloader_pin_memory=device.type == "cuda", disable_tqdm=True,
                                  optim="adamw_torch_fused" if device.type == "cuda" else "adamw_torch",
                                  use_cpu=device.type != "cuda")
-        Trainer(model=WithLoss(), args=args, train_dataset=dataset, callbacks=[Timer()]).train()
-    return _best_rate(w, times), _peak_mib(device)
+        trainer = Trainer(model=WithLoss(), args=args, train_dataset=dataset, callbacks=[Timer()])
+        trainer.train()
+    return _rate(w, times), _peak_mib(device), optimizer_settings(trainer.optimizer)
 
 
 RUNNERS = {"raw": run_raw, "accelerate": run_accelerate, "framework": run_framework, "lightning": run_lightning,
@@ -336,10 +355,11 @@ def _child(args) -> None:
     w.auto, w.max_memory_gib, w.compile = args.auto, args.max_memory_gib or 0.0, args.compiled
     dataset = SyntheticTokens(w, (w.warmup + w.steps + 2) * w.micro * w.accum)
     _take_rss_baseline(args.peer)
-    samples_per_s, peak = RUNNERS[args.peer](w, args.precision, dataset)
+    samples_per_s, peak, optimizer = RUNNERS[args.peer](w, args.precision, dataset)
     peer = args.peer + ("+compile" if w.compile else "")
     print("RESULT " + json.dumps({"peer": peer, "precision": args.precision, "micro": w.micro,
-                                  "accum": w.accum, "samples_per_s": samples_per_s, "peak_mib": peak}), flush=True)
+                                  "accum": w.accum, "samples_per_s": samples_per_s, "peak_mib": peak,
+                                  "optimizer": optimizer}), flush=True)
 
 
 def _run_child(peer: str, precision: str, quick: bool, *extra: str) -> dict | None:
@@ -375,6 +395,33 @@ def _auto_batch_check(args) -> None:
         Path(args.out).write_text(json.dumps({"rows": rows}, indent=2) + "\n")
 
 
+def summarize(runs: list[dict]) -> dict:
+    """One table row from a peer's repeated runs: median samples/s and peak memory, and the spread
+    (max - min) / median of samples/s; every run's rate is kept in `runs_samples_per_s`."""
+    import statistics
+
+    rates = [r["samples_per_s"] for r in runs]
+    median = statistics.median(rates)
+    return {**runs[0], "samples_per_s": median, "runs_samples_per_s": rates,
+            "spread": (max(rates) - min(rates)) / median, "peak_mib": statistics.median(r["peak_mib"] for r in runs)}
+
+
+def compare(row: dict, raw: dict | None) -> None:
+    """Add the ratios to the raw loop and a verdict: a ratio counts only where it exceeds both spreads."""
+    if raw is None:
+        row.update(ratio_to_raw=float("nan"), peak_ratio_to_raw=float("nan"), verdict="no raw row")
+        return
+    row["ratio_to_raw"] = row["samples_per_s"] / raw["samples_per_s"]
+    row["peak_ratio_to_raw"] = row["peak_mib"] / raw["peak_mib"] if raw["peak_mib"] else float("nan")
+    noise = max(row["spread"], raw["spread"])
+    if row is raw:
+        row["verdict"] = "reference"
+    elif abs(row["ratio_to_raw"] - 1) <= noise:
+        row["verdict"] = "within spread"
+    else:
+        row["verdict"] = "faster" if row["ratio_to_raw"] > 1 else "slower"
+
+
 def _installed(module: str) -> bool:
     import importlib.util
 
@@ -388,8 +435,8 @@ def main() -> None:
     parser.add_argument("--out", help="write {'rows': [...]} JSON here")
     parser.add_argument("--peers", default=",".join(PEERS), help="comma list of " + ", ".join(PEERS))
     parser.add_argument("--precisions", help="comma list of no, fp16, bf16 (default: no,fp16 on CUDA, no on CPU)")
-    parser.add_argument("--repeats", type=int, help="alternate the peers this many times and keep each one's best "
-                        "(default: 4 with --quick, 2 otherwise)")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="alternate the peers this many times; the table shows medians and spreads (default 5)")
     parser.add_argument("--auto_batch_check", action="store_true",
                         help="instead: the framework at effective batch 256 (or 64 with --quick), unconstrained "
                              "(256 x 1) against --auto_find_batch_size under --max_memory_gib")
@@ -407,34 +454,35 @@ def main() -> None:
         return _child(args)
     if args.auto_batch_check:
         return _auto_batch_check(args)
-    args.repeats = args.repeats or (4 if args.quick else 2)
 
     cuda = torch.cuda.is_available()
     precisions = (args.precisions or ("no,fp16" if cuda else "no")).split(",")
     peers = [p for p in args.peers.split(",") if p not in REQUIRES or _installed(REQUIRES[p])]
     skipped = [p for p in args.peers.split(",") if p not in peers]
     runs = [(peer, False) for peer in peers] + [(peer, True) for peer in peers if args.compile and peer in COMPILABLE]
-    best: dict[tuple[str, str], dict] = {}
+    runs_of: dict[tuple[str, str], list[dict]] = {}
     for _ in range(args.repeats):
         for precision in precisions:
             for peer, compiled in runs:
                 row = _run_child(peer, precision, args.quick, *(["--compiled"] * compiled))
-                key = (row["peer"], precision) if row else None
-                if row and (key not in best or row["samples_per_s"] > best[key]["samples_per_s"]):
-                    best[key] = row
-    rows = list(best.values())
+                if row:
+                    runs_of.setdefault((row["peer"], precision), []).append(row)
+    settings = {json.dumps(r["optimizer"], sort_keys=True) for rs in runs_of.values() for r in rs}
+    if len(settings) > 1:
+        raise SystemExit("the peers' optimizers differ, the comparison would not be fair: " + "; ".join(settings))
+    rows = {key: summarize(rs) for key, rs in runs_of.items()}
     print(f"device: {torch.cuda.get_device_name() if cuda else 'cpu'}; torch {torch.__version__}; "
-          f"workload: {'quick' if args.quick else 'full'}; repeats: {args.repeats}")
-    print(f"{'peer':<20}{'precision':<11}{'micro x accum':<15}{'samples/s':>11}{'x raw':>8}{'peak MiB':>11}"
-          f"{'mem x raw':>11}")
-    for row in rows:
+          f"workload: {'quick' if args.quick else 'full'}; repeats: {args.repeats} (alternating); "
+          f"optimizer: {settings.pop() if settings else '-'}")
+    print(f"{'peer':<20}{'precision':<11}{'micro x accum':<15}{'median/s':>10}{'spread':>8}{'x raw':>8}  "
+          f"{'':<14}{'peak MiB':>9}{'mem x raw':>10}")
+    for (peer, precision), row in rows.items():
         # compiled peers are compared with the compiled raw loop, eager ones with the eager raw loop
-        raw = best.get(("raw+compile" if row["peer"].endswith("+compile") else "raw", row["precision"]))
-        row["ratio_to_raw"] = row["samples_per_s"] / raw["samples_per_s"] if raw else float("nan")
-        row["peak_ratio_to_raw"] = row["peak_mib"] / raw["peak_mib"] if raw else float("nan")
-        print(f"{row['peer']:<20}{row['precision']:<11}{str(row['micro']) + ' x ' + str(row['accum']):<15}"
-              f"{row['samples_per_s']:>11.1f}{row['ratio_to_raw']:>8.3f}{row['peak_mib']:>11.0f}"
-              f"{row['peak_ratio_to_raw']:>11.3f}")
+        compare(row, rows.get(("raw+compile" if peer.endswith("+compile") else "raw", precision)))
+        print(f"{peer:<20}{precision:<11}{str(row['micro']) + ' x ' + str(row['accum']):<15}"
+              f"{row['samples_per_s']:>10.1f}{row['spread']:>8.1%}{row['ratio_to_raw']:>8.3f}  {row['verdict']:<14}"
+              f"{row['peak_mib']:>9.0f}{row['peak_ratio_to_raw']:>10.3f}")
+    rows = list(rows.values())
     if skipped:
         print("not installed, skipped: " + ", ".join(skipped))
     if args.out:

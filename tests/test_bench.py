@@ -15,7 +15,8 @@ import pytest
 from helpers import REPO, launch
 
 BENCH = REPO / "bench" / "run.py"
-FIELDS = {"peer", "precision", "micro", "accum", "samples_per_s", "peak_mib"}
+FIELDS = {"peer", "precision", "micro", "accum", "samples_per_s", "peak_mib", "optimizer"}
+PEER_FIELDS = FIELDS | {"runs_samples_per_s", "spread", "ratio_to_raw", "peak_ratio_to_raw", "verdict"}
 
 
 def run_bench(tmp_path, *args: str) -> list[dict]:
@@ -31,7 +32,7 @@ def test_peer_table_with_compiled_rows(tmp_path):
     by_peer = {row["peer"]: row for row in rows}
     assert by_peer.keys() == {"raw", "framework", "raw+compile", "framework+compile"}
     for row in rows:
-        assert FIELDS <= row.keys()
+        assert PEER_FIELDS <= row.keys()
         assert (row["precision"], row["micro"], row["accum"]) == ("no", 16, 2)
         assert row["samples_per_s"] > 0 and math.isfinite(row["peak_mib"])
     # each row is compared with the raw loop of its own mode
@@ -47,3 +48,43 @@ def test_auto_batch_check_keeps_the_effective_batch(tmp_path):
     for row in rows:
         assert FIELDS <= row.keys()
         assert row["micro"] * row["accum"] == 64  # the quick size of effective batch 256
+
+
+@pytest.mark.slow
+def test_every_peer_runs_the_same_optimizer(tmp_path):
+    rows = run_bench(tmp_path, "--peers", "raw,accelerate,framework,hf")
+    assert {row["peer"] for row in rows} == {"raw", "accelerate", "framework", "hf"}
+    settings = [row["optimizer"] for row in rows]
+    assert all(s == settings[0] for s in settings), settings
+    assert settings[0]["type"] == "AdamW" and settings[0]["lr"] == 1e-4 and settings[0]["weight_decay"] == 0.0
+
+
+def test_optimizer_settings_read_every_group():
+    sys.path.insert(0, str(REPO / "bench"))
+    import torch
+
+    from run import optimizer_settings
+
+    a, b = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    same = torch.optim.AdamW([{"params": a.parameters()}, {"params": b.parameters()}], lr=1e-4, weight_decay=0.0)
+    assert optimizer_settings(same)["weight_decay"] == 0.0
+    differing = torch.optim.AdamW([{"params": a.parameters()}, {"params": b.parameters(), "weight_decay": 0.0}],
+                                  lr=1e-4)  # the first group keeps AdamW's default 0.01
+    with pytest.raises(SystemExit, match="different settings"):
+        optimizer_settings(differing)
+
+
+def test_median_spread_and_no_ratio_claimed_within_the_spread():
+    sys.path.insert(0, str(REPO / "bench"))
+    from run import compare, summarize
+
+    def runs(*rates):
+        return [{"peer": "p", "samples_per_s": r, "peak_mib": 10.0} for r in rates]
+
+    raw = summarize(runs(100, 104, 96, 101, 99))
+    assert raw["samples_per_s"] == 100 and raw["spread"] == pytest.approx(0.08)
+    close, far = summarize(runs(103, 102, 105, 104, 103)), summarize(runs(120, 121, 119, 120, 122))
+    for row in (raw, close, far):
+        compare(row, raw)
+    assert (raw["verdict"], close["verdict"], far["verdict"]) == ("reference", "within spread", "faster")
+    assert far["ratio_to_raw"] == pytest.approx(1.2)
