@@ -81,6 +81,15 @@ class TrainingConfig:
     report_to: str = flag(
         "Experiment trackers beside metrics.jsonl: none, all, or a comma list such as tensorboard,wandb.",
         default="none")
+    do_train: bool = flag("Train (false: only evaluate and/or predict with the model of --model_path).",
+                          default=True)
+    do_eval: bool = flag("Evaluate on the evaluation split (after training, or the --model_path model).",
+                         default=True)
+    do_predict: bool = flag("Write predictions.csv for the recipe's test inputs (--test_file, --test_dir, ...).",
+                            default=False)
+    model_path: str = flag("Start from a trained model: a finished run's output_dir or one of its checkpoint "
+                           "folders (weights, class names, preprocessing and model flags come from it).",
+                           default="")
     checkpointing_steps: str = flag(
         "Save a resumable checkpoint every N optimizer steps, or 'epoch', or 'no'.", default="no")
     save_total_limit: int = flag("Keep only the newest K checkpoints; 0 keeps all.", default=0)
@@ -122,6 +131,12 @@ class TrainingConfig:
         require("checkpointing_steps", every in ("no", "epoch") or (every.isdigit() and int(every) >= 1),
                 f"'no', 'epoch' or an integer >= 1, got {every!r}")
         require("save_total_limit", self.save_total_limit >= 0, "an integer >= 0")
+        require("do_eval", self.do_eval or not self.do_train,
+                "true when --do_train is true (training evaluates at each epoch end)")
+        require("model_path", self.do_train or bool(self.model_path),
+                "given when --do_train is false (the run to evaluate or predict with)")
+        require("do_predict", self.do_train or self.do_eval or self.do_predict,
+                "true when --do_train and --do_eval are false (there is nothing else to do)")
 
     @property
     def trackers(self) -> list[str]:

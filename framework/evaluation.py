@@ -100,3 +100,22 @@ def evaluate(accelerator: Any, model: torch.nn.Module, loader: Any, class_names:
     """Predict on every process, gather, and build the report (the same on every process)."""
     predictions = predict(accelerator, model, loader, loss_fn, forward_batch=forward_batch)
     return build_report(predictions=predictions, class_names=class_names)
+
+
+@torch.no_grad()
+def predict_probabilities(accelerator: Any, model: torch.nn.Module, loader: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Class probabilities (softmax of the logits) and labels (-1 where unknown) of every sample of a
+    prepared `loader`, gathered from every process in dataset order, each sample exactly once."""
+    was_training = model.training
+    model.eval()
+    chunks: list[tuple[torch.Tensor, torch.Tensor]] = []
+    bar = progress_bar(len(loader), "predict", accelerator.is_main_process, unit="batch", leave=False)
+    for batch in loader:
+        inputs, labels = split_batch(batch)
+        probabilities = torch.softmax(model(**inputs).float(), dim=-1)
+        chunks.append(accelerator.gather_for_metrics((probabilities, labels)))
+        bar.update(1)
+    bar.close()
+    model.train(was_training)
+    probabilities, labels = (torch.cat(parts).cpu().numpy() for parts in zip(*chunks))
+    return probabilities, labels

@@ -21,10 +21,10 @@ from datasets import Array3D, ClassLabel, Dataset, Features
 from sklearn.datasets import load_digits
 from torch import nn
 
-from framework import (RunDirectory, TrainingConfig, build_accelerator, build_eval_loader, build_optimizer,
-                       build_scheduler, build_train_data, fit, parse_config, run_main, total_optimizer_steps)
+from framework import TrainingConfig, run_main
 from framework.config import flag, require
 from framework.data import check_labels
+from framework.recipe import Recipe, RecipeData, run
 
 
 @dataclass
@@ -49,7 +49,7 @@ class DigitsConfig(TrainingConfig):
         require("test_size", 0.0 < self.test_size < 1.0, "a number in (0, 1)")
 
 
-def build_data(config: DigitsConfig) -> tuple[Dataset, Dataset, list[str]]:
+def load_splits(config: DigitsConfig) -> tuple[Dataset, Dataset, list[str]]:
     """The digits as a `datasets.Dataset`, split train/test stratified by class with `split_seed`."""
     digits = load_digits()
     names = [str(d) for d in digits.target_names]
@@ -80,30 +80,23 @@ class DigitsCNN(nn.Module):
         return self.head(self.features(pixel_values))
 
 
-def build_model(config: DigitsConfig, num_classes: int) -> nn.Module:
-    """The CNN for `num_classes` digits."""
-    return DigitsCNN(config.channels, num_classes, config.dropout)
+def build_data(config: DigitsConfig, trained=None) -> RecipeData:
+    """Train on the training split, evaluate on the held-out split; --do_predict predicts the held-out split."""
+    train, test, names = load_splits(config)
+    return RecipeData(names, train=train, eval=test, test=test)
+
+
+def build_model(config: DigitsConfig, data: RecipeData) -> nn.Module:
+    """The CNN for the data's classes."""
+    return DigitsCNN(config.channels, len(data.class_names), config.dropout)
+
+
+RECIPE = Recipe(DigitsConfig, build_data, build_model, model_flags=("channels",))
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Parse flags, build data and model, train, evaluate, write the outputs."""
-    config = parse_config(DigitsConfig, argv)
-    accelerator, precision = build_accelerator(config)
-    run_dir = RunDirectory.for_run(config, accelerator)
-
-    with accelerator.main_process_first():
-        train_set, test_set, class_names = build_data(config)
-    train_data = build_train_data(train_set, config, accelerator)
-    eval_loader = build_eval_loader(test_set, config, accelerator)
-
-    model = build_model(config, len(class_names)).to(accelerator.device)
-    optimizer = build_optimizer(model, config)
-    scheduler = build_scheduler(optimizer, config, total_optimizer_steps(config, train_data.plan.windows_per_epoch))
-    model, optimizer = accelerator.prepare(model, optimizer)
-
-    fit(accelerator, config, model, optimizer, scheduler, train_data, eval_loader,
-        class_names=class_names, precision=precision, run_dir=run_dir)
-    accelerator.end_training()
+    """Parse flags, then train, evaluate and predict as they say (framework.recipe.run)."""
+    run(RECIPE, argv)
 
 
 if __name__ == "__main__":

@@ -20,20 +20,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
-from datasets import ClassLabel, Dataset, load_dataset
+from datasets import ClassLabel, Dataset, Image, load_dataset
 from torch import nn
 
-from framework import (RunDirectory, TrainingConfig, build_accelerator, build_eval_loader, build_optimizer,
-                       build_scheduler, build_train_data, fit, parse_config, run_main, total_optimizer_steps)
+from framework import TrainingConfig, run_main
 from framework.config import flag, require
 from framework.data import check_labels
 from framework.errors import UserError
 from framework.image_files import unreadable_images
 from framework.local_data import quiet_datasets
+from framework.recipe import Recipe, RecipeData, run
 
 
 @dataclass
@@ -47,6 +48,8 @@ class ImageConfig(TrainingConfig):
     train_dir: str = flag("A local folder with one sub-folder of images per class (instead of --dataset_name).",
                           default="")
     validation_dir: str = flag("The local evaluation folder, same class sub-folders.", default="")
+    test_dir: str = flag("Images to classify with --do_predict: a folder of images, class sub-folders optional "
+                         "(with them, a test report too).", default="")
     image_column: str = flag("The column holding the image; empty: the first image column.", default="")
     label_column: str = flag("The column holding the class.", default="label")
     image_size: int = flag("Images are resized to this square size.", default=32)
@@ -61,9 +64,12 @@ class ImageConfig(TrainingConfig):
 
     def validate(self) -> None:
         super().validate()
-        require("train_dir", bool(self.dataset_name) != bool(self.train_dir), "given, or --dataset_name, but not both")
-        require("validation_dir", bool(self.train_dir) == bool(self.validation_dir),
-                "given together with --train_dir")
+        require("train_dir", not (self.dataset_name and self.train_dir), "given, or --dataset_name, but not both")
+        require("train_dir", not self.do_train or bool(self.dataset_name or self.train_dir),
+                "given (or --dataset_name) to train")
+        require("validation_dir", not self.do_eval or bool(self.dataset_name or self.validation_dir),
+                "given (or --dataset_name) to evaluate")
+        require("test_dir", not self.do_predict or bool(self.test_dir), "given with --do_predict")
         require("image_size", self.image_size >= 8, "an integer >= 8")
         require("groups", self.groups >= 1 and self.channels % self.groups == 0,
                 f"an integer >= 1 that divides --channels ({self.channels})")
@@ -83,22 +89,25 @@ class ImageConfig(TrainingConfig):
 AUGMENTATIONS = ("crop", "flip")
 
 
-def load_splits(config: ImageConfig) -> tuple[Dataset, Dataset]:
-    """Raw train and evaluation splits from the Hub or from two image folders."""
+def load_folder(flag_name: str, folder: str) -> Dataset:
+    """A local image folder (class sub-folders give a label column) as a Dataset, in file order."""
+    try:
+        with quiet_datasets():
+            return load_dataset("imagefolder", data_dir=folder, split="train")
+    except (FileNotFoundError, ValueError) as err:
+        raise UserError(f"{flag_name} {folder!r} holds no images ({type(err).__name__})") from None
+
+
+def load_splits(config: ImageConfig) -> tuple[Dataset | None, Dataset | None]:
+    """The raw train and evaluation splits the run needs (None for one it does not), Hub or folders."""
     if config.dataset_name:
         data = load_dataset(config.dataset_name)
         evaluation = next((data[s] for s in ("validation", "test") if s in data), None)
-        if evaluation is None:
+        if evaluation is None and config.do_eval:
             raise UserError(f"--dataset_name {config.dataset_name!r} has no validation or test split")
-        return data["train"], evaluation
-    splits = []
-    for flag_name, folder in (("--train_dir", config.train_dir), ("--validation_dir", config.validation_dir)):
-        try:
-            with quiet_datasets():
-                splits.append(load_dataset("imagefolder", data_dir=folder, split="train"))
-        except (FileNotFoundError, ValueError) as err:
-            raise UserError(f"{flag_name} {folder!r} holds no class folders of images ({type(err).__name__})") from None
-    return splits[0], splits[1]
+        return (data["train"] if config.do_train else None), evaluation
+    return (load_folder("--train_dir", config.train_dir) if config.do_train else None,
+            load_folder("--validation_dir", config.validation_dir) if config.do_eval else None)
 
 
 def image_column_of(dataset: Dataset, wanted: str) -> str:
@@ -140,7 +149,7 @@ def transform(image_column: str, label_column: str, size: int) -> Callable[[dict
     return apply
 
 
-def drop_unreadable(dataset: Dataset, column: str, what: str, skip: bool) -> tuple[Dataset, int]:
+def drop_unreadable(dataset: Dataset, column: str, what: str, skip: bool) -> tuple[Dataset, set[int]]:
     """Decode every image first; stop with one line naming the first bad one, or leave them out with `skip`."""
     bad = unreadable_images(dataset, column)
     if bad and not skip:
@@ -148,30 +157,65 @@ def drop_unreadable(dataset: Dataset, column: str, what: str, skip: bool) -> tup
         raise UserError(f"the {what} has {len(bad)} unreadable image(s), the first {name!r} ({reason}); "
                         f"fix or remove them, or pass --skip_bad_images true to leave them out")
     rows = {row for row, _, _ in bad}
-    return (dataset.select([i for i in range(len(dataset)) if i not in rows]) if bad else dataset), len(bad)
+    return (dataset.select([i for i in range(len(dataset)) if i not in rows]) if bad else dataset), rows
 
 
-def build_data(config: ImageConfig) -> tuple[Dataset, Dataset, list[str], int]:
-    """Train and evaluation sets yielding pixel_values and labels, the class names, and how many
-    unreadable images were left out (--skip_bad_images)."""
+def relabel(dataset: Dataset, column: str, names: list[str], what: str) -> Dataset:
+    """Labels as indices into `names` (the model's classes), by class name; -1 without a label column."""
+    feature = dataset.features.get(column)
+    if feature is None:
+        return dataset.add_column(column, [-1] * len(dataset))
+    if not isinstance(feature, ClassLabel):
+        raise UserError(f"the {what} has no class label column {column!r} "
+                        f"(columns: {', '.join(dataset.column_names)}; set --label_column)")
+    unknown = sorted(set(feature.names) - set(names))
+    if unknown:
+        raise UserError(f"the {what} has class {unknown[0]!r}, not among the model's classes {names}")
+    if list(feature.names) == names:
+        return dataset
+    ids = [names.index(name) for name in feature.names]
+    return dataset.map(lambda b: {column: [ids[v] for v in b[column]]}, batched=True)
+
+
+def build_data(config: ImageConfig, trained=None) -> RecipeData:
+    """The splits the run needs, yielding pixel_values and labels; class names from the training data's
+    label column (or the --model_path run); unreadable images stop the run or are left out and counted."""
     train, evaluation = load_splits(config)
-    column = image_column_of(train, config.image_column)
-    train, bad_train = drop_unreadable(train, column, "training data", config.skip_bad_images)
-    evaluation, bad_eval = drop_unreadable(evaluation, column, "evaluation data", config.skip_bad_images)
-    label = train.features.get(config.label_column)
-    if not isinstance(label, ClassLabel):
-        raise UserError(f"the training data has no class label column {config.label_column!r} "
-                        f"(columns: {', '.join(train.column_names)}; set --label_column)")
-    names = list(label.names)
-    if isinstance(evaluation.features.get(config.label_column), ClassLabel) and \
-            list(evaluation.features[config.label_column].names) != names:
-        raise UserError(f"the evaluation classes {evaluation.features[config.label_column].names} differ from "
-                        f"the training classes {names}")
-    for name, split in (("training data", train), ("evaluation data", evaluation)):
-        check_labels(split, len(names), column=config.label_column, name=name)
-    train.set_transform(transform(column, config.label_column, config.image_size))
-    evaluation.set_transform(transform(column, config.label_column, config.image_size))
-    return train, evaluation, names, bad_train + bad_eval
+    test = load_folder("--test_dir", config.test_dir) if config.do_predict else None
+    present = [s for s in (train, evaluation, test) if s is not None]
+    column = image_column_of(present[0], config.image_column)
+    if train is not None:
+        label = train.features.get(config.label_column)
+        if not isinstance(label, ClassLabel):
+            raise UserError(f"the training data has no class label column {config.label_column!r} "
+                            f"(columns: {', '.join(train.column_names)}; set --label_column)")
+        names = list(label.names)
+    else:
+        names = list(trained.class_names)
+    skipped, test_ids = 0, None
+    if test is not None:
+        raw = test.cast_column(column, Image(decode=False))
+        test_ids = [str(Path(v["path"]).relative_to(Path(config.test_dir).resolve()))
+                    if v.get("path") and Path(v["path"]).is_absolute() else v.get("path") or str(i)
+                    for i, v in enumerate(raw[column])]
+    splits = {}
+    for what, split in (("training data", train), ("evaluation data", evaluation), ("test data", test)):
+        if split is None:
+            continue
+        split, bad = drop_unreadable(split, column, what, config.skip_bad_images)
+        skipped += len(bad)
+        if what == "test data" and bad:
+            test_ids = [row_id for i, row_id in enumerate(test_ids) if i not in bad]
+        split = relabel(split, config.label_column, names, what)
+        if what != "test data":
+            check_labels(split, len(names), column=config.label_column, name=what)
+        split.set_transform(transform(column, config.label_column, config.image_size))
+        splits[what] = split
+    ops = config.augment_ops
+    return RecipeData(names, train=splits.get("training data"), eval=splits.get("evaluation data"),
+                      test=splits.get("test data"), test_ids=test_ids,
+                      augment=partial(augment, ops=ops) if ops else None,
+                      notes={"skipped_bad_images": skipped} if config.skip_bad_images else {})
 
 
 class ResidualBlock(nn.Module):
@@ -205,27 +249,17 @@ class SmallResNet(nn.Module):
         return self.head(self.features(pixel_values))
 
 
+def build_model(config: ImageConfig, data: RecipeData) -> nn.Module:
+    """The small ResNet for the data's classes."""
+    return SmallResNet(config, len(data.class_names))
+
+
+RECIPE = Recipe(ImageConfig, build_data, build_model, model_flags=("channels", "groups", "image_size"))
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Parse flags, build data and model, train, evaluate, write the outputs."""
-    config = parse_config(ImageConfig, argv)
-    accelerator, precision = build_accelerator(config)
-    run_dir = RunDirectory.for_run(config, accelerator)
-
-    with accelerator.main_process_first():  # the main process downloads and caches; the others reuse it
-        train_set, eval_set, class_names, skipped = build_data(config)
-    ops = config.augment_ops
-    train_data = build_train_data(train_set, config, accelerator, augment=partial(augment, ops=ops) if ops else None)
-    eval_loader = build_eval_loader(eval_set, config, accelerator)
-
-    model = SmallResNet(config, len(class_names)).to(accelerator.device)
-    optimizer = build_optimizer(model, config)
-    scheduler = build_scheduler(optimizer, config, total_optimizer_steps(config, train_data.plan.windows_per_epoch))
-    model, optimizer = accelerator.prepare(model, optimizer)
-
-    fit(accelerator, config, model, optimizer, scheduler, train_data, eval_loader,
-        class_names=class_names, precision=precision, run_dir=run_dir,
-        data_notes={"skipped_bad_images": skipped} if config.skip_bad_images else None)
-    accelerator.end_training()
+    """Parse flags, then train, evaluate and predict as they say (framework.recipe.run)."""
+    run(RECIPE, argv)
 
 
 if __name__ == "__main__":

@@ -25,15 +25,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from datasets import ClassLabel, Dataset, load_dataset
+from datasets import ClassLabel, Dataset, Value, load_dataset
 from torch import nn
 
-from framework import (RunDirectory, TrainingConfig, build_accelerator, build_eval_loader, build_optimizer,
-                       build_scheduler, build_train_data, fit, parse_config, run_main, total_optimizer_steps)
+from framework import TrainingConfig, run_main
 from framework.config import flag, require
 from framework.data import check_labels
 from framework.errors import UserError
 from framework.local_data import check_complete_rows, load_local_file
+from framework.recipe import Recipe, RecipeData, run
 
 PAD, UNK = 0, 1
 WORD = re.compile(r"\w+|[^\w\s]")
@@ -51,6 +51,8 @@ class TextConfig(TrainingConfig):
     train_file: str = flag("A local csv/json/jsonl/parquet training file (instead of --dataset_name).", default="")
     validation_file: str = flag("A local evaluation file; without it 10% of the training file is held out.",
                                 default="")
+    test_file: str = flag("A local file of texts to classify with --do_predict (the label column optional: with "
+                          "it, a test report too).", default="")
     text_column: str = flag("The column holding the text.", default="text")
     label_column: str = flag("The column holding the label (integers, or class names).", default="label")
     max_length: int = flag("Tokens kept per text.", default=128)
@@ -66,8 +68,12 @@ class TextConfig(TrainingConfig):
 
     def validate(self) -> None:
         super().validate()
-        require("train_file", bool(self.dataset_name) != bool(self.train_file),
-                "given, or --dataset_name, but not both")
+        require("train_file", not (self.dataset_name and self.train_file), "given, or --dataset_name, but not both")
+        require("train_file", not self.do_train or bool(self.dataset_name or self.train_file),
+                "given (or --dataset_name) to train")
+        require("validation_file", self.do_train or not self.do_eval or bool(self.dataset_name or self.validation_file),
+                "given (or --dataset_name) to evaluate without training")
+        require("test_file", not self.do_predict or bool(self.test_file), "given with --do_predict")
         for name in ("max_length", "d_model", "num_layers", "num_heads"):
             require(name, getattr(self, name) >= 1, "an integer >= 1")
         require("vocab_size", self.vocab_size >= 3, "an integer >= 3")
@@ -75,45 +81,65 @@ class TextConfig(TrainingConfig):
         require("dropout", 0.0 <= self.dropout < 1.0, "a number in [0, 1)")
 
 
-def load_splits(config: TextConfig) -> tuple[Dataset, Dataset]:
-    """The raw train and evaluation splits, from the Hub or from local files."""
+def load_splits(config: TextConfig) -> tuple[Dataset | None, Dataset | None]:
+    """The raw train and evaluation splits the run needs (None for one it does not), Hub or local files."""
     if config.dataset_name:
         data = load_dataset(config.dataset_name, config.dataset_config or None)
         evaluation = next((data[s] for s in ("validation", "test") if s in data), None)
-        if evaluation is None:
+        if evaluation is None and config.do_eval:
             raise UserError(f"--dataset_name {config.dataset_name!r} has no validation or test split")
-        return data["train"], evaluation
+        return (data["train"] if config.do_train else None), (evaluation if config.do_eval else None)
     columns = [config.text_column, config.label_column]
-    train = load_local_file(config.train_file, "--train_file")
-    check_complete_rows(train, columns, config.train_file, "--train_file")
-    if config.validation_file:
+    train = evaluation = None
+    if config.do_train:
+        train = load_local_file(config.train_file, "--train_file")
+        check_complete_rows(train, columns, config.train_file, "--train_file")
+    if config.do_eval and config.validation_file:
         evaluation = load_local_file(config.validation_file, "--validation_file")
         check_complete_rows(evaluation, columns, config.validation_file, "--validation_file")
-        return train, evaluation
-    split = train.train_test_split(test_size=0.1, seed=0)
-    return split["train"], split["test"]
+    elif config.do_eval:
+        split = train.train_test_split(test_size=0.1, seed=0)
+        train, evaluation = split["train"], split["test"]
+    return train, evaluation
 
 
-def class_names_of(train: Dataset, evaluation: Dataset, column: str) -> tuple[list[str], Dataset, Dataset]:
-    """Class names from the dataset's ClassLabel feature, or from string labels (sorted), or 0..max."""
-    for name, split in (("training", train), ("evaluation", evaluation)):
-        if column not in split.column_names:
-            raise UserError(f"the {name} data has no label column {column!r} "
-                            f"(columns: {', '.join(split.column_names)}; set --label_column)")
+def class_names_of(train: Dataset, column: str) -> tuple[list[str], Dataset]:
+    """Class names from the training data: its ClassLabel feature, string labels (sorted), or 0..max."""
+    if column not in train.column_names:
+        raise UserError(f"the training data has no label column {column!r} "
+                        f"(columns: {', '.join(train.column_names)}; set --label_column)")
     feature = train.features[column]
     if isinstance(feature, ClassLabel):
-        return list(feature.names), train, evaluation
+        return list(feature.names), train
     values = train[column]
     if values and isinstance(values[0], str):
         train = train.class_encode_column(column)  # class names sorted, as ClassLabel
-        names = list(train.features[column].names)
-        unknown = sorted(set(evaluation[column]) - set(names))
+        return list(train.features[column].names), train
+    return [str(i) for i in range(max(values) + 1)], train
+
+
+def to_class_ids(split: Dataset, column: str, names: list[str], what: str, required: bool = True) -> Dataset:
+    """The label column as indices into the model's `names` (class names matched by name); without the
+    column (allowed for test data) every label is -1."""
+    if column not in split.column_names:
+        if required:
+            raise UserError(f"the {what} has no label column {column!r} "
+                            f"(columns: {', '.join(split.column_names)}; set --label_column)")
+        return split.add_column(column, [-1] * len(split))
+    feature = split.features[column]
+    values = list(feature.names) if isinstance(feature, ClassLabel) else split.unique(column)
+    if values and isinstance(values[0], str):
+        unknown = sorted(set(values) - set(names))
         if unknown:
-            raise UserError(f"the evaluation data has label {unknown[0]!r}, not among the training labels")
-        ids = {name: i for i, name in enumerate(names)}  # by hand: datasets < 3.1 cannot cast names to ClassLabel
-        evaluation = evaluation.map(lambda batch: {column: [ids[v] for v in batch[column]]}, batched=True)
-        return names, train, evaluation.cast_column(column, train.features[column])
-    return [str(i) for i in range(max(values) + 1)], train, evaluation
+            raise UserError(f"the {what} has label {unknown[0]!r}, not among the model's classes")
+        ids = {name: i for i, name in enumerate(names)}
+        as_name = feature.int2str if isinstance(feature, ClassLabel) else (lambda v: v)
+        features = split.features.copy()
+        features[column] = Value("int64")
+        split = split.map(lambda batch: {column: [ids[as_name(v)] for v in batch[column]]}, batched=True,
+                          features=features)
+    check_labels(split, len(names), column=column, name=what)
+    return split
 
 
 def words(text: str) -> list[str]:
@@ -185,30 +211,53 @@ class PretrainedClassifier(nn.Module):
         return self.model(**inputs).logits
 
 
-def build_data(config: TextConfig, tokenizer=None):
-    """Tokenized train and evaluation sets, class names and the tokenizer.
+def build_tokenizer(config: TextConfig, train: Dataset | None, trained=None):
+    """The pretrained tokenizer, the one saved with the --model_path run, or a WordTokenizer built from
+    the training texts."""
+    if trained is not None and not config.do_train:
+        if config.model_name_or_path:
+            return _transformers().AutoTokenizer.from_pretrained(str(trained.run_dir))
+        vocab = json.loads((trained.run_dir / "vocab.json").read_text())
+        return WordTokenizer(vocab, config.max_length)
+    if config.model_name_or_path:
+        return load_tokenizer(config)
+    return WordTokenizer(build_vocab(train[config.text_column], config.vocab_size), config.max_length)
 
-    Without a (pretrained) `tokenizer`, a WordTokenizer is built from the training texts.
-    """
+
+def build_data(config: TextConfig, trained=None) -> RecipeData:
+    """Tokenized splits (the ones the run needs), class names and the tokenizer (saved with the run)."""
     train, evaluation = load_splits(config)
-    if config.text_column not in train.column_names:
-        raise UserError(f"the training data has no text column {config.text_column!r} "
-                        f"(columns: {', '.join(train.column_names)}; set --text_column)")
-    names, train, evaluation = class_names_of(train, evaluation, config.label_column)
-    for name, split in (("training data", train), ("evaluation data", evaluation)):
-        check_labels(split, len(names), column=config.label_column, name=name)
-    if tokenizer is None:
-        tokenizer = WordTokenizer(build_vocab(train[config.text_column], config.vocab_size), config.max_length)
+    test = None
+    if config.do_predict:
+        test = load_local_file(config.test_file, "--test_file")
+        check_complete_rows(test, [config.text_column], config.test_file, "--test_file")
+    for what, split in (("training data", train), ("evaluation data", evaluation), ("test data", test)):
+        if split is not None and config.text_column not in split.column_names:
+            raise UserError(f"the {what} has no text column {config.text_column!r} "
+                            f"(columns: {', '.join(split.column_names)}; set --text_column)")
+    if train is not None:
+        names, train = class_names_of(train, config.label_column)
+        check_labels(train, len(names), column=config.label_column, name="training data")
+    else:
+        names = list(trained.class_names)
+    if evaluation is not None:
+        evaluation = to_class_ids(evaluation, config.label_column, names, "evaluation data")
+    if test is not None:
+        test = to_class_ids(test, config.label_column, names, "test data", required=False)
+    tokenizer = build_tokenizer(config, train, trained)
 
     def tokenize(batch):
         encoded = tokenizer(batch[config.text_column], truncation=True, max_length=config.max_length)
         # attention_mask is rebuilt per batch by the collate function, after padding
         return {**{k: v for k, v in encoded.items() if k != "attention_mask"}, "labels": batch[config.label_column]}
 
-    def prepare(split: Dataset) -> Dataset:
+    def prepare(split: Dataset | None) -> Dataset | None:
+        if split is None:
+            return None
         return split.map(tokenize, batched=True, remove_columns=split.column_names).with_format("torch")
 
-    return prepare(train), prepare(evaluation), names, tokenizer
+    return RecipeData(names, train=prepare(train), eval=prepare(evaluation), test=prepare(test),
+                      collate_fn=padder(tokenizer.pad_token_id), preprocessing=tokenizer)
 
 
 def padder(pad_id: int):
@@ -255,33 +304,25 @@ class TextEncoder(nn.Module):
         return self.head((hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0))
 
 
+def build_model(config: TextConfig, data: RecipeData) -> nn.Module:
+    """The pretrained classifier of --model_name_or_path, or the small encoder over the tokenizer's vocabulary."""
+    if config.model_name_or_path:
+        return load_pretrained_classifier(config, len(data.class_names))
+    return TextEncoder(config, len(data.preprocessing.vocab), len(data.class_names))
+
+
+def save_tokenizer(data: RecipeData, folder: Path) -> None:
+    """vocab.json, or the pretrained tokenizer's files, beside the weights."""
+    data.preprocessing.save_pretrained(str(folder))
+
+
+RECIPE = Recipe(TextConfig, build_data, build_model, save_preprocessing=save_tokenizer,
+                model_flags=("model_name_or_path", "max_length", "vocab_size", "d_model", "num_layers", "num_heads"))
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Parse flags, build data and model, train, evaluate, write the outputs."""
-    config = parse_config(TextConfig, argv)
-    accelerator, precision = build_accelerator(config)
-    run_dir = RunDirectory.for_run(config, accelerator)
-
-    with accelerator.main_process_first():  # the main process downloads and caches; the others reuse it
-        pretrained_tokenizer = load_tokenizer(config) if config.model_name_or_path else None
-        train_set, eval_set, class_names, tokenizer = build_data(config, pretrained_tokenizer)
-        if config.model_name_or_path:
-            model = load_pretrained_classifier(config, len(class_names))
-        else:
-            model = TextEncoder(config, len(tokenizer.vocab), len(class_names))
-    collate = padder(tokenizer.pad_token_id)
-    train_data = build_train_data(train_set, config, accelerator, collate_fn=collate)
-    eval_loader = build_eval_loader(eval_set, config, accelerator, collate_fn=collate)
-
-    model = model.to(accelerator.device)
-    optimizer = build_optimizer(model, config)
-    scheduler = build_scheduler(optimizer, config, total_optimizer_steps(config, train_data.plan.windows_per_epoch))
-    model, optimizer = accelerator.prepare(model, optimizer)
-
-    fit(accelerator, config, model, optimizer, scheduler, train_data, eval_loader,
-        class_names=class_names, precision=precision, run_dir=run_dir)
-    if accelerator.is_main_process:
-        tokenizer.save_pretrained(config.output_dir)
-    accelerator.end_training()
+    """Parse flags, then train, evaluate and predict as they say (framework.recipe.run)."""
+    run(RECIPE, argv)
 
 
 if __name__ == "__main__":

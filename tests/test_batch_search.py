@@ -12,6 +12,7 @@ from accelerate import Accelerator
 
 from framework.batch_search import largest_fitting, probe_micro_batch
 from framework.errors import UserError
+from framework.config import parse_config
 from helpers import EXACT_ARGS, debug_launch, fit_model, read_json, read_metrics, run_digits_in_process
 
 
@@ -89,12 +90,12 @@ def _digits_with_oom_above(threshold, config, eval_threshold=None):
     """The digits CNN, raising out-of-memory above `threshold` samples (`eval_threshold` in eval mode)."""
     from recipes import digits
 
-    train_set, test_set, names = digits.build_data(config)
+    train_set, test_set, names = digits.load_splits(config)
 
     class DigitsOOM(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.net = digits.build_model(config, len(names))
+            self.net = digits.DigitsCNN(config.channels, len(names), config.dropout)
 
         def forward(self, pixel_values):
             limit = threshold if self.training or eval_threshold is None else eval_threshold
@@ -110,7 +111,7 @@ def test_automatic_split_trains_the_same_weights_as_the_big_batch(tmp_path):
 
     reference = tmp_path / "reference"
     assert run_digits_in_process(reference, *EXACT_ARGS, "--per_device_train_batch_size", "32") == 0
-    config = digits.parse_config(digits.DigitsConfig, [
+    config = parse_config(digits.DigitsConfig, [
         "--output_dir", str(tmp_path / "auto"), *EXACT_ARGS, "--per_device_train_batch_size", "32",
         "--auto_find_batch_size", "true", "--total_train_batch_size", "32", "--per_device_eval_batch_size", "8"])
     make_model, train_set, test_set, names = _digits_with_oom_above(12, config)
@@ -131,7 +132,7 @@ def test_resume_reuses_the_chosen_micro_batch(tmp_path, capsys):
     from recipes import digits
 
     def config_for(*extra):
-        return digits.parse_config(digits.DigitsConfig, [
+        return parse_config(digits.DigitsConfig, [
             "--output_dir", str(tmp_path), "--max_steps", "10", "--checkpointing_steps", "5",
             "--auto_find_batch_size", "true", "--per_device_eval_batch_size", "4", *extra])
 
@@ -161,7 +162,7 @@ def test_evaluation_batch_is_searched_too_and_gives_the_same_report(tmp_path):
     assert run_digits_in_process(reference, *args) == 0
 
     def config_for(name, *extra):
-        return digits.parse_config(digits.DigitsConfig, ["--output_dir", str(tmp_path / name), *args, *extra])
+        return parse_config(digits.DigitsConfig, ["--output_dir", str(tmp_path / name), *args, *extra])
 
     # Training batches of 32 fit; evaluating more than 20 samples at once runs out of memory.
     plain = config_for("plain")

@@ -15,8 +15,8 @@ def _digits(tmp_path, **overrides):
     from recipes import digits
 
     config = digits.DigitsConfig(output_dir=str(tmp_path), mixed_precision="fp16", **overrides)
-    train_set, test_set, names = digits.build_data(config)
-    return config, lambda: digits.build_model(config, len(names)), train_set, test_set, names
+    train_set, test_set, names = digits.load_splits(config)
+    return config, lambda: digits.DigitsCNN(config.channels, len(names), config.dropout), train_set, test_set, names
 
 
 def test_fp16_really_uses_autocast_and_a_grad_scaler(tmp_path):

@@ -108,7 +108,7 @@ def test_skipped_loss_scaled_steps_do_not_advance_the_schedule(tmp_path):
 
     config = digits.DigitsConfig(output_dir=str(tmp_path), max_steps=12, warmup_ratio=0.0, logging_steps=1,
                                  mixed_precision="no")
-    train_set, test_set, names = digits.build_data(config)
+    train_set, test_set, names = digits.load_splits(config)
     calls = {"n": 0}
 
     def inf_on_backward_5_and_9(grad):
@@ -116,7 +116,7 @@ def test_skipped_loss_scaled_steps_do_not_advance_the_schedule(tmp_path):
         return grad * float("inf") if calls["n"] in (5, 9) else grad
 
     def make_model():
-        model = digits.build_model(config, len(names))
+        model = digits.DigitsCNN(config.channels, len(names), config.dropout)
         model.head[-1].weight.register_hook(inf_on_backward_5_and_9)
         return model
 

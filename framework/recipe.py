@@ -1,0 +1,212 @@
+"""The recipe contract, and the one runner that does everything else.
+
+A recipe declares what is particular to its task:
+
+    RECIPE = Recipe(config_class=MyConfig, build_data=build_data, build_model=build_model)
+
+- `build_data(config, trained)` returns a `RecipeData`: the train / eval / test
+  splits it was asked for (`config.do_train`, `do_eval`, `do_predict`), the class
+  names, a collate function, an optional per-sample augmentation. `trained` is the
+  `TrainedModel` of `--model_path` (its class names and folder, to reload a
+  tokenizer) or None.
+- `build_model(config, data)` returns the `nn.Module` (called after seeding).
+- optional: `model_flags` (config fields that define the architecture: taken from
+  the `--model_path` run, a conflicting value is refused), `save_preprocessing(data,
+  folder)` (a tokenizer, a vocabulary).
+
+`run(recipe, argv)` then builds the Accelerator, claims the output directory,
+places the model, builds optimizer and schedule, prepares what must be prepared
+(model and optimizer, not the scheduler or the training data), trains with
+`fit`, evaluates, predicts, and writes labels.json beside the weights. A recipe's
+`main` is `run(RECIPE, argv)`.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from framework.checkpoint import STATE_FILE
+from framework.config import TrainingConfig, config_to_dict, parse_config
+from framework.data import Augment, build_eval_loader, build_train_data
+from framework.errors import UserError
+from framework.evaluation import build_report, evaluate, predict_probabilities
+from framework.loop import fit, per_sample_cross_entropy
+from framework.optim import build_optimizer, build_scheduler, total_optimizer_steps
+from framework.outputs import RunDirectory
+from framework.runtime import build_accelerator, say
+from framework.weights import WEIGHTS_FILE, bare_model
+
+LABELS_FILE = "labels.json"
+PREDICTIONS_FILE = "predictions.csv"
+
+
+@dataclass
+class RecipeData:
+    """What `build_data` returns. Every split yields samples with a `labels` entry (-1: unknown, test only)."""
+
+    class_names: list[str]
+    train: Any = None
+    eval: Any = None
+    test: Any = None
+    test_ids: Optional[list] = None  # one id per test input for predictions.csv (default: its index)
+    collate_fn: Optional[Callable] = None
+    augment: Optional[Augment] = None
+    notes: dict[str, Any] = field(default_factory=dict)  # into the banner and summary.json
+    preprocessing: Any = None  # e.g. the tokenizer, for save_preprocessing
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A task: its config class, how to build its data and its model, and what else to save."""
+
+    config_class: type
+    build_data: Callable[[Any, Optional["TrainedModel"]], RecipeData]
+    build_model: Callable[[Any, RecipeData], torch.nn.Module]
+    model_flags: tuple[str, ...] = ()
+    save_preprocessing: Optional[Callable[[RecipeData, Path], None]] = None
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """A finished run (or one of its checkpoints) given with --model_path."""
+
+    run_dir: Path  # where config.yaml, labels.json and the preprocessing files are
+    weights: Path
+    config: dict[str, Any]
+    class_names: list[str]
+
+
+def load_trained_model(path: str) -> TrainedModel:
+    """Resolve --model_path: a run's output_dir, or a checkpoint folder inside one."""
+    folder = Path(path)
+    if not (folder / WEIGHTS_FILE).is_file():
+        raise UserError(f"--model_path {path!r} holds no {WEIGHTS_FILE} (give a finished run's output_dir "
+                        f"or a checkpoint folder)")
+    run_dir = folder.parent.parent if (folder / STATE_FILE).is_file() else folder
+    for needed in ("config.yaml", LABELS_FILE):
+        if not (run_dir / needed).is_file():
+            raise UserError(f"--model_path {path!r}: {run_dir / needed} is missing (a run of an older version, "
+                            f"or not a run folder)")
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    names = json.loads((run_dir / LABELS_FILE).read_text())
+    return TrainedModel(run_dir, folder / WEIGHTS_FILE, config, names)
+
+
+def adopt_model_flags(config: TrainingConfig, trained: TrainedModel, names: tuple[str, ...]) -> None:
+    """Take the architecture flags from the trained run; one the user set to something else is an error."""
+    defaults = {f.name: f.default for f in dataclasses.fields(config)}
+    for name in names:
+        saved, current = trained.config.get(name), getattr(config, name)
+        if current == defaults[name]:
+            setattr(config, name, saved)
+        elif current != saved:
+            raise UserError(f"--{name} {current} conflicts with the model of --model_path "
+                            f"{str(trained.run_dir)!r} (trained with {name} {saved})")
+
+
+def _load_weights(model: torch.nn.Module, trained: TrainedModel) -> None:
+    state = load_file(str(trained.weights))
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise UserError(f"--model_path {str(trained.weights)!r} does not fit this model "
+                        f"({str(err).strip().splitlines()[-1].strip()})") from None
+
+
+def write_predictions(path: Path, ids: list, probabilities: np.ndarray, class_names: list[str]) -> None:
+    """predictions.csv: id, prediction (class name), score (its probability), one probability column per class."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["id", "prediction", "score", *[f"prob_{name}" for name in class_names]])
+    for row_id, row in zip(ids, probabilities):
+        best = int(row.argmax())
+        writer.writerow([row_id, class_names[best], f"{row[best]:.6f}", *(f"{p:.6f}" for p in row)])
+    from framework.outputs import write_atomic
+    write_atomic(path, buffer.getvalue())
+
+
+def run(recipe: Recipe, argv: Optional[list[str]] = None) -> None:
+    """Parse flags and do what they ask: train (fit), evaluate, predict; write every output."""
+    config = parse_config(recipe.config_class, argv)
+    trained = load_trained_model(config.model_path) if config.model_path else None
+    if trained:
+        adopt_model_flags(config, trained, recipe.model_flags)
+        if Path(config.output_dir).resolve() == trained.run_dir.resolve():
+            raise UserError(f"--output_dir {config.output_dir!r} is the run of --model_path; write this run's "
+                            f"outputs to another --output_dir")
+    accelerator, precision = build_accelerator(config)
+    run_dir = RunDirectory.for_run(config, accelerator)
+    with accelerator.main_process_first():  # the main process downloads and caches; the others reuse it
+        data = recipe.build_data(config, trained)
+    if trained and list(data.class_names) != list(trained.class_names):
+        raise UserError(f"the data's classes {data.class_names} differ from those of --model_path "
+                        f"{trained.class_names}")
+    model = recipe.build_model(config, data)
+    if trained:
+        _load_weights(model, trained)
+    model = model.to(accelerator.device)  # before the optimizer is built: fused AdamW needs the device
+    eval_loader = build_eval_loader(data.eval, config, accelerator, data.collate_fn) if config.do_eval else None
+    if config.do_train:
+        train_data = build_train_data(data.train, config, accelerator, data.collate_fn, augment=data.augment)
+        optimizer = build_optimizer(model, config)
+        total = total_optimizer_steps(config, train_data.plan.windows_per_epoch)
+        scheduler = build_scheduler(optimizer, config, total)  # not prepared: see build_scheduler
+        model, optimizer = accelerator.prepare(model, optimizer)
+        fit(accelerator, config, model, optimizer, scheduler, train_data, eval_loader,
+            class_names=data.class_names, precision=precision, run_dir=run_dir, data_notes=data.notes or None)
+    else:
+        model = accelerator.prepare(model)
+        _evaluate_only(accelerator, config, model, eval_loader, data, run_dir, precision)
+    if accelerator.is_main_process:
+        run_dir.write_json(LABELS_FILE, data.class_names)
+        if recipe.save_preprocessing:
+            recipe.save_preprocessing(data, run_dir.path)
+    if config.do_predict:
+        _predict(accelerator, config, model, data, run_dir)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+
+
+def _evaluate_only(accelerator, config, model, eval_loader, data: RecipeData, run_dir: RunDirectory,
+                   precision) -> None:
+    """--do_train false: the config, and with --do_eval the report of the --model_path model."""
+    run_dir.start(config_to_dict(config) | {"mixed_precision": precision.requested})
+    summary: dict[str, Any] = {"do_train": False, "model_path": config.model_path, "world_size":
+                               accelerator.num_processes}
+    if eval_loader is not None:
+        report = evaluate(accelerator, model, eval_loader, data.class_names, per_sample_cross_entropy)
+        say(accelerator, report.text)
+        run_dir.write_json("report.json", report.metrics)
+        run_dir.write_text("report.txt", report.text)
+        summary["eval_accuracy"] = report.metrics["accuracy"]
+    run_dir.write_json("summary.json", summary)
+
+
+def _predict(accelerator, config, model, data: RecipeData, run_dir: RunDirectory) -> None:
+    """predictions.csv in input order (each input once over N processes); a test report when labelled."""
+    if data.test is None:
+        raise UserError("--do_predict needs test inputs (this recipe's --test_file / --test_dir)")
+    loader = build_eval_loader(data.test, config, accelerator, data.collate_fn)
+    probabilities, labels = predict_probabilities(accelerator, model, loader)
+    ids = data.test_ids if data.test_ids is not None else list(range(len(probabilities)))
+    if accelerator.is_main_process:
+        write_predictions(run_dir.path / PREDICTIONS_FILE, ids, probabilities, list(data.class_names))
+    say(accelerator, f"predictions: {len(probabilities)} inputs -> {run_dir.path / PREDICTIONS_FILE}")
+    if len(labels) and (labels >= 0).all():
+        from framework.evaluation import Predictions
+        losses = -np.log(np.clip(probabilities[np.arange(len(labels)), labels], 1e-12, None))
+        report = build_report(Predictions(probabilities.argmax(1), labels, losses), data.class_names)
+        say(accelerator, "test report:\n" + report.text)
+        run_dir.write_json("test_report.json", report.metrics)
+        run_dir.write_text("test_report.txt", report.text)

@@ -1,0 +1,121 @@
+"""Use what you trained: evaluation-only runs and predictions.csv from a finished run (--model_path)."""
+
+from __future__ import annotations
+
+import csv
+import random
+import shutil
+import sys
+
+import pytest
+
+from framework.errors import run_main
+from helpers import DIGITS, REPO, accelerate_launch, launch, read_json, run_digits_in_process
+from test_image_recipe import IMAGES, image_folders, _draw, SHAPES  # noqa: F401 (fixture)
+from test_text_recipe import ARGS, TEXT, text_files  # noqa: F401 (fixture)
+
+
+def _read_predictions(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.fixture(scope="module")
+def text_run(tmp_path_factory, text_files):  # noqa: F811
+    out = tmp_path_factory.mktemp("text_run")
+    result = launch([sys.executable, str(TEXT), "--train_file", str(text_files / "train.csv"), "--validation_file",
+                     str(text_files / "valid.csv"), "--output_dir", str(out), "--overwrite_output_dir", "true",
+                     *ARGS])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert read_json(out / "labels.json") == ["food", "sports", "tech"]
+    return out
+
+
+@pytest.mark.slow
+def test_text_predictions_on_one_and_two_processes(tmp_path, text_files, text_run):  # noqa: F811
+    # The validation texts without their labels, in a new order; the labels kept aside.
+    with open(text_files / "valid.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    random.Random(4).shuffle(rows)
+    unlabelled = tmp_path / "unlabelled.csv"
+    unlabelled.write_text("text\n" + "".join(f'"{r["text"]}"\n' for r in rows))
+    args = ["--do_train", "false", "--do_eval", "false", "--do_predict", "true", "--model_path", str(text_run),
+            "--test_file", str(unlabelled)]
+    one = accelerate_launch("cpu.yaml", TEXT, *args, "--output_dir", str(tmp_path / "one"))
+    two = accelerate_launch("cpu_2proc.yaml", TEXT, *args, "--output_dir", str(tmp_path / "two"))
+    assert one.returncode == 0 and two.returncode == 0, (one.stderr + two.stderr)[-3000:]
+    first, second = _read_predictions(tmp_path / "one" / "predictions.csv"), \
+        _read_predictions(tmp_path / "two" / "predictions.csv")
+    assert [p["id"] for p in first] == [str(i) for i in range(len(rows))]  # one row per input, input order
+    assert [p["prediction"] for p in first] == [p["prediction"] for p in second]
+    for p in first:
+        probabilities = [float(p[f"prob_{c}"]) for c in ("food", "sports", "tech")]
+        assert sum(probabilities) == pytest.approx(1.0, abs=1e-5)
+        assert float(p["score"]) == pytest.approx(max(probabilities)) and p[f"prob_{p['prediction']}"] == p["score"]
+    accuracy = sum(p["prediction"] == r["label"] for p, r in zip(first, rows)) / len(rows)
+    assert accuracy == pytest.approx(read_json(text_run / "report.json")["accuracy"], abs=1e-9)
+    assert not (tmp_path / "one" / "test_report.json").exists()  # no labels, no test report
+
+
+def test_text_evaluation_only_reproduces_the_trained_report(tmp_path, text_files, text_run):  # noqa: F811
+    from recipes import text_classification
+
+    out = tmp_path / "eval"
+    assert run_main(lambda: text_classification.main([
+        "--do_train", "false", "--model_path", str(text_run), "--validation_file", str(text_files / "valid.csv"),
+        "--output_dir", str(out)])) == 0
+    assert read_json(out / "report.json") == read_json(text_run / "report.json")
+    assert read_json(out / "summary.json")["do_train"] is False
+    assert not (out / "model.safetensors").exists()
+
+
+def test_a_conflicting_architecture_flag_is_refused(tmp_path, capsys, text_files, text_run):  # noqa: F811
+    from recipes import text_classification
+
+    code = run_main(lambda: text_classification.main([
+        "--do_train", "false", "--model_path", str(text_run), "--validation_file", str(text_files / "valid.csv"),
+        "--d_model", "32", "--output_dir", str(tmp_path / "out")]))
+    assert code == 2
+    assert capsys.readouterr().err.strip() == (f"error: --d_model 32 conflicts with the model of --model_path "
+                                               f"{str(text_run)!r} (trained with d_model 64)")
+    assert not (tmp_path / "out").exists()
+
+
+def test_digits_evaluation_from_a_checkpoint_folder(tmp_path):
+    run = tmp_path / "run"
+    assert run_digits_in_process(run, "--max_steps", "20", "--checkpointing_steps", "10", "--channels", "16") == 0
+    out = tmp_path / "eval"
+    # the architecture flag (--channels 16) comes from the run's config.yaml
+    assert run_digits_in_process(out, "--do_train", "false", "--model_path", str(run / "checkpoints" / "step_20")) == 0
+    assert read_json(out / "report.json") == read_json(run / "report.json")
+    assert read_json(out / "labels.json") == [str(d) for d in range(10)]
+
+
+@pytest.mark.slow
+def test_image_predictions_for_a_folder_with_and_without_classes(tmp_path, image_folders):  # noqa: F811
+    run = tmp_path / "run"
+    trained = launch([sys.executable, str(IMAGES), "--train_dir", str(image_folders / "train"), "--validation_dir",
+                      str(image_folders / "valid"), "--output_dir", str(run), "--num_train_epochs", "6",
+                      "--channels", "8", "--groups", "4", "--learning_rate", "3e-3"])
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    names = []
+    for shape in SHAPES:
+        for image in sorted((image_folders / "valid" / shape).iterdir())[:5]:
+            shutil.copy(image, flat / f"{shape}_{image.name}")
+            names.append(f"{shape}_{image.name}")
+    args = ["--do_train", "false", "--do_eval", "false", "--do_predict", "true", "--model_path", str(run)]
+    unlabelled = launch([sys.executable, str(IMAGES), *args, "--test_dir", str(flat), "--output_dir",
+                         str(tmp_path / "p1")])
+    labelled = accelerate_launch("cpu_2proc.yaml", IMAGES, *args, "--test_dir", str(image_folders / "valid"),
+                                 "--output_dir", str(tmp_path / "p2"))
+    assert unlabelled.returncode == 0 and labelled.returncode == 0, (unlabelled.stderr + labelled.stderr)[-3000:]
+    rows = _read_predictions(tmp_path / "p1" / "predictions.csv")
+    assert sorted(r["id"] for r in rows) == sorted(names) and len(rows) == 15
+    assert {r["prediction"] for r in rows} <= set(SHAPES)
+    assert not (tmp_path / "p1" / "test_report.json").exists()
+    # With class folders: a test report, which on the validation folder is the trained run's report.
+    assert len(_read_predictions(tmp_path / "p2" / "predictions.csv")) == 60
+    assert read_json(tmp_path / "p2" / "test_report.json")["accuracy"] == pytest.approx(
+        read_json(run / "report.json")["accuracy"])
