@@ -145,3 +145,80 @@ def _fits_everywhere(accelerator: Any, ok: bool) -> bool:
 def accumulation_for(effective_batch: int, micro_batch: int, num_processes: int) -> int:
     """Micro-batches per process needed for one optimizer step of `effective_batch` samples."""
     return math.ceil(effective_batch / (micro_batch * num_processes))
+
+
+# The loop's side of the search: probes built from the run's own data, model and optimizer.
+
+def _search_micro_batch(accelerator: Any, model: torch.nn.Module, optimizer: Any, train_data: Any,
+                        loss_fn: Callable) -> tuple[int, list[tuple[int, bool]]]:
+    """Search the micro-batch on copies of the longest training sample; the RNG streams are left as they were."""
+    from framework.checkpoint import capture_rng_state, restore_rng_state
+    from framework.data import largest_sample_index, to_device
+    from framework.evaluation import split_batch
+
+    plan = train_data.plan
+    samples, collate = train_data.loader.dataset, train_data.loader.collate_fn
+    largest = largest_sample_index(samples.dataset)
+
+    def make_batch(n: int) -> dict[str, Any]:  # the worst case: n copies of the longest sample
+        return to_device(collate(samples.__getitems__([(largest, 1.0)] * n)), accelerator.device)
+
+    def step(batch: dict[str, Any]) -> torch.Tensor:
+        inputs, labels = split_batch(batch)
+        return loss_fn(model(**inputs).float(), labels).mean()
+
+    start = min(plan.micro_batch, math.ceil(plan.effective_batch / plan.num_processes))
+    rng = capture_rng_state()
+    model.train()
+    result = largest_fitting(probe_micro_batch(accelerator, model, optimizer, make_batch, step), start)
+    restore_rng_state(rng)
+    return result.micro_batch, result.tries
+
+
+def _search_eval_batch(accelerator: Any, model: torch.nn.Module, optimizer: Any, eval_loader: Any,
+                       limit: int) -> tuple[int, list[tuple[int, bool]]]:
+    """The largest evaluation forward batch (up to `limit`) that fits beside training."""
+    from framework.checkpoint import capture_rng_state, restore_rng_state
+    from framework.data import largest_sample_index, to_device
+    from framework.evaluation import split_batch
+
+    samples, collate = eval_loader.dataset, eval_loader.collate_fn
+    largest = largest_sample_index(samples)
+
+    def make_batch(n: int) -> dict[str, Any]:
+        return to_device(collate([samples[largest]] * n), accelerator.device)
+
+    def forward(batch: dict[str, Any]) -> torch.Tensor:
+        return model(**split_batch(batch)[0])
+
+    rng = capture_rng_state()
+    fits = probe_eval_batch(accelerator, model, optimizer, make_batch, forward)
+    result = largest_fitting(fits, limit, what="evaluation batch")
+    restore_rng_state(rng)
+    return result.micro_batch, result.tries
+
+
+def _describe_tries(tries: list[tuple[int, bool]]) -> str:
+    return ", ".join(f"{n} {'fits' if ok else 'out of memory'}" for n, ok in tries) or "reused from checkpoint"
+
+
+def choose_batch_sizes(accelerator: Any, config: Any, model: torch.nn.Module, optimizer: Any, train_data: Any,
+                       eval_loader: Any, loss_fn: Callable, state: Any) -> None:
+    """--auto_find_batch_size: search (or reuse from the checkpoint in `state`) the micro-batch and the
+    evaluation batch; re-cut the training windows into the chosen micro-batch and say what was chosen."""
+    from framework.runtime import say
+
+    tries: list[tuple[int, bool]] = []
+    if not state.micro_batch:
+        state.micro_batch, tries = _search_micro_batch(accelerator, model, optimizer, train_data, loss_fn)
+    train_data.use_micro_batch(state.micro_batch)
+    plan = train_data.plan
+    say(accelerator, f"auto batch size: micro-batch {plan.micro_batch} x {plan.accumulation} accumulation x "
+                     f"{plan.num_processes} processes keeps the effective batch {plan.effective_batch} "
+                     f"(tried: {_describe_tries(tries)})")
+    tries = []
+    if not state.eval_batch:
+        state.eval_batch, tries = _search_eval_batch(accelerator, model, optimizer, eval_loader,
+                                                     config.per_device_eval_batch_size)
+    say(accelerator, f"auto batch size: evaluation runs {state.eval_batch} samples per forward pass "
+                     f"(tried: {_describe_tries(tries)})")

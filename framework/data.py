@@ -183,6 +183,11 @@ class TrainData:
             yield window, (next(batches) for _ in window.micro_batches)
 
 
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """Move a batch's tensors to `device` (non-blocking: pinned host memory overlaps the copy)."""
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
 def build_train_data(dataset: Sequence, config: Any, accelerator: Any, collate_fn: Optional[Callable] = None,
                      shuffle: bool = True, augment: Optional[Augment] = None) -> TrainData:
     """Windowed training data for this process, from the config's batch size, accumulation and seed.

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -29,13 +29,16 @@ class Report:
     metrics: dict[str, Any]
     loss: float
     confusion: np.ndarray  # rows: true class, columns: predicted class
+    extra: dict[str, float] = field(default_factory=dict)  # a recipe's own metrics (Recipe.extra_metrics)
+
     def summary(self) -> dict[str, float]:
-        """The headline numbers logged to metrics.jsonl."""
+        """The headline numbers logged to metrics.jsonl (a recipe's extra metrics as eval_<name>)."""
         return {
             "eval_loss": self.loss,
             "eval_accuracy": self.metrics["accuracy"],
             "eval_macro_f1": self.metrics["macro avg"]["f1-score"],
             "eval_weighted_f1": self.metrics["weighted avg"]["f1-score"],
+            **{f"eval_{name}": value for name, value in self.extra.items()},
         }
 
 
@@ -85,21 +88,31 @@ def predict(accelerator: Any, model: torch.nn.Module, loader: Any,
     return Predictions(preds, labels, losses)
 
 
-def build_report(predictions: Predictions, class_names: Sequence[str]) -> Report:
-    """`classification_report` over every class (absent ones score 0, silently), as text and dict."""
+ExtraMetrics = Callable[[Predictions], dict]  # gathered predictions -> {name: value}
+
+
+def build_report(predictions: Predictions, class_names: Sequence[str],
+                 extra_metrics: Optional[ExtraMetrics] = None) -> Report:
+    """`classification_report` over every class (absent ones score 0, silently), as text and dict, and
+    the recipe's `extra_metrics` of the same predictions (in report.json under "extra")."""
     labels = list(range(len(class_names)))
     kwargs = dict(labels=labels, target_names=list(class_names), zero_division=0, digits=4)
     text = classification_report(predictions.labels, predictions.predictions, **kwargs)
     metrics = classification_report(predictions.labels, predictions.predictions, output_dict=True, **kwargs)
     confusion = confusion_matrix(predictions.labels, predictions.predictions, labels=labels)
-    return Report(text, metrics, float(predictions.losses.mean()), confusion)
+    extra = {name: float(value) for name, value in (extra_metrics(predictions) if extra_metrics else {}).items()}
+    if extra:
+        metrics["extra"] = extra
+        text += "".join(f"\n{name:>12} {value:.4f}" for name, value in extra.items()) + "\n"
+    return Report(text, metrics, float(predictions.losses.mean()), confusion, extra)
 
 
 def evaluate(accelerator: Any, model: torch.nn.Module, loader: Any, class_names: Sequence[str],
-             loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], forward_batch: int = 0) -> Report:
+             loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], forward_batch: int = 0,
+             extra_metrics: Optional[ExtraMetrics] = None) -> Report:
     """Predict on every process, gather, and build the report (the same on every process)."""
     predictions = predict(accelerator, model, loader, loss_fn, forward_batch=forward_batch)
-    return build_report(predictions=predictions, class_names=class_names)
+    return build_report(predictions, class_names, extra_metrics)
 
 
 @torch.no_grad()

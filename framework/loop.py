@@ -23,12 +23,12 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import DistributedType
 
-from framework.batch_search import largest_fitting, probe_eval_batch, probe_micro_batch
-from framework.checkpoint import (capture_rng_state, checkpoint_root, load_checkpoint, resolve_checkpoint, restore_rng_state,
+from framework.batch_search import choose_batch_sizes
+from framework.checkpoint import (checkpoint_root, load_checkpoint, resolve_checkpoint,
                                   run_identity, save_checkpoint, should_checkpoint)
 from framework.compilation import compile_description
 from framework.config import TrainingConfig, config_to_dict
-from framework.data import TrainData, Window, largest_sample_index
+from framework.data import TrainData, Window, to_device
 from framework.errors import Preempted, TrainingDiverged, UserError
 from framework.evaluation import Report, evaluate, split_batch
 from framework.optim import total_optimizer_steps
@@ -99,6 +99,7 @@ class _Context:
     total_steps: int
     stop: StopSignal
     params: list = field(default_factory=list)
+    extra_metrics: Optional[Callable] = None
     loss_scale: Optional[float] = None  # fp16 GradScaler scale after the last step
     samples_at_start: int = 0  # samples seen before this process started (non-zero after a resume)
     bar: Any = None
@@ -108,17 +109,13 @@ class _Context:
     checkpointed_step: int = -1
 
 
-def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-
-
 def _optimizer_step(ctx: _Context, window: Window, batches: Any, running: _Running) -> bool:
     """Forward/backward every micro-batch of `window`, then clip and step. Returns whether the step was skipped."""
     accelerator, model = ctx.accelerator, ctx.model
     scale = accelerator.num_processes / window.num_real
     last = len(window.micro_batches) - 1
     for j, batch in enumerate(batches):
-        batch = _to_device(batch, accelerator.device)
+        batch = to_device(batch, accelerator.device)
         inputs, labels = split_batch(batch)
         with contextlib.nullcontext() if j == last else accelerator.no_sync(model):
             logits = model(**inputs)
@@ -210,70 +207,10 @@ def _log(ctx: _Context, record: dict[str, Any]) -> None:
 
 def _evaluate(ctx: _Context, state: TrainState) -> None:
     ctx.report = evaluate(ctx.accelerator, ctx.model, ctx.eval_loader, ctx.class_names, ctx.loss_fn,
-                          forward_batch=state.eval_batch)
+                          forward_batch=state.eval_batch, extra_metrics=ctx.extra_metrics)
     state.last_eval_step = state.step
     epoch = state.epoch + state.window / ctx.train_data.plan.windows_per_epoch
     _log(ctx, {"step": state.step, "epoch": round(epoch, 4), **ctx.report.summary()})
-
-
-def _search_micro_batch(ctx: _Context) -> tuple[int, list[tuple[int, bool]]]:
-    """Search the micro-batch on copies of the longest training sample; the RNG streams are left as they were."""
-    plan, accelerator, model = ctx.train_data.plan, ctx.accelerator, ctx.model
-    samples, collate = ctx.train_data.loader.dataset, ctx.train_data.loader.collate_fn
-    largest = largest_sample_index(samples.dataset)
-
-    def make_batch(n: int) -> dict[str, Any]:  # the worst case: n copies of the longest sample
-        return _to_device(collate(samples.__getitems__([(largest, 1.0)] * n)), accelerator.device)
-
-    def step(batch: dict[str, Any]) -> torch.Tensor:
-        inputs, labels = split_batch(batch)
-        return ctx.loss_fn(model(**inputs).float(), labels).mean()
-
-    start = min(plan.micro_batch, math.ceil(plan.effective_batch / plan.num_processes))
-    rng = capture_rng_state()
-    model.train()
-    result = largest_fitting(probe_micro_batch(accelerator, model, ctx.optimizer, make_batch, step), start)
-    restore_rng_state(rng)
-    return result.micro_batch, result.tries
-
-
-def _search_eval_batch(ctx: _Context) -> tuple[int, list[tuple[int, bool]]]:
-    """The largest evaluation forward batch (up to per_device_eval_batch_size) that fits beside training."""
-    samples, collate = ctx.eval_loader.dataset, ctx.eval_loader.collate_fn
-    largest = largest_sample_index(samples)
-
-    def make_batch(n: int) -> dict[str, Any]:
-        return _to_device(collate([samples[largest]] * n), ctx.accelerator.device)
-
-    def forward(batch: dict[str, Any]) -> torch.Tensor:
-        return ctx.model(**split_batch(batch)[0])
-
-    rng = capture_rng_state()
-    fits = probe_eval_batch(ctx.accelerator, ctx.model, ctx.optimizer, make_batch, forward)
-    result = largest_fitting(fits, ctx.config.per_device_eval_batch_size, what="evaluation batch")
-    restore_rng_state(rng)
-    return result.micro_batch, result.tries
-
-
-def _describe_tries(tries: list[tuple[int, bool]]) -> str:
-    return ", ".join(f"{n} {'fits' if ok else 'out of memory'}" for n, ok in tries) or "reused from checkpoint"
-
-
-def _choose_batch_sizes(ctx: _Context, state: TrainState) -> None:
-    """--auto_find_batch_size: search (or reuse from the checkpoint) the micro-batch and the eval batch."""
-    tries: list[tuple[int, bool]] = []
-    if not state.micro_batch:
-        state.micro_batch, tries = _search_micro_batch(ctx)
-    ctx.train_data.use_micro_batch(state.micro_batch)
-    plan = ctx.train_data.plan
-    say(ctx.accelerator, f"auto batch size: micro-batch {plan.micro_batch} x {plan.accumulation} accumulation x "
-                         f"{plan.num_processes} processes keeps the effective batch {plan.effective_batch} "
-                         f"(tried: {_describe_tries(tries)})")
-    tries = []
-    if not state.eval_batch:
-        state.eval_batch, tries = _search_eval_batch(ctx)
-    say(ctx.accelerator, f"auto batch size: evaluation runs {state.eval_batch} samples per forward pass "
-                         f"(tried: {_describe_tries(tries)})")
 
 
 def _checkpoint(ctx: _Context, state: TrainState) -> None:
@@ -348,7 +285,7 @@ def _peak_memory() -> dict[str, Optional[float]]:
 def fit(accelerator: Accelerator, config: TrainingConfig, model: torch.nn.Module, optimizer: Any, scheduler: Any,
         train_data: TrainData, eval_loader: Any, *, class_names: Sequence[str], precision: Precision,
         run_dir: RunDirectory, loss_fn: LossFn = per_sample_cross_entropy,
-        data_notes: Optional[dict[str, Any]] = None) -> FitResult:
+        data_notes: Optional[dict[str, Any]] = None, extra_metrics: Optional[Callable] = None) -> FitResult:
     """Train `model` to the planned number of steps, evaluating at each epoch end (and every eval_steps).
 
     `model`, `optimizer` and `eval_loader` must already be prepared; `scheduler`
@@ -357,14 +294,15 @@ def fit(accelerator: Accelerator, config: TrainingConfig, model: torch.nn.Module
     at the exact sample where it stopped. Writes config.yaml, metrics.jsonl,
     checkpoints/, report.json/report.txt, model.safetensors and, last,
     summary.json. `data_notes` (for example how many bad files were left out)
-    go into the banner and summary.json.
+    go into the banner and summary.json; `extra_metrics(predictions)` adds a
+    recipe's own metrics to every evaluation (see framework.recipe.Recipe).
     """
     wall_started = time.perf_counter()
     plan = train_data.plan
     total_steps = total_optimizer_steps(config, plan.windows_per_epoch)
     ctx = _Context(accelerator, config, model, optimizer, scheduler, train_data, eval_loader, class_names,
                    run_dir, loss_fn, total_steps, StopSignal(accelerator.num_processes),
-                   [p for p in model.parameters() if p.requires_grad])
+                   [p for p in model.parameters() if p.requires_grad], extra_metrics)
     if accelerator.distributed_type == DistributedType.FSDP and (config.checkpoint_every or
                                                                  config.resume_from_checkpoint):
         # The optimizer state is sharded under FSDP and checkpoint.py saves it from the main process.
@@ -378,7 +316,7 @@ def fit(accelerator: Accelerator, config: TrainingConfig, model: torch.nn.Module
         say(accelerator, f"resumed from {path} at optimizer step {state.step}")
         ctx.samples_at_start = state.samples_seen
     if config.auto_find_batch_size:
-        _choose_batch_sizes(ctx, state)
+        choose_batch_sizes(accelerator, config, model, optimizer, train_data, eval_loader, loss_fn, state)
         plan = train_data.plan
     resolved = config_to_dict(config) | {"mixed_precision": precision.requested}
     run_dir.start(resolved, resume_step=state.step if path is not None else None)

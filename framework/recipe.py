@@ -12,7 +12,8 @@ A recipe declares what is particular to its task:
 - `build_model(config, data)` returns the `nn.Module` (called after seeding).
 - optional: `model_flags` (config fields that define the architecture: taken from
   the `--model_path` run, a conflicting value is refused), `save_preprocessing(data,
-  folder)` (a tokenizer, a vocabulary).
+  folder)` (a tokenizer, a vocabulary), `extra_metrics(predictions)` (metrics
+  beside `classification_report`, logged as eval_<name> and in report.json).
 
 `run(recipe, argv)` then builds the Accelerator, claims the output directory,
 places the model, builds optimizer and schedule, prepares what must be prepared
@@ -40,7 +41,7 @@ from framework.checkpoint import STATE_FILE
 from framework.config import TrainingConfig, config_to_dict, parse_config
 from framework.data import Augment, build_eval_loader, build_train_data
 from framework.errors import UserError
-from framework.evaluation import build_report, evaluate, predict_probabilities
+from framework.evaluation import ExtraMetrics, build_report, evaluate, predict_probabilities
 from framework.loop import fit, per_sample_cross_entropy
 from framework.optim import build_optimizer, build_scheduler, total_optimizer_steps
 from framework.outputs import RunDirectory
@@ -75,6 +76,7 @@ class Recipe:
     build_model: Callable[[Any, RecipeData], torch.nn.Module]
     model_flags: tuple[str, ...] = ()
     save_preprocessing: Optional[Callable[[RecipeData, Path], None]] = None
+    extra_metrics: Optional[ExtraMetrics] = None  # gathered predictions -> {name: value}, beside the report
 
 
 @dataclass(frozen=True)
@@ -164,28 +166,30 @@ def run(recipe: Recipe, argv: Optional[list[str]] = None) -> None:
         scheduler = build_scheduler(optimizer, config, total)  # not prepared: see build_scheduler
         model, optimizer = accelerator.prepare(model, optimizer)
         fit(accelerator, config, model, optimizer, scheduler, train_data, eval_loader,
-            class_names=data.class_names, precision=precision, run_dir=run_dir, data_notes=data.notes or None)
+            class_names=data.class_names, precision=precision, run_dir=run_dir, data_notes=data.notes or None,
+            extra_metrics=recipe.extra_metrics)
     else:
         model = accelerator.prepare(model)
-        _evaluate_only(accelerator, config, model, eval_loader, data, run_dir, precision)
+        _evaluate_only(accelerator, config, model, eval_loader, data, run_dir, precision, recipe.extra_metrics)
     if accelerator.is_main_process:
         run_dir.write_json(LABELS_FILE, data.class_names)
         if recipe.save_preprocessing:
             recipe.save_preprocessing(data, run_dir.path)
     if config.do_predict:
-        _predict(accelerator, config, model, data, run_dir)
+        _predict(accelerator, config, model, data, run_dir, recipe.extra_metrics)
     accelerator.wait_for_everyone()
     accelerator.end_training()
 
 
 def _evaluate_only(accelerator, config, model, eval_loader, data: RecipeData, run_dir: RunDirectory,
-                   precision) -> None:
+                   precision, extra_metrics: Optional[ExtraMetrics]) -> None:
     """--do_train false: the config, and with --do_eval the report of the --model_path model."""
     run_dir.start(config_to_dict(config) | {"mixed_precision": precision.requested})
     summary: dict[str, Any] = {"do_train": False, "model_path": config.model_path, "world_size":
                                accelerator.num_processes}
     if eval_loader is not None:
-        report = evaluate(accelerator, model, eval_loader, data.class_names, per_sample_cross_entropy)
+        report = evaluate(accelerator, model, eval_loader, data.class_names, per_sample_cross_entropy,
+                          extra_metrics=extra_metrics)
         say(accelerator, report.text)
         run_dir.write_json("report.json", report.metrics)
         run_dir.write_text("report.txt", report.text)
@@ -193,7 +197,8 @@ def _evaluate_only(accelerator, config, model, eval_loader, data: RecipeData, ru
     run_dir.write_json("summary.json", summary)
 
 
-def _predict(accelerator, config, model, data: RecipeData, run_dir: RunDirectory) -> None:
+def _predict(accelerator, config, model, data: RecipeData, run_dir: RunDirectory,
+             recipe_extra_metrics: Optional[ExtraMetrics]) -> None:
     """predictions.csv in input order (each input once over N processes); a test report when labelled."""
     if data.test is None:
         raise UserError("--do_predict needs test inputs (this recipe's --test_file / --test_dir)")
@@ -206,7 +211,8 @@ def _predict(accelerator, config, model, data: RecipeData, run_dir: RunDirectory
     if len(labels) and (labels >= 0).all():
         from framework.evaluation import Predictions
         losses = -np.log(np.clip(probabilities[np.arange(len(labels)), labels], 1e-12, None))
-        report = build_report(Predictions(probabilities.argmax(1), labels, losses), data.class_names)
+        report = build_report(Predictions(probabilities.argmax(1), labels, losses), data.class_names,
+                              recipe_extra_metrics)
         say(accelerator, "test report:\n" + report.text)
         run_dir.write_json("test_report.json", report.metrics)
         run_dir.write_text("test_report.txt", report.text)

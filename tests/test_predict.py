@@ -119,3 +119,25 @@ def test_image_predictions_for_a_folder_with_and_without_classes(tmp_path, image
     assert len(_read_predictions(tmp_path / "p2" / "predictions.csv")) == 60
     assert read_json(tmp_path / "p2" / "test_report.json")["accuracy"] == pytest.approx(
         read_json(run / "report.json")["accuracy"])
+
+
+def test_a_recipes_extra_metric_is_logged_and_reported(tmp_path):
+    import dataclasses
+
+    from sklearn.metrics import balanced_accuracy_score
+
+    from framework.recipe import run
+    from helpers import read_metrics
+    from recipes import digits
+
+    recipe = dataclasses.replace(digits.RECIPE, extra_metrics=lambda p: {
+        "balanced_accuracy": balanced_accuracy_score(p.labels, p.predictions)})
+    assert run_main(lambda: run(recipe, ["--output_dir", str(tmp_path), "--max_steps", "30", "--eval_steps",
+                                         "15"])) == 0
+    report = read_json(tmp_path / "report.json")
+    # balanced accuracy is the mean per-class recall: checked against the classification report itself
+    recalls = [report[str(d)]["recall"] for d in range(10)]
+    assert report["extra"]["balanced_accuracy"] == pytest.approx(sum(recalls) / 10)
+    evals = [r for r in read_metrics(tmp_path) if "eval_loss" in r]
+    assert len(evals) == 2 and all("eval_balanced_accuracy" in r for r in evals)
+    assert evals[-1]["eval_balanced_accuracy"] == pytest.approx(report["extra"]["balanced_accuracy"])
