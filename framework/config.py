@@ -81,6 +81,18 @@ class TrainingConfig:
     report_to: str = flag(
         "Experiment trackers beside metrics.jsonl: none, all, or a comma list such as tensorboard,wandb.",
         default="none")
+    metric_for_best_model: str = flag(
+        "Track the best evaluation by this metric (eval_loss, eval_accuracy, eval_macro_f1, eval_weighted_f1, or a "
+        "recipe's own eval_<name>; the eval_ prefix may be left out). Loss-like metrics are minimised. Default with "
+        "--load_best_model_at_end or --early_stopping_patience: eval_loss.", default="")
+    load_best_model_at_end: bool = flag(
+        "End with the best evaluation's weights and report (model.safetensors, report.json) instead of the last.",
+        default=False)
+    early_stopping_patience: int = flag(
+        "Stop training after this many evaluations in a row without improvement of the tracked metric; 0 = off.",
+        default=0)
+    early_stopping_threshold: float = flag(
+        "How much the tracked metric must improve to count as an improvement.", default=0.0)
     do_train: bool = flag("Train (false: only evaluate and/or predict with the model of --model_path).",
                           default=True)
     do_eval: bool = flag("Evaluate on the evaluation split (after training, or the --model_path model).",
@@ -131,12 +143,24 @@ class TrainingConfig:
         require("checkpointing_steps", every in ("no", "epoch") or (every.isdigit() and int(every) >= 1),
                 f"'no', 'epoch' or an integer >= 1, got {every!r}")
         require("save_total_limit", self.save_total_limit >= 0, "an integer >= 0")
+        require("early_stopping_patience", self.early_stopping_patience >= 0, "an integer >= 0")
+        require("early_stopping_threshold", math.isfinite(self.early_stopping_threshold) and
+                self.early_stopping_threshold >= 0, "a finite number >= 0")
         require("do_eval", self.do_eval or not self.do_train,
                 "true when --do_train is true (training evaluates at each epoch end)")
         require("model_path", self.do_train or bool(self.model_path),
                 "given when --do_train is false (the run to evaluate or predict with)")
         require("do_predict", self.do_train or self.do_eval or self.do_predict,
                 "true when --do_train and --do_eval are false (there is nothing else to do)")
+
+    @property
+    def best_metric(self) -> str:
+        """The eval_* key tracked for the best model / early stopping, or "" when neither is asked for."""
+        from framework.best_model import metric_key
+
+        if self.metric_for_best_model:
+            return metric_key(self.metric_for_best_model)
+        return "eval_loss" if self.load_best_model_at_end or self.early_stopping_patience else ""
 
     @property
     def trackers(self) -> list[str]:

@@ -24,6 +24,7 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType
 
 from framework.batch_search import choose_batch_sizes
+from framework.best_model import improves, load_best, metric_value, save_best
 from framework.checkpoint import (checkpoint_root, load_checkpoint, resolve_checkpoint,
                                   run_identity, save_checkpoint, should_checkpoint)
 from framework.compilation import compile_description
@@ -62,6 +63,9 @@ class TrainState:
     consecutive_skipped: int = 0
     samples_seen: int = 0
     last_eval_step: int = -1
+    best_step: int = -1  # the best evaluation so far (--metric_for_best_model), and its value
+    best_value: Optional[float] = None
+    evals_without_improvement: int = 0
     micro_batch: int = 0  # chosen by --auto_find_batch_size (0: not searched); reused on resume
     eval_batch: int = 0  # evaluation forward batch chosen by --auto_find_batch_size (0: not searched)
 
@@ -106,6 +110,7 @@ class _Context:
     report: Optional[Report] = None
     train_time: float = 0.0
     stopping: bool = False  # all processes agreed to stop (a stop signal arrived)
+    early_stopped: bool = False  # --early_stopping_patience evaluations without improvement
     checkpointed_step: int = -1
 
 
@@ -211,6 +216,25 @@ def _evaluate(ctx: _Context, state: TrainState) -> None:
     state.last_eval_step = state.step
     epoch = state.epoch + state.window / ctx.train_data.plan.windows_per_epoch
     _log(ctx, {"step": state.step, "epoch": round(epoch, 4), **ctx.report.summary()})
+    _track_best(ctx, state)
+
+
+def _track_best(ctx: _Context, state: TrainState) -> None:
+    """Keep the best evaluation (weights and report in output_dir/best) and count evaluations without improvement."""
+    config, key = ctx.config, ctx.config.best_metric
+    if not key:
+        return
+    value = metric_value(ctx.report, key)  # the same on every process: the evaluation is gathered
+    if improves(value, state.best_value, key, config.early_stopping_threshold):
+        state.evals_without_improvement = 0
+    else:
+        state.evals_without_improvement += 1
+    if improves(value, state.best_value, key):
+        state.best_step, state.best_value = state.step, value
+        if config.load_best_model_at_end:
+            save_best(ctx.accelerator, ctx.model, ctx.report, config.output_dir, state.step, key)
+    if config.early_stopping_patience and state.evals_without_improvement >= config.early_stopping_patience:
+        ctx.early_stopped = True
 
 
 def _checkpoint(ctx: _Context, state: TrainState) -> None:
@@ -247,6 +271,8 @@ def train_epoch(ctx: _Context, state: TrainState) -> None:
             ctx.train_time += time.perf_counter() - started
             _evaluate(ctx, state)
             started = time.perf_counter()
+            if ctx.early_stopped:
+                break
         if should_checkpoint(config.checkpoint_every, state.step, end_of_epoch=False):
             ctx.train_time += time.perf_counter() - started
             _checkpoint(ctx, state)
@@ -344,10 +370,19 @@ def fit(accelerator: Accelerator, config: TrainingConfig, model: torch.nn.Module
                         _checkpoint(ctx, state)
                 if ctx.stopping:
                     _stop_with_checkpoint(ctx, state)
+                if ctx.early_stopped:
+                    say(accelerator, f"early stopping: {config.best_metric} did not improve for "
+                                     f"{config.early_stopping_patience} evaluations (best {state.best_value:.6g} "
+                                     f"at step {state.best_step}); stopped at step {state.step} of {total_steps}")
+                    break
     finally:
         ctx.bar.close()
     if state.last_eval_step != state.step or ctx.report is None:
         _evaluate(ctx, state)
+    if config.load_best_model_at_end:
+        ctx.report, best_step = load_best(accelerator, model, config.output_dir)
+        say(accelerator, f"best model: {config.best_metric} {state.best_value:.6g} at step {best_step} "
+                         f"(--load_best_model_at_end)")
 
     say(accelerator, ctx.report.text)
     accelerator.wait_for_everyone()
@@ -376,6 +411,10 @@ def fit(accelerator: Accelerator, config: TrainingConfig, model: torch.nn.Module
         "auto_micro_batch": state.micro_batch or None,
         "auto_eval_batch": state.eval_batch or None,
         "torch_compile": compile_description(accelerator),
+        "best_metric": config.best_metric or None,
+        "best_step": state.best_step if config.best_metric else None,
+        "best_value": state.best_value,
+        "early_stopped": ctx.early_stopped,
         **_peak_memory(),
         **(data_notes or {}),
     }

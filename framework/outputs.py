@@ -24,7 +24,8 @@ from framework.errors import UserError
 FINISHED_MARKER = "summary.json"
 # What a run leaves in output_dir; --overwrite_output_dir removes these (and nothing else) before a new run.
 RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "config.yaml", "report.json", "report.txt", FINISHED_MARKER,
-               "model.safetensors", "loss.png", "confusion_matrix.png")
+               "model.safetensors", "loss.png", "confusion_matrix.png", "best", "labels.json", "predictions.csv",
+               "test_report.json", "test_report.txt")
 
 
 def _umask() -> int:

@@ -1,0 +1,73 @@
+"""The best evaluation so far: kept on disk (for --load_best_model_at_end), and early stopping.
+
+When an evaluation improves the tracked metric (`--metric_for_best_model`; names with
+"loss" in them are minimised, the others maximised), its weights and report go to
+`output_dir/best/`; the step, value and the count of evaluations without improvement
+live in the train state, so they are checkpointed and survive a resume. An
+evaluation whose result is the same on every process (it is gathered) makes every
+process take the same decisions.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors.torch import load_file, save_file
+
+from framework.errors import UserError
+from framework.evaluation import Report
+from framework.outputs import umask_mode, write_atomic
+from framework.weights import WEIGHTS_FILE, bare_model, model_state_dict
+
+BEST_DIR = "best"
+
+
+def metric_key(name: str) -> str:
+    """`accuracy` or `eval_accuracy` -> `eval_accuracy` (the key in metrics.jsonl)."""
+    return name if name.startswith("eval_") else f"eval_{name}"
+
+
+def improves(value: float, best: float | None, key: str, threshold: float = 0.0) -> bool:
+    """Whether `value` beats `best` by more than `threshold` (lower is better for loss-like metrics)."""
+    if best is None:
+        return True
+    return value < best - threshold if "loss" in key else value > best + threshold
+
+
+def metric_value(report: Report, key: str) -> float:
+    """The tracked metric of an evaluation, or a one-line error naming the metrics there are."""
+    summary = report.summary()
+    if key not in summary:
+        raise UserError(f"--metric_for_best_model {key!r} is not an evaluation metric; there are: "
+                        f"{', '.join(sorted(summary))}")
+    return float(summary[key])
+
+
+def save_best(accelerator: Any, model: Any, report: Report, output_dir: str, step: int, key: str) -> None:
+    """Write the weights and report of the evaluation at `step` to output_dir/best (call on every process)."""
+    state = model_state_dict(accelerator, model)  # a collective under FSDP
+    if accelerator.is_main_process:
+        folder = Path(output_dir) / BEST_DIR
+        folder.mkdir(exist_ok=True)
+        tmp = folder / f".tmp_{WEIGHTS_FILE}"
+        save_file(state, str(tmp))
+        umask_mode(tmp)
+        tmp.replace(folder / WEIGHTS_FILE)
+        record = {"step": step, "metric": key, "value": metric_value(report, key), "text": report.text,
+                  "metrics": report.metrics, "loss": report.loss, "confusion": report.confusion.tolist(),
+                  "extra": report.extra}
+        write_atomic(folder / "report.json", json.dumps(record, indent=2) + "\n")
+    accelerator.wait_for_everyone()
+
+
+def load_best(accelerator: Any, model: Any, output_dir: str) -> tuple[Report, int]:
+    """Put the best evaluation's weights into `model`; return its report and step."""
+    folder = Path(output_dir) / BEST_DIR
+    record = json.loads((folder / "report.json").read_text())
+    bare_model(accelerator, model).load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
+    report = Report(record["text"], record["metrics"], record["loss"], np.array(record["confusion"]),
+                    record["extra"])
+    return report, record["step"]
