@@ -24,7 +24,7 @@ import yaml
 from framework.errors import ConfigError
 
 PRECISIONS = ("no", "fp16", "bf16")
-SCHEDULERS = ("linear", "cosine", "constant")
+SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 TRACKERS = ("tensorboard", "wandb", "trackio", "comet_ml", "aim", "mlflow", "clearml", "dvclive", "swanlab")
 
@@ -51,7 +51,12 @@ class TrainingConfig:
                              "warmup_ratio.", default=0)
     warmup_ratio: float = flag("Fraction of the planned optimizer steps spent in linear warmup (rounded up), "
                                "so short and long runs warm up alike.", default=0.0)
-    lr_scheduler_type: str = flag("Learning-rate schedule after warmup: linear, cosine or constant.", default="linear")
+    lr_scheduler_type: str = flag(
+        "Learning-rate schedule (Hugging Face names): linear or cosine (warmup, then decay to 0), "
+        "constant_with_warmup, or constant (no warmup).", default="linear")
+    class_weights: str = flag("Weigh each class's samples in the loss: 'balanced' (n / (classes x count)) or a "
+                              "comma list, one number per class; empty: all 1.", default="")
+    label_smoothing: float = flag("Label smoothing of the cross entropy, in [0, 1).", default=0.0)
     max_grad_norm: float = flag("Clip the global gradient norm to this value; 0 disables clipping.", default=1.0)
     seed: int = flag("Seed for model init, data order and dropout.", default=42)
     logging_steps: int = flag("Log loss and lr every N optimizer steps.", default=10)
@@ -124,6 +129,8 @@ class TrainingConfig:
             value = getattr(self, name)
             require(name, math.isfinite(value) and value >= 0, "a finite number >= 0")
         require("warmup_ratio", math.isfinite(self.warmup_ratio) and 0.0 <= self.warmup_ratio < 1.0,
+                "a number in [0, 1)")
+        require("label_smoothing", math.isfinite(self.label_smoothing) and 0.0 <= self.label_smoothing < 1.0,
                 "a number in [0, 1)")
         require("lr_scheduler_type", self.lr_scheduler_type in SCHEDULERS, "one of " + ", ".join(SCHEDULERS))
         require("mixed_precision", self.mixed_precision in (None, *PRECISIONS), "one of " + ", ".join(PRECISIONS))

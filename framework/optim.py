@@ -37,11 +37,14 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int, kind: str) -> floa
     """Multiplier of the peak lr for the optimizer step with 0-based index `step`.
 
     Linear warmup from 0 over `warmup_steps`, then linear or cosine decay to 0
-    at `total_steps`, or constant.
+    at `total_steps`, or constant (`constant_with_warmup`). `constant` has no
+    warmup at all, as in Hugging Face's schedulers.
     """
+    if kind == "constant":
+        return 1.0
     if step < warmup_steps:
         return (step + 1) / (warmup_steps + 1)
-    if kind == "constant":
+    if kind == "constant_with_warmup":
         return 1.0
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
     progress = min(1.0, progress)

@@ -42,7 +42,8 @@ from framework.config import TrainingConfig, config_to_dict, parse_config
 from framework.data import Augment, build_eval_loader, build_train_data
 from framework.errors import UserError
 from framework.evaluation import ExtraMetrics, build_report, evaluate, predict_probabilities
-from framework.loop import fit, per_sample_cross_entropy
+from framework.loop import fit
+from framework.losses import class_weights_from, classification_loss
 from framework.optim import build_optimizer, build_scheduler, total_optimizer_steps
 from framework.outputs import RunDirectory
 from framework.runtime import build_accelerator, say
@@ -126,6 +127,15 @@ def _load_weights(model: torch.nn.Module, trained: TrainedModel) -> None:
                         f"({str(err).strip().splitlines()[-1].strip()})") from None
 
 
+def training_labels(dataset: Any) -> np.ndarray:
+    """The `labels` of every training sample (for --class_weights balanced), without decoding inputs."""
+    import datasets
+
+    if isinstance(dataset, datasets.Dataset):
+        return np.asarray(dataset.with_format("numpy")["labels"])  # a plain copy: no set_transform
+    return np.asarray([int(dataset[i]["labels"]) for i in range(len(dataset))])
+
+
 def write_predictions(path: Path, ids: list, probabilities: np.ndarray, class_names: list[str]) -> None:
     """predictions.csv: id, prediction (class name), score (its probability), one probability column per class."""
     buffer = io.StringIO()
@@ -159,6 +169,9 @@ def run(recipe: Recipe, argv: Optional[list[str]] = None) -> None:
         _load_weights(model, trained)
     model = model.to(accelerator.device)  # before the optimizer is built: fused AdamW needs the device
     eval_loader = build_eval_loader(data.eval, config, accelerator, data.collate_fn) if config.do_eval else None
+    labels = training_labels(data.train) if config.class_weights == "balanced" and data.train is not None else None
+    loss_fn = classification_loss(class_weights_from(config.class_weights, labels, len(data.class_names)),
+                                  config.label_smoothing)
     if config.do_train:
         train_data = build_train_data(data.train, config, accelerator, data.collate_fn, augment=data.augment)
         optimizer = build_optimizer(model, config)
@@ -167,10 +180,11 @@ def run(recipe: Recipe, argv: Optional[list[str]] = None) -> None:
         model, optimizer = accelerator.prepare(model, optimizer)
         fit(accelerator, config, model, optimizer, scheduler, train_data, eval_loader,
             class_names=data.class_names, precision=precision, run_dir=run_dir, data_notes=data.notes or None,
-            extra_metrics=recipe.extra_metrics)
+            extra_metrics=recipe.extra_metrics, loss_fn=loss_fn)
     else:
         model = accelerator.prepare(model)
-        _evaluate_only(accelerator, config, model, eval_loader, data, run_dir, precision, recipe.extra_metrics)
+        _evaluate_only(accelerator, config, model, eval_loader, data, run_dir, precision, recipe.extra_metrics,
+                       loss_fn)
     if accelerator.is_main_process:
         run_dir.write_json(LABELS_FILE, data.class_names)
         if recipe.save_preprocessing:
@@ -182,13 +196,13 @@ def run(recipe: Recipe, argv: Optional[list[str]] = None) -> None:
 
 
 def _evaluate_only(accelerator, config, model, eval_loader, data: RecipeData, run_dir: RunDirectory,
-                   precision, extra_metrics: Optional[ExtraMetrics]) -> None:
+                   precision, extra_metrics: Optional[ExtraMetrics], loss_fn) -> None:
     """--do_train false: the config, and with --do_eval the report of the --model_path model."""
     run_dir.start(config_to_dict(config) | {"mixed_precision": precision.requested})
     summary: dict[str, Any] = {"do_train": False, "model_path": config.model_path, "world_size":
                                accelerator.num_processes}
     if eval_loader is not None:
-        report = evaluate(accelerator, model, eval_loader, data.class_names, per_sample_cross_entropy,
+        report = evaluate(accelerator, model, eval_loader, data.class_names, loss_fn,
                           extra_metrics=extra_metrics)
         say(accelerator, report.text)
         run_dir.write_json("report.json", report.metrics)

@@ -209,7 +209,10 @@ def build_data(config: ImageConfig, trained=None) -> RecipeData:
         split = relabel(split, config.label_column, names, what)
         if what != "test data":
             check_labels(split, len(names), column=config.label_column, name=what)
-        split.set_transform(transform(column, config.label_column, config.image_size))
+        if config.label_column != "labels":  # the name every recipe's samples use
+            split = split.remove_columns([c for c in ("labels",) if c in split.column_names])
+            split = split.rename_column(config.label_column, "labels")
+        split.set_transform(transform(column, "labels", config.image_size))
         splits[what] = split
     ops = config.augment_ops
     return RecipeData(names, train=splits.get("training data"), eval=splits.get("evaluation data"),

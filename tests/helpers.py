@@ -84,7 +84,7 @@ def debug_launch(fn, *args, num_processes: int = 2) -> None:
     debug_launcher(_single_threaded, args=(fn, *args), num_processes=num_processes)
 
 
-def fit_model(config, make_model, train_set, eval_set, class_names, setup=None, collate_fn=None):
+def fit_model(config, make_model, train_set, eval_set, class_names, setup=None, collate_fn=None, loss_fn=None):
     """The digits recipe's main() for any model and datasets: build, prepare, fit.
 
     `make_model()` is called after seeding, as in a recipe; `setup(accelerator)`, if
@@ -104,5 +104,6 @@ def fit_model(config, make_model, train_set, eval_set, class_names, setup=None, 
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(optimizer, config, total_optimizer_steps(config, train.plan.windows_per_epoch))
     model, optimizer = accelerator.prepare(model, optimizer)
+    extra = {"loss_fn": loss_fn} if loss_fn else {}
     return accelerator, fit(accelerator, config, model, optimizer, scheduler, train, eval_loader,
-                            class_names=class_names, precision=precision, run_dir=run_dir)
+                            class_names=class_names, precision=precision, run_dir=run_dir, **extra)

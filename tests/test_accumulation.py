@@ -114,3 +114,15 @@ def test_contrast_dividing_by_n_fails_the_same_tolerance(reference_32):
     reference = weights(reference_32)
     diff = max((naive[k] - reference[k]).abs().max().item() for k in reference)
     assert diff > 2 * TOLERANCE, f"dividing by N came within {diff:.2e}: the tolerance cannot tell them apart"
+
+
+def test_class_weighted_accumulation_equals_the_big_batch(tmp_path):
+    weighted = ["--class_weights", "balanced", "--label_smoothing", "0.1"]
+    big, split = tmp_path / "big", tmp_path / "split"
+    assert run_digits_in_process(big, *EXACT_ARGS, *weighted, "--per_device_train_batch_size", "32") == 0
+    assert run_digits_in_process(split, *EXACT_ARGS, *weighted, "--per_device_train_batch_size", "8",
+                                 "--gradient_accumulation_steps", "4") == 0
+    assert max_abs_diff(big, split) <= TOLERANCE
+    plain = tmp_path / "plain"  # and the weights change the training at all
+    assert run_digits_in_process(plain, *EXACT_ARGS, "--per_device_train_batch_size", "32") == 0
+    assert max_abs_diff(big, plain) > 1e-3

@@ -63,7 +63,7 @@ BAD_FLAGS = [
     (["--learning_rate", "fast"], "--learning_rate must be a number, got 'fast'"),
     (["--per_device_train_batch_size", "3.5"], "--per_device_train_batch_size must be an integer, got '3.5'"),
     (["--mixed_precision", "fp8x"], "--mixed_precision must be one of no, fp16, bf16"),
-    (["--lr_scheduler_type", "step"], "--lr_scheduler_type must be one of linear, cosine, constant"),
+    (["--lr_scheduler_type", "step"], "--lr_scheduler_type must be one of linear, cosine, constant, constant_with_warmup"),
     (["--use_extra", "maybe"], "--use_extra must be true or false"),
     (["--learnig_rate", "1e-3"], "unknown flag --learnig_rate (did you mean --learning_rate?"),
     (["--seed"], "--seed needs a value"),
@@ -111,3 +111,35 @@ def test_help_lists_every_flag(capsys):
     for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "mixed_precision", "dropout", "config"):
         assert f"--{name}" in out
     assert "Micro-batch size on each process." in out
+
+
+def test_constant_has_no_warmup_and_constant_with_warmup_has():
+    from framework.optim import lr_factor
+
+    assert [lr_factor(s, 3, 10, "constant") for s in range(5)] == [1.0] * 5
+    assert [lr_factor(s, 3, 10, "constant_with_warmup") for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
+
+
+@pytest.mark.parametrize("spec,message", [
+    ("1,2", "--class_weights needs 3 finite numbers >= 0 (one per class), got '1,2'"),
+    ("1,x,2", "--class_weights must be 'balanced' or a comma list of numbers, got '1,x,2'"),
+    ("1,-1,2", "--class_weights needs 3 finite numbers >= 0 (one per class), got '1,-1,2'"),
+])
+def test_bad_class_weights(spec, message):
+    from framework.errors import UserError
+    from framework.losses import class_weights_from
+
+    with pytest.raises(UserError) as err:
+        class_weights_from(spec, None, 3)
+    assert str(err.value) == message
+
+
+def test_balanced_class_weights_follow_sklearn():
+    import numpy as np
+    from sklearn.utils.class_weight import compute_class_weight
+
+    from framework.losses import class_weights_from
+
+    labels = np.array([0, 0, 0, 1, 2, 2])
+    expected = compute_class_weight("balanced", classes=np.arange(3), y=labels)
+    assert class_weights_from("balanced", labels, 3).tolist() == pytest.approx(expected.tolist())

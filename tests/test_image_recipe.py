@@ -162,3 +162,19 @@ def test_unknown_augmentation_is_refused(tmp_path, capsys):
     assert code == 2
     assert capsys.readouterr().err.strip() == ("error: --augment must be none or a comma list of crop, flip, "
                                                "got 'crop,rotate'")
+
+
+def test_training_labels_for_balanced_class_weights(image_folders):
+    import numpy as np
+
+    from framework.config import parse_config
+    from framework.recipe import training_labels
+    from recipes import image_classification as ic
+
+    config = parse_config(ic.ImageConfig, ["--train_dir", str(image_folders / "train"), "--validation_dir",
+                                           str(image_folders / "valid")])
+    data = ic.build_data(config)
+    labels = training_labels(data.train)
+    assert data.class_names == sorted(SHAPES)
+    assert np.bincount(labels).tolist() == [60, 60, 60]
+    assert [int(data.train[i]["labels"]) for i in (0, 100, 179)] == labels[[0, 100, 179]].tolist()

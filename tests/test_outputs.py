@@ -74,7 +74,7 @@ def test_accumulation_and_a_total_batch_together_are_refused(tmp_path, capsys):
 
 def test_warmup_ratio_is_a_fraction_of_the_planned_steps(tmp_path):
     assert run_digits_in_process(tmp_path, "--max_steps", "20", "--warmup_ratio", "0.25", "--logging_steps", "1",
-                                 "--learning_rate", "0.01", "--lr_scheduler_type", "constant") == 0
+                                 "--learning_rate", "0.01", "--lr_scheduler_type", "constant_with_warmup") == 0
     lrs = [r["lr"] for r in read_metrics(tmp_path) if "lr" in r]
     # 5 warmup steps (0.25 x 20): step k of them at (k + 1) / 6 of the peak, then the peak.
     assert lrs[:6] == pytest.approx([0.01 * k / 6 for k in range(1, 6)] + [0.01])

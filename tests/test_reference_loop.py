@@ -47,8 +47,9 @@ def _initial_model() -> SmallMLP:
     return SmallMLP()
 
 
-def reference_weights(effective_batch: int) -> dict[str, torch.Tensor]:
-    """Plain PyTorch: per window, loss = mean cross entropy over its real samples, backward, AdamW step."""
+def reference_weights(effective_batch: int, class_weights=None, label_smoothing: float = 0.0) -> dict:
+    """Plain PyTorch: per window, loss = mean over its real samples of each sample's (class-weighted,
+    smoothed) cross entropy, backward, AdamW step."""
     x, y = _data()
     model = _initial_model()
     optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.0)
@@ -56,7 +57,9 @@ def reference_weights(effective_batch: int) -> dict[str, torch.Tensor]:
         order = np.random.default_rng([SEED, epoch]).permutation(N)
         for k in range(math.ceil(N / effective_batch)):
             idx = torch.as_tensor(order[k * effective_batch:(k + 1) * effective_batch])
-            loss = F.cross_entropy(model(x[idx]), y[idx])
+            weight = None if class_weights is None else torch.tensor(class_weights)
+            loss = F.cross_entropy(model(x[idx]), y[idx], weight=weight, reduction="none",
+                                   label_smoothing=label_smoothing).mean()
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -70,12 +73,12 @@ def _config(out, micro: int, accumulation: int) -> TrainingConfig:
                           max_grad_norm=0.0, mixed_precision="no", logging_steps=1)
 
 
-def _framework_run(out, micro: int, accumulation: int) -> None:
+def _framework_run(out, micro: int, accumulation: int, loss_fn=None) -> None:
     x, y = _data()
     data = Dataset.from_dict({"x": x.numpy(), "labels": y.numpy()}).with_format("torch")
     initial = _initial_model()
     fit_model(_config(out, micro, accumulation), lambda: copy.deepcopy(initial), data, data,
-              [str(c) for c in range(CLASSES)])
+              [str(c) for c in range(CLASSES)], loss_fn=loss_fn)
 
 
 def _max_diff(out, reference) -> float:
@@ -98,3 +101,12 @@ def test_two_processes_with_a_filler_sample_match_the_plain_loop(tmp_path, micro
     # samples. The filler must not count, and each sample weighs 1/6 in that step.
     debug_launch(_framework_run, tmp_path, micro, accumulation)
     assert _max_diff(tmp_path, reference_weights(micro * accumulation * 2)) < 2e-6
+
+
+@pytest.mark.parametrize("micro,accumulation", [(32, 1), (8, 4)])
+def test_class_weights_and_label_smoothing_match_the_plain_loop(tmp_path, micro, accumulation):
+    from framework.losses import classification_loss
+
+    weights, smoothing = [0.5, 2.0, 1.25], 0.1
+    _framework_run(tmp_path, micro, accumulation, classification_loss(weights, smoothing))
+    assert _max_diff(tmp_path, reference_weights(micro * accumulation, weights, smoothing)) < 2e-6

@@ -1,0 +1,55 @@
+"""The classification loss per sample: cross entropy with optional class weights and label smoothing.
+
+The loop weights each sample's loss by 1 / (real samples in its optimizer step), so
+a step averages its samples' (class-weighted) losses over their count. torch's
+weighted "mean" divides by the sum of the batch's class weights instead, which
+changes with how a step is cut into micro-batches; a count keeps accumulation
+exact.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from framework.errors import UserError
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def class_weights_from(spec: str, labels: Optional[np.ndarray], num_classes: int) -> Optional[torch.Tensor]:
+    """`--class_weights`: "" (none), "balanced" (n / (classes x count), sklearn's rule) or a comma list."""
+    if not spec:
+        return None
+    if spec == "balanced":
+        counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes)
+        if (counts == 0).any():
+            raise UserError(f"--class_weights balanced: class {int(np.argmin(counts))} has no training sample")
+        return torch.tensor(len(labels) / (num_classes * counts), dtype=torch.float32)
+    try:
+        weights = [float(w) for w in spec.split(",")]
+    except ValueError:
+        raise UserError(f"--class_weights must be 'balanced' or a comma list of numbers, got {spec!r}") from None
+    if len(weights) != num_classes or any(not np.isfinite(w) or w < 0 for w in weights):
+        raise UserError(f"--class_weights needs {num_classes} finite numbers >= 0 (one per class), got {spec!r}")
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def classification_loss(class_weights: Optional[Sequence[float] | torch.Tensor] = None,
+                        label_smoothing: float = 0.0) -> LossFn:
+    """A per-sample (reduction="none") cross entropy with these class weights and label smoothing."""
+    weights = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
+    cache: dict[torch.device, torch.Tensor] = {}
+
+    def loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        weight = None
+        if weights is not None:
+            weight = cache.get(logits.device)
+            if weight is None:
+                weight = cache[logits.device] = weights.to(logits.device)
+        return F.cross_entropy(logits, labels, weight=weight, reduction="none", label_smoothing=label_smoothing)
+
+    return loss
