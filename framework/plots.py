@@ -38,17 +38,14 @@ def save_plots(output_dir: str | Path, records: list[dict], confusion: np.ndarra
     fig.savefig(out / "loss.png", dpi=100)
     plt.close(fig)
 
+    from sklearn.metrics import ConfusionMatrixDisplay
+
     size = max(4, 0.5 * len(class_names) + 2)
     fig, ax = plt.subplots(figsize=(size, size))
-    ax.imshow(confusion, cmap="Blues")
-    ticks = range(len(class_names))
-    ax.set_xticks(ticks, class_names, rotation=45, ha="right")
-    ax.set_yticks(ticks, class_names)
+    ConfusionMatrixDisplay(confusion, display_labels=list(class_names)).plot(
+        ax=ax, cmap="Blues", colorbar=False, xticks_rotation=45)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    for (i, j), count in np.ndenumerate(confusion):
-        ax.text(j, i, str(count), ha="center", va="center",
-                color="white" if count > confusion.max() / 2 else "black", fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "confusion_matrix.png", dpi=100)
     plt.close(fig)
