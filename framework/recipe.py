@@ -13,7 +13,9 @@ A recipe declares what is particular to its task:
 - optional: `model_flags` (config fields that define the architecture: taken from
   the `--model_path` run, a conflicting value is refused), `save_preprocessing(data,
   folder)` (a tokenizer, a vocabulary), `extra_metrics(predictions)` (metrics
-  beside `classification_report`, logged as eval_<name> and in report.json).
+  beside `classification_report`, logged as eval_<name> and in report.json),
+  `export(config, model, data, folder)` (after training, on the main process: write
+  the model in another library's layout, e.g. transformers' save_pretrained).
 
 `run(recipe, argv)` then builds the Accelerator, claims the output directory,
 places the model, builds optimizer and schedule, prepares what must be prepared
@@ -78,6 +80,7 @@ class Recipe:
     model_flags: tuple[str, ...] = ()
     save_preprocessing: Optional[Callable[[RecipeData, Path], None]] = None
     extra_metrics: Optional[ExtraMetrics] = None  # gathered predictions -> {name: value}, beside the report
+    export: Optional[Callable[[Any, torch.nn.Module, RecipeData, Path], None]] = None  # (config, model, data, dir)
 
 
 @dataclass(frozen=True)
@@ -120,6 +123,11 @@ def adopt_model_flags(config: TrainingConfig, trained: TrainedModel, names: tupl
 
 def _load_weights(model: torch.nn.Module, trained: TrainedModel) -> None:
     state = load_file(str(trained.weights))
+    # A model exported by a recipe's `export` (transformers' layout) names its weights without the
+    # recipe's wrapper prefix, e.g. "bert..." for a wrapper's "model.bert...".
+    prefixes = {k.split(".", 1)[0] + "." for k in model.state_dict()}
+    if len(prefixes) == 1 and not any(k.startswith(next(iter(prefixes))) for k in state):
+        state = {next(iter(prefixes)) + k: v for k, v in state.items()}
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
@@ -189,6 +197,8 @@ def run(recipe: Recipe, argv: Optional[list[str]] = None) -> None:
         run_dir.write_json(LABELS_FILE, data.class_names)
         if recipe.save_preprocessing:
             recipe.save_preprocessing(data, run_dir.path)
+        if recipe.export and config.do_train:
+            recipe.export(config, bare_model(accelerator, model), data, run_dir.path)
     if config.do_predict:
         _predict(accelerator, config, model, data, run_dir, recipe.extra_metrics)
     accelerator.wait_for_everyone()

@@ -316,7 +316,18 @@ def save_tokenizer(data: RecipeData, folder: Path) -> None:
     data.preprocessing.save_pretrained(str(folder))
 
 
-RECIPE = Recipe(TextConfig, build_data, build_model, save_preprocessing=save_tokenizer,
+def export_pretrained(config: TextConfig, model: nn.Module, data: RecipeData, folder: Path) -> None:
+    """With --model_name_or_path, write the fine-tuned model as transformers expects it (config.json with
+    the class names as id2label, unprefixed weights), so AutoModelForSequenceClassification loads the folder."""
+    if not config.model_name_or_path:
+        return
+    inner = model.model
+    inner.config.id2label = dict(enumerate(data.class_names))
+    inner.config.label2id = {name: i for i, name in enumerate(data.class_names)}
+    inner.save_pretrained(str(folder))  # replaces model.safetensors with the same weights, transformers' names
+
+
+RECIPE = Recipe(TextConfig, build_data, build_model, save_preprocessing=save_tokenizer, export=export_pretrained,
                 model_flags=("model_name_or_path", "max_length", "vocab_size", "d_model", "num_layers", "num_heads"))
 
 

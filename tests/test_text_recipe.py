@@ -97,3 +97,35 @@ def test_model_name_or_path_fine_tunes_a_pretrained_transformers_model(tmp_path,
     assert read_json(out / "report.json")["accuracy"] >= 0.9
     assert (out / "tokenizer.json").is_file() or (out / "vocab.txt").is_file()  # its own tokenizer, saved
     assert not (out / "vocab.json").exists()
+
+
+def test_a_pretrained_fine_tune_loads_with_transformers(tmp_path, text_files):
+    import torch
+
+    from recipes import text_classification
+
+    transformers = pytest.importorskip("transformers")
+    _tiny_pretrained_bert(tmp_path)
+    out = tmp_path / "out"
+    code = run_main(lambda: text_classification.main([
+        "--train_file", str(text_files / "train.csv"), "--validation_file", str(text_files / "valid.csv"),
+        "--model_name_or_path", str(tmp_path), "--output_dir", str(out), "--num_train_epochs", "3",
+        "--per_device_train_batch_size", "16", "--learning_rate", "2e-3", "--max_length", "32",
+        "--do_predict", "true", "--test_file", str(text_files / "valid.csv")]))
+    assert code == 0
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(out).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+    assert model.config.id2label == {0: "food", 1: "sports", 2: "tech"}
+    with open(text_files / "valid.csv", newline="") as handle:
+        texts = [row["text"] for row in csv.DictReader(handle)]
+    with torch.no_grad():
+        logits = model(**tokenizer(texts, padding=True, truncation=True, max_length=32, return_tensors="pt")).logits
+    with open(out / "predictions.csv", newline="") as handle:
+        ours = [row["prediction"] for row in csv.DictReader(handle)]
+    assert [model.config.id2label[i] for i in logits.argmax(-1).tolist()] == ours
+    # and the run folder still works as --model_path for this framework
+    again = tmp_path / "again"
+    assert run_main(lambda: text_classification.main([
+        "--do_train", "false", "--model_path", str(out), "--validation_file", str(text_files / "valid.csv"),
+        "--output_dir", str(again)])) == 0
+    assert read_json(again / "report.json") == read_json(out / "report.json")
