@@ -68,6 +68,7 @@ class RecipeData:
     augment: Optional[Augment] = None
     notes: dict[str, Any] = field(default_factory=dict)  # into the banner and summary.json
     preprocessing: Any = None  # e.g. the tokenizer, for save_preprocessing
+    baseline: Optional[Callable[[], dict[str, float]]] = None  # fits and scores a classic baseline (main process)
 
 
 @dataclass(frozen=True)
@@ -186,9 +187,17 @@ def run(recipe: Recipe, argv: Optional[list[str]] = None) -> None:
         total = total_optimizer_steps(config, train_data.plan.windows_per_epoch)
         scheduler = build_scheduler(optimizer, config, total)  # not prepared: see build_scheduler
         model, optimizer = accelerator.prepare(model, optimizer)
-        fit(accelerator, config, model, optimizer, scheduler, train_data, eval_loader,
-            class_names=data.class_names, precision=precision, run_dir=run_dir, data_notes=data.notes or None,
-            extra_metrics=recipe.extra_metrics, loss_fn=loss_fn)
+        notes = dict(data.notes)
+        if data.baseline is not None and accelerator.is_main_process:  # once per job, into banner and summary
+            notes.update(data.baseline())
+        result = fit(accelerator, config, model, optimizer, scheduler, train_data, eval_loader,
+                     class_names=data.class_names, precision=precision, run_dir=run_dir, data_notes=notes or None,
+                     extra_metrics=recipe.extra_metrics, loss_fn=loss_fn)
+        if "baseline_accuracy" in notes:
+            say(accelerator, f"baseline (scikit-learn, same split): accuracy {notes['baseline_accuracy']:.4f}, "
+                             f"macro F1 {notes['baseline_macro_f1']:.4f}; this model: accuracy "
+                             f"{result.report.metrics['accuracy']:.4f}, macro F1 "
+                             f"{result.report.metrics['macro avg']['f1-score']:.4f}")
     else:
         model = accelerator.prepare(model)
         _evaluate_only(accelerator, config, model, eval_loader, data, run_dir, precision, recipe.extra_metrics,

@@ -129,6 +129,10 @@ def device_name(accelerator: Accelerator) -> str:
     return str(device.type)
 
 
+def _describe(notes: dict) -> str:
+    return ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in notes.items())
+
+
 def format_banner(*, world_size: int, device: str, precision: Precision, micro_batch: int, accumulation: int,
                   effective_batch: int, steps_per_epoch: int, total_steps: int, train_samples: int,
                   compiled: Optional[str] = None, data_notes: Optional[dict] = None) -> str:
@@ -148,6 +152,6 @@ def format_banner(*, world_size: int, device: str, precision: Precision, micro_b
         f"torch.compile   : {compiled or 'off'}",
         f"effective batch : {batch}",
         f"optimizer steps : {total_steps} planned ({steps_per_epoch} per epoch over {train_samples} training samples)",
-        *([f"data            : {', '.join(f'{k} {v}' for k, v in data_notes.items())}"] if data_notes else []),
+        *([f"data            : {_describe(data_notes)}"] if data_notes else []),
         "=" * 72,
     ])

@@ -29,6 +29,7 @@ from datasets import ClassLabel, Dataset, Image, load_dataset
 from torch import nn
 
 from framework import TrainingConfig, run_main
+from framework.baseline import pixel_logistic_regression, score, wanted
 from framework.config import flag, require
 from framework.data import check_labels
 from framework.errors import UserError
@@ -59,6 +60,9 @@ class ImageConfig(TrainingConfig):
     augment: str = flag("Training augmentation, a comma list of crop (random crop after 4-pixel padding) and "
                         "flip (horizontal; wrong for orientation-sensitive images such as digits or text), "
                         "or none.", default="crop,flip")
+    baseline: str = flag("Also fit logistic regression on the pixels downscaled to 16x16 on the same split and "
+                         "report it beside the network: true, false, or auto (below 50k training images).",
+                         default="auto")
     skip_bad_images: bool = flag("Leave out images that cannot be decoded (counted in the banner and "
                                  "summary.json) instead of stopping before training.", default=False)
 
@@ -70,6 +74,7 @@ class ImageConfig(TrainingConfig):
         require("validation_dir", not self.do_eval or bool(self.dataset_name or self.validation_dir),
                 "given (or --dataset_name) to evaluate")
         require("test_dir", not self.do_predict or bool(self.test_dir), "given with --do_predict")
+        require("baseline", self.baseline in ("auto", "true", "false"), "auto, true or false")
         require("image_size", self.image_size >= 8, "an integer >= 8")
         require("groups", self.groups >= 1 and self.channels % self.groups == 0,
                 f"an integer >= 1 that divides --channels ({self.channels})")
@@ -198,7 +203,7 @@ def build_data(config: ImageConfig, trained=None) -> RecipeData:
         test_ids = [str(Path(v["path"]).relative_to(Path(config.test_dir).resolve()))
                     if v.get("path") and Path(v["path"]).is_absolute() else v.get("path") or str(i)
                     for i, v in enumerate(raw[column])]
-    splits = {}
+    splits, raw = {}, {}
     for what, split in (("training data", train), ("evaluation data", evaluation), ("test data", test)):
         if split is None:
             continue
@@ -212,13 +217,25 @@ def build_data(config: ImageConfig, trained=None) -> RecipeData:
         if config.label_column != "labels":  # the name every recipe's samples use
             split = split.remove_columns([c for c in ("labels",) if c in split.column_names])
             split = split.rename_column(config.label_column, "labels")
+        raw[what] = split.with_format(None)  # a view without the transform below, for the baseline
         split.set_transform(transform(column, "labels", config.image_size))
         splits[what] = split
     ops = config.augment_ops
+    baseline = None
+    if train is not None and evaluation is not None and wanted(config.baseline, len(train), limit=50_000):
+        train_raw, eval_raw = raw["training data"], raw["evaluation data"]
+        baseline = lambda: score(pixel_logistic_regression(), small_pixels(train_raw, column), train_raw["labels"],
+                                 small_pixels(eval_raw, column), eval_raw["labels"])  # noqa: E731
     return RecipeData(names, train=splits.get("training data"), eval=splits.get("evaluation data"),
                       test=splits.get("test data"), test_ids=test_ids,
-                      augment=partial(augment, ops=ops) if ops else None,
+                      augment=partial(augment, ops=ops) if ops else None, baseline=baseline,
                       notes={"skipped_bad_images": skipped} if config.skip_bad_images else {})
+
+
+def small_pixels(dataset: Dataset, column: str, size: int = 16) -> np.ndarray:
+    """Every image as RGB pixels downscaled to size x size, one flat row each (the baseline's features)."""
+    return np.stack([np.asarray(image.convert("RGB").resize((size, size)), dtype=np.float32).ravel()
+                     for image in dataset[column]])
 
 
 class ResidualBlock(nn.Module):

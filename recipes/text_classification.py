@@ -22,6 +22,7 @@ import math
 import re
 from collections import Counter
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -29,6 +30,7 @@ from datasets import ClassLabel, Dataset, Value, load_dataset
 from torch import nn
 
 from framework import TrainingConfig, run_main
+from framework.baseline import score, tfidf_logistic_regression, wanted
 from framework.config import flag, require
 from framework.data import check_labels
 from framework.errors import UserError
@@ -62,6 +64,8 @@ class TextConfig(TrainingConfig):
     num_layers: int = flag("Encoder layers.", default=2)
     num_heads: int = flag("Attention heads.", default=4)
     dropout: float = flag("Dropout in the encoder and before the head, in [0, 1).", default=0.1)
+    baseline: str = flag("Also fit TF-IDF (word 1-2-grams) + logistic regression on the same split and report it "
+                         "beside the network: true, false, or auto (below 200k training texts).", default="auto")
     model_name_or_path: str = flag("Fine-tune this pretrained transformers model (Hub name or folder) with its "
                                    "own tokenizer instead of the small encoder; needs `pip install transformers`.",
                                    default="")
@@ -74,6 +78,7 @@ class TextConfig(TrainingConfig):
         require("validation_file", self.do_train or not self.do_eval or bool(self.dataset_name or self.validation_file),
                 "given (or --dataset_name) to evaluate without training")
         require("test_file", not self.do_predict or bool(self.test_file), "given with --do_predict")
+        require("baseline", self.baseline in ("auto", "true", "false"), "auto, true or false")
         for name in ("max_length", "d_model", "num_layers", "num_heads"):
             require(name, getattr(self, name) >= 1, "an integer >= 1")
         require("vocab_size", self.vocab_size >= 3, "an integer >= 3")
@@ -245,6 +250,11 @@ def build_data(config: TextConfig, trained=None) -> RecipeData:
     if test is not None:
         test = to_class_ids(test, config.label_column, names, "test data", required=False)
     tokenizer = build_tokenizer(config, train, trained)
+    baseline = None
+    if train is not None and evaluation is not None and wanted(config.baseline, len(train)):
+        texts = (train[config.text_column], train[config.label_column], evaluation[config.text_column],
+                 evaluation[config.label_column])
+        baseline = partial(score, tfidf_logistic_regression(), *texts)
 
     def tokenize(batch):
         encoded = tokenizer(batch[config.text_column], truncation=True, max_length=config.max_length)
@@ -257,7 +267,7 @@ def build_data(config: TextConfig, trained=None) -> RecipeData:
         return split.map(tokenize, batched=True, remove_columns=split.column_names).with_format("torch")
 
     return RecipeData(names, train=prepare(train), eval=prepare(evaluation), test=prepare(test),
-                      collate_fn=padder(tokenizer.pad_token_id), preprocessing=tokenizer)
+                      collate_fn=padder(tokenizer.pad_token_id), preprocessing=tokenizer, baseline=baseline)
 
 
 def padder(pad_id: int):

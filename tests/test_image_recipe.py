@@ -59,7 +59,30 @@ def test_image_recipe_learns_generated_shapes(tmp_path, image_folders, launch_co
     assert set(SHAPES) <= report.keys()  # class names from the folder names
     assert report["macro avg"]["support"] == 60
     assert result.stdout.count("weighted avg") == 1
-    assert read_json(tmp_path / "summary.json")["world_size"] == world_size
+    summary = read_json(tmp_path / "summary.json")
+    assert summary["world_size"] == world_size
+    # the baseline is scikit-learn's logistic regression on 16x16 pixels of the same split, computed once
+    assert (summary["baseline_accuracy"], summary["baseline_macro_f1"]) == pytest.approx(
+        _sklearn_pixel_baseline(image_folders), abs=1e-12)
+    assert result.stdout.count("baseline (scikit-learn, same split): accuracy") == 1
+
+
+def _sklearn_pixel_baseline(root):
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import accuracy_score, f1_score
+    from sklearn.preprocessing import StandardScaler
+
+    def read(split):
+        files = sorted((root / split).glob("*/*.png"))
+        pixels = [np.asarray(Image.open(f).convert("RGB").resize((16, 16)), dtype=np.float32).ravel() for f in files]
+        return np.stack(pixels), [f.parent.name for f in files]
+
+    (train_x, train_y), (valid_x, valid_y) = read("train"), read("valid")
+    scaler = StandardScaler().fit(train_x)
+    model = LogisticRegression(max_iter=2000).fit(scaler.transform(train_x), train_y)
+    predicted = model.predict(scaler.transform(valid_x))
+    return accuracy_score(valid_y, predicted), f1_score(valid_y, predicted, average="macro")
 
 
 def test_image_recipe_refuses_an_empty_folder(tmp_path, capsys):

@@ -56,8 +56,31 @@ def test_text_recipe_learns_generated_topics(tmp_path, text_files, launch_config
     assert {"food", "sports", "tech"} <= report.keys()  # class names from the string labels
     assert report["macro avg"]["support"] == 150
     assert result.stdout.count("weighted avg") == 1
-    assert read_json(tmp_path / "summary.json")["world_size"] == world_size
+    summary = read_json(tmp_path / "summary.json")
+    assert summary["world_size"] == world_size
     assert (tmp_path / "vocab.json").is_file()
+    # the baseline is scikit-learn's on the same split, computed and printed once
+    expected = _sklearn_text_baseline(text_files)
+    assert (summary["baseline_accuracy"], summary["baseline_macro_f1"]) == pytest.approx(expected, abs=1e-12)
+    assert result.stdout.count("baseline (scikit-learn, same split): accuracy") == 1
+
+
+def _sklearn_text_baseline(folder):
+    """TF-IDF (word 1-2-grams, sublinear tf) + logistic regression, written here from the README's words."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import accuracy_score, f1_score
+
+    def read(name):
+        with open(folder / name, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        return [r["text"] for r in rows], [r["label"] for r in rows]
+
+    (train_x, train_y), (valid_x, valid_y) = read("train.csv"), read("valid.csv")
+    vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)
+    model = LogisticRegression(max_iter=2000).fit(vectorizer.fit_transform(train_x), train_y)
+    predicted = model.predict(vectorizer.transform(valid_x))
+    return accuracy_score(valid_y, predicted), f1_score(valid_y, predicted, average="macro")
 
 
 def test_text_recipe_refuses_a_missing_text_column(tmp_path, capsys):
