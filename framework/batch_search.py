@@ -157,11 +157,10 @@ def _search_micro_batch(accelerator: Any, model: torch.nn.Module, optimizer: Any
     from framework.evaluation import split_batch
 
     plan = train_data.plan
-    samples, collate = train_data.loader.dataset, train_data.loader.collate_fn
-    largest = largest_sample_index(samples.dataset)
+    largest = largest_sample_index(train_data.loader.dataset.dataset)
 
     def make_batch(n: int) -> dict[str, Any]:  # the worst case: n copies of the longest sample
-        return to_device(collate(samples.__getitems__([(largest, 1.0)] * n)), accelerator.device)
+        return to_device(train_data.collated([(largest, 1.0)] * n), accelerator.device)
 
     def step(batch: dict[str, Any]) -> torch.Tensor:
         inputs, labels = split_batch(batch)

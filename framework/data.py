@@ -171,6 +171,15 @@ class TrainData:
             generator=torch.Generator().manual_seed(plan.seed),
         )
 
+    def collated(self, keys: list[Key]) -> dict[str, Any]:
+        """The batch of these (index, weight) keys, as the loader would give it (on the host, no augmentation)."""
+        return self.loader.collate_fn(self.loader.dataset.__getitems__(keys))
+
+    def first_micro_batch(self, limit: int = 8) -> dict[str, Any]:
+        """Up to `limit` samples of the first micro-batch of the first epoch, collated (for counting a
+        step's FLOPs; few, so that a micro-batch the memory search has yet to shrink cannot run out)."""
+        return self.collated(next(self.plan.windows(0)).micro_batches[0][:limit])
+
     def use_micro_batch(self, micro_batch: int) -> None:
         """Re-cut every window into micro-batches of `micro_batch` (automatic micro-batching)."""
         self.plan = self._sampler.plan = self.plan.with_micro_batch(micro_batch)

@@ -32,6 +32,7 @@ from framework.config import TrainingConfig, config_to_dict
 from framework.data import TrainData, Window, to_device
 from framework.errors import Preempted, TrainingDiverged, UserError
 from framework.evaluation import Report, evaluate, split_batch
+from framework.flops import peak_tflops
 from framework.optim import total_optimizer_steps
 from framework.outputs import RunDirectory
 from framework.plots import save_plots
@@ -104,6 +105,7 @@ class _Context:
     stop: StopSignal
     params: list = field(default_factory=list)
     extra_metrics: Optional[Callable] = None
+    flops_per_sample: Optional[float] = None
     loss_scale: Optional[float] = None  # fp16 GradScaler scale after the last step
     samples_at_start: int = 0  # samples seen before this process started (non-zero after a resume)
     bar: Any = None
@@ -191,7 +193,10 @@ def _log_train(ctx: _Context, state: TrainState, running: _Running, lr: float, s
     epoch = state.epoch + state.window / ctx.train_data.plan.windows_per_epoch
     elapsed = ctx.train_time + time.perf_counter() - started  # after the reduce above, so the device is synced
     _log(ctx, {"step": state.step, "epoch": round(epoch, 4), "loss": loss, "lr": lr, "elapsed_s": elapsed})
-    postfix = {"loss": f"{loss:.4f}", "lr": f"{lr:.2e}", "samples/s": f"{_samples_per_second(ctx, state, elapsed):.0f}"}
+    rate = _samples_per_second(ctx, state, elapsed)
+    postfix = {"loss": f"{loss:.4f}", "lr": f"{lr:.2e}", "samples/s": f"{rate:.0f}"}
+    if ctx.flops_per_sample:
+        postfix["TFLOP/s"] = f"{ctx.flops_per_sample * rate / 1e12:.3g}"
     if state.skipped_steps:
         postfix["skipped"] = state.skipped_steps
     ctx.bar.set_postfix(postfix, refresh=False)
@@ -300,6 +305,16 @@ def _stop_with_checkpoint(ctx: _Context, state: TrainState) -> None:
                     f"--resume_from_checkpoint auto to continue")
 
 
+def _flop_rates(ctx: _Context, state: TrainState, precision: Precision) -> dict[str, Optional[float]]:
+    """Model FLOPs per sample, the FLOP rate of the whole job, and MFU against the cards' dense peak."""
+    if not ctx.flops_per_sample:
+        return {"model_flops_per_sample": None, "model_tflops_per_second": None, "mfu": None}
+    tflops = ctx.flops_per_sample * _samples_per_second(ctx, state, ctx.train_time) / 1e12
+    peak = peak_tflops(device_name(ctx.accelerator), precision.effective)
+    return {"model_flops_per_sample": ctx.flops_per_sample, "model_tflops_per_second": tflops,
+            "mfu": tflops / (peak * ctx.accelerator.num_processes) if peak else None}
+
+
 def _peak_memory() -> dict[str, Optional[float]]:
     cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
     return {
@@ -311,7 +326,8 @@ def _peak_memory() -> dict[str, Optional[float]]:
 def fit(accelerator: Accelerator, config: TrainingConfig, model: torch.nn.Module, optimizer: Any, scheduler: Any,
         train_data: TrainData, eval_loader: Any, *, class_names: Sequence[str], precision: Precision,
         run_dir: RunDirectory, loss_fn: LossFn = per_sample_cross_entropy,
-        data_notes: Optional[dict[str, Any]] = None, extra_metrics: Optional[Callable] = None) -> FitResult:
+        data_notes: Optional[dict[str, Any]] = None, extra_metrics: Optional[Callable] = None,
+        flops_per_sample: Optional[float] = None) -> FitResult:
     """Train `model` to the planned number of steps, evaluating at each epoch end (and every eval_steps).
 
     `model`, `optimizer` and `eval_loader` must already be prepared; `scheduler`
@@ -322,13 +338,15 @@ def fit(accelerator: Accelerator, config: TrainingConfig, model: torch.nn.Module
     summary.json. `data_notes` (for example how many bad files were left out)
     go into the banner and summary.json; `extra_metrics(predictions)` adds a
     recipe's own metrics to every evaluation (see framework.recipe.Recipe).
+    `flops_per_sample` (framework.flops, counted by the caller on the main
+    process) turns samples/s into a model FLOP rate and, on known GPUs, MFU.
     """
     wall_started = time.perf_counter()
     plan = train_data.plan
     total_steps = total_optimizer_steps(config, plan.windows_per_epoch)
     ctx = _Context(accelerator, config, model, optimizer, scheduler, train_data, eval_loader, class_names,
                    run_dir, loss_fn, total_steps, StopSignal(accelerator.num_processes),
-                   [p for p in model.parameters() if p.requires_grad], extra_metrics)
+                   [p for p in model.parameters() if p.requires_grad], extra_metrics, flops_per_sample)
     if accelerator.distributed_type == DistributedType.FSDP and (config.checkpoint_every or
                                                                  config.resume_from_checkpoint):
         # The optimizer state is sharded under FSDP and checkpoint.py saves it from the main process.
@@ -411,6 +429,8 @@ def fit(accelerator: Accelerator, config: TrainingConfig, model: torch.nn.Module
         "auto_micro_batch": state.micro_batch or None,
         "auto_eval_batch": state.eval_batch or None,
         "torch_compile": compile_description(accelerator),
+        **_flop_rates(ctx, state, precision),
+        "gradient_checkpointing": config.gradient_checkpointing,
         "best_metric": config.best_metric or None,
         "best_step": state.best_step if config.best_metric else None,
         "best_value": state.best_value,

@@ -41,7 +41,9 @@ from safetensors.torch import load_file
 
 from framework.checkpoint import STATE_FILE
 from framework.config import TrainingConfig, config_to_dict, parse_config
-from framework.data import Augment, build_eval_loader, build_train_data
+from framework.activation_checkpointing import enable_gradient_checkpointing
+from framework.data import Augment, build_eval_loader, build_train_data, to_device
+from framework.flops import training_flops_per_sample
 from framework.errors import UserError
 from framework.evaluation import ExtraMetrics, build_report, evaluate, predict_probabilities
 from framework.loop import fit
@@ -177,12 +179,19 @@ def run(recipe: Recipe, argv: Optional[list[str]] = None) -> None:
     if trained:
         _load_weights(model, trained)
     model = model.to(accelerator.device)  # before the optimizer is built: fused AdamW needs the device
+    if config.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     eval_loader = build_eval_loader(data.eval, config, accelerator, data.collate_fn) if config.do_eval else None
     labels = training_labels(data.train) if config.class_weights == "balanced" and data.train is not None else None
     loss_fn = classification_loss(class_weights_from(config.class_weights, labels, len(data.class_names)),
                                   config.label_smoothing)
     if config.do_train:
         train_data = build_train_data(data.train, config, accelerator, data.collate_fn, augment=data.augment)
+        flops = None
+        if accelerator.is_main_process:  # before prepare: the bare model, no DDP hooks, no compilation
+            with accelerator.autocast():
+                flops = training_flops_per_sample(model, to_device(train_data.first_micro_batch(),
+                                                                   accelerator.device), loss_fn)
         optimizer = build_optimizer(model, config)
         total = total_optimizer_steps(config, train_data.plan.windows_per_epoch)
         scheduler = build_scheduler(optimizer, config, total)  # not prepared: see build_scheduler
@@ -192,7 +201,7 @@ def run(recipe: Recipe, argv: Optional[list[str]] = None) -> None:
             notes.update(data.baseline())
         result = fit(accelerator, config, model, optimizer, scheduler, train_data, eval_loader,
                      class_names=data.class_names, precision=precision, run_dir=run_dir, data_notes=notes or None,
-                     extra_metrics=recipe.extra_metrics, loss_fn=loss_fn)
+                     extra_metrics=recipe.extra_metrics, loss_fn=loss_fn, flops_per_sample=flops)
         if "baseline_accuracy" in notes:
             say(accelerator, f"baseline (scikit-learn, same split): accuracy {notes['baseline_accuracy']:.4f}, "
                              f"macro F1 {notes['baseline_macro_f1']:.4f}; this model: accuracy "

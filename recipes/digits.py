@@ -76,6 +76,10 @@ class DigitsCNN(nn.Module):
         )
         self.head = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(2 * c * 4, num_classes))
 
+    def checkpoint_blocks(self) -> list[nn.Module]:
+        """The convolution stack as one block, for --gradient_checkpointing."""
+        return [self.features]
+
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(pixel_values))
 

@@ -265,6 +265,10 @@ class SmallResNet(nn.Module):
             nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.head = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(4 * c, num_classes))
 
+    def checkpoint_blocks(self) -> list[nn.Module]:
+        """The residual blocks, for --gradient_checkpointing."""
+        return [m for m in self.features if isinstance(m, ResidualBlock)]
+
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(pixel_values))
 

@@ -307,6 +307,10 @@ class TextEncoder(nn.Module):
         self.norm = nn.LayerNorm(config.d_model)
         self.head = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(config.d_model, num_classes))
 
+    def checkpoint_blocks(self) -> list[nn.Module]:
+        """The encoder layers, for --gradient_checkpointing."""
+        return list(self.encoder.layers)
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.embed(input_ids) + self.positions[:input_ids.shape[1]]
         hidden = self.norm(self.encoder(hidden, src_key_padding_mask=attention_mask == 0))
