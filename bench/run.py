@@ -19,7 +19,10 @@ its RSS once the peer's libraries and the data are loaded.
 
 Peers: raw, accelerate, framework, and lightning / hf when those packages are installed.
 With --compile, `raw+compile`, `accelerate+compile` and `framework+compile`
-(TorchInductor, mode default) are timed too, each against `raw+compile`.
+(TorchInductor, mode default) are timed too, each against `raw+compile`. The
+framework also runs with --gradient_checkpointing (`framework+ckpt`), compared with
+the framework without it (samples/s and peak memory). Every row's model FLOP rate
+(TFLOP/s) is its samples/s times the workload's FLOPs per sample, counted once.
 """
 
 from __future__ import annotations
@@ -65,6 +68,7 @@ class Workload:
     auto: bool = False  # framework only: --auto_find_batch_size, starting from micro, keeping micro x accum
     max_memory_gib: float = 0.0  # framework only: --max_memory_gib
     compile: bool = False  # raw / accelerate / framework: torch.compile (TorchInductor, mode default)
+    checkpoint: bool = False  # framework only: --gradient_checkpointing
 
 
 QUICK = dict(vocab=1000, seq=32, d_model=64, heads=4, ff=128, layers=2, micro=16, accum=2, warmup=10, steps=200,
@@ -82,6 +86,10 @@ class EncoderClassifier(nn.Module):
         self.encoder = nn.TransformerEncoder(layer, w.layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(w.d_model)
         self.head = nn.Linear(w.d_model, w.classes)
+
+    def checkpoint_blocks(self) -> list[nn.Module]:
+        """The encoder layers (the framework's --gradient_checkpointing)."""
+        return list(self.encoder.layers)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         hidden = self.encoder(self.embed(input_ids) + self.pos)
@@ -252,11 +260,14 @@ def run_framework(w: Workload, precision: str, dataset) -> tuple[float, float]:
                                 mixed_precision=precision, dataloader_num_workers=w.workers,
                                 auto_find_batch_size=w.auto, max_memory_gib=w.max_memory_gib,
                                 total_train_batch_size=w.micro * w.accum if w.auto else 0,
-                                torch_compile=w.compile)
+                                torch_compile=w.compile, gradient_checkpointing=w.checkpoint)
         accelerator, resolved = build_accelerator(config)
         run_dir = RunDirectory.for_run(config, accelerator)
         torch.manual_seed(0)
         model = EncoderClassifier(w).to(accelerator.device)
+        if w.checkpoint:
+            from framework.activation_checkpointing import enable_gradient_checkpointing
+            enable_gradient_checkpointing(model)
         optimizer = build_optimizer(model, config)
         train = build_train_data(dataset, config, accelerator)
         eval_loader = build_eval_loader(torch.utils.data.Subset(dataset, range(w.micro)), config, accelerator)
@@ -353,10 +364,11 @@ def _child(args) -> None:
     if args.micro:
         w.micro, w.accum = args.micro, args.accum or 1
     w.auto, w.max_memory_gib, w.compile = args.auto, args.max_memory_gib or 0.0, args.compiled
+    w.checkpoint = args.checkpointed
     dataset = SyntheticTokens(w, (w.warmup + w.steps + 2) * w.micro * w.accum)
     _take_rss_baseline(args.peer)
     samples_per_s, peak, optimizer = RUNNERS[args.peer](w, args.precision, dataset)
-    peer = args.peer + ("+compile" if w.compile else "")
+    peer = args.peer + ("+compile" if w.compile else "") + ("+ckpt" if w.checkpoint else "")
     print("RESULT " + json.dumps({"peer": peer, "precision": args.precision, "micro": w.micro,
                                   "accum": w.accum, "samples_per_s": samples_per_s, "peak_mib": peak,
                                   "optimizer": optimizer}), flush=True)
@@ -383,6 +395,10 @@ def _auto_batch_check(args) -> None:
     for label, extra in [("unconstrained", ["--micro", big, "--accum", "1"]),
                          (f"auto, cap {args.max_memory_gib:g} GiB" if cuda else "auto, no cap (CPU)",
                           ["--micro", big, "--accum", "1", "--auto"]
+                          + (["--max_memory_gib", str(args.max_memory_gib)] if cuda else [])),
+                         (f"auto + checkpointing, cap {args.max_memory_gib:g} GiB" if cuda
+                          else "auto + checkpointing, no cap (CPU)",
+                          ["--micro", big, "--accum", "1", "--auto", "--checkpointed"]
                           + (["--max_memory_gib", str(args.max_memory_gib)] if cuda else []))]:
         row = _run_child("framework", precision, args.quick, *extra)
         if row:
@@ -393,6 +409,17 @@ def _auto_batch_check(args) -> None:
               f"{row['samples_per_s']:>11.1f}{row['peak_mib']:>11.0f}")
     if args.out:
         Path(args.out).write_text(json.dumps({"rows": rows}, indent=2) + "\n")
+
+
+def workload_flops_per_sample(w: Workload) -> float:
+    """The workload's model FLOPs per training sample (forward + backward), counted on the CPU once."""
+    from framework.flops import training_flops_per_sample
+    from framework.losses import classification_loss
+
+    torch.manual_seed(0)
+    data = SyntheticTokens(w, 2)
+    batch = {"input_ids": data.ids, "labels": data.labels}
+    return training_flops_per_sample(EncoderClassifier(w), batch, classification_loss())
 
 
 def summarize(runs: list[dict]) -> dict:
@@ -445,6 +472,7 @@ def main() -> None:
                         help="also time " + ", ".join(COMPILABLE) + " under torch.compile, against raw+compile")
     parser.add_argument("--peer", help=argparse.SUPPRESS)
     parser.add_argument("--compiled", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--checkpointed", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--precision", help=argparse.SUPPRESS)
     parser.add_argument("--micro", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--accum", type=int, help=argparse.SUPPRESS)
@@ -459,29 +487,39 @@ def main() -> None:
     precisions = (args.precisions or ("no,fp16" if cuda else "no")).split(",")
     peers = [p for p in args.peers.split(",") if p not in REQUIRES or _installed(REQUIRES[p])]
     skipped = [p for p in args.peers.split(",") if p not in peers]
-    runs = [(peer, False) for peer in peers] + [(peer, True) for peer in peers if args.compile and peer in COMPILABLE]
+    runs = ([(peer, []) for peer in peers] + [(peer, ["--compiled"]) for peer in peers
+                                             if args.compile and peer in COMPILABLE]
+            + [("framework", ["--checkpointed"])] * ("framework" in peers))
     runs_of: dict[tuple[str, str], list[dict]] = {}
     for _ in range(args.repeats):
         for precision in precisions:
-            for peer, compiled in runs:
-                row = _run_child(peer, precision, args.quick, *(["--compiled"] * compiled))
+            for peer, extra in runs:
+                row = _run_child(peer, precision, args.quick, *extra)
                 if row:
                     runs_of.setdefault((row["peer"], precision), []).append(row)
     settings = {json.dumps(r["optimizer"], sort_keys=True) for rs in runs_of.values() for r in rs}
     if len(settings) > 1:
         raise SystemExit("the peers' optimizers differ, the comparison would not be fair: " + "; ".join(settings))
     rows = {key: summarize(rs) for key, rs in runs_of.items()}
+    flops = workload_flops_per_sample(Workload(**(QUICK if args.quick else {})))
+    for row in rows.values():
+        row["tflops_per_s"] = row["samples_per_s"] * flops / 1e12
     print(f"device: {torch.cuda.get_device_name() if cuda else 'cpu'}; torch {torch.__version__}; "
           f"workload: {'quick' if args.quick else 'full'}; repeats: {args.repeats} (alternating); "
           f"optimizer: {settings.pop() if settings else '-'}")
-    print(f"{'peer':<20}{'precision':<11}{'micro x accum':<15}{'median/s':>10}{'spread':>8}{'x raw':>8}  "
-          f"{'':<14}{'peak MiB':>9}{'mem x raw':>10}")
+    print(f"model FLOPs per sample (forward + backward): {flops:.4g}")
+    print(f"{'peer':<20}{'precision':<11}{'micro x accum':<15}{'median/s':>10}{'TFLOP/s':>9}{'spread':>8}"
+          f"{'x base':>8}  {'':<14}{'peak MiB':>9}{'mem x base':>11}  base")
     for (peer, precision), row in rows.items():
-        # compiled peers are compared with the compiled raw loop, eager ones with the eager raw loop
-        compare(row, rows.get(("raw+compile" if peer.endswith("+compile") else "raw", precision)))
+        # compiled peers are compared with the compiled raw loop, eager ones with the eager raw loop, and
+        # the checkpointed framework with the framework without checkpointing
+        base = "framework" if peer == "framework+ckpt" else "raw+compile" if peer.endswith("+compile") else "raw"
+        compare(row, rows.get((base, precision)))
+        row["compared_with"] = base
         print(f"{peer:<20}{precision:<11}{str(row['micro']) + ' x ' + str(row['accum']):<15}"
-              f"{row['samples_per_s']:>10.1f}{row['spread']:>8.1%}{row['ratio_to_raw']:>8.3f}  {row['verdict']:<14}"
-              f"{row['peak_mib']:>9.0f}{row['peak_ratio_to_raw']:>10.3f}")
+              f"{row['samples_per_s']:>10.1f}{row['tflops_per_s']:>9.3g}{row['spread']:>8.1%}"
+              f"{row['ratio_to_raw']:>8.3f}  {row['verdict']:<14}{row['peak_mib']:>9.0f}"
+              f"{row['peak_ratio_to_raw']:>11.3f}  {base}")
     rows = list(rows.values())
     if skipped:
         print("not installed, skipped: " + ", ".join(skipped))

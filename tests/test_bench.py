@@ -30,7 +30,7 @@ def run_bench(tmp_path, *args: str) -> list[dict]:
 def test_peer_table_with_compiled_rows(tmp_path):
     rows = run_bench(tmp_path, "--peers", "raw,framework", "--compile")
     by_peer = {row["peer"]: row for row in rows}
-    assert by_peer.keys() == {"raw", "framework", "raw+compile", "framework+compile"}
+    assert by_peer.keys() == {"raw", "framework", "raw+compile", "framework+compile", "framework+ckpt"}
     for row in rows:
         assert PEER_FIELDS <= row.keys()
         assert (row["precision"], row["micro"], row["accum"]) == ("no", 16, 2)
@@ -39,12 +39,19 @@ def test_peer_table_with_compiled_rows(tmp_path):
     assert by_peer["raw"]["ratio_to_raw"] == 1.0 and by_peer["raw+compile"]["ratio_to_raw"] == 1.0
     assert by_peer["framework+compile"]["ratio_to_raw"] == pytest.approx(
         by_peer["framework+compile"]["samples_per_s"] / by_peer["raw+compile"]["samples_per_s"])
+    # gradient checkpointing is compared with the framework without it; every row has its FLOP rate
+    ckpt = by_peer["framework+ckpt"]
+    assert ckpt["compared_with"] == "framework" and ckpt["peak_ratio_to_raw"] == pytest.approx(
+        ckpt["peak_mib"] / by_peer["framework"]["peak_mib"])
+    flops = {row["tflops_per_s"] * 1e12 / row["samples_per_s"] for row in rows}
+    assert len({round(f) for f in flops}) == 1 and flops.pop() > 0  # one workload, one FLOP count
 
 
 @pytest.mark.slow
 def test_auto_batch_check_keeps_the_effective_batch(tmp_path):
     rows = run_bench(tmp_path, "--auto_batch_check")
-    assert [row["peer"] for row in rows] == ["framework (unconstrained)", "framework (auto, no cap (CPU))"]
+    assert [row["peer"] for row in rows] == ["framework (unconstrained)", "framework (auto, no cap (CPU))",
+                                             "framework (auto + checkpointing, no cap (CPU))"]
     for row in rows:
         assert FIELDS <= row.keys()
         assert row["micro"] * row["accum"] == 64  # the quick size of effective batch 256
