@@ -497,6 +497,8 @@ def main() -> None:
                 row = _run_child(peer, precision, args.quick, *extra)
                 if row:
                     runs_of.setdefault((row["peer"], precision), []).append(row)
+        if args.out:  # what a time limit cutting the later repeats would otherwise lose
+            Path(args.out + ".partial").write_text(json.dumps({"runs": list(runs_of.values())}, indent=2) + "\n")
     settings = {json.dumps(r["optimizer"], sort_keys=True) for rs in runs_of.values() for r in rs}
     if len(settings) > 1:
         raise SystemExit("the peers' optimizers differ, the comparison would not be fair: " + "; ".join(settings))

@@ -112,3 +112,15 @@ def test_compiled_fp16_digits_matches_eager(tmp_path):
     assert weights(runs["compiled"]).keys() == weights(runs["eager"]).keys()
     accuracy = {name: read_json(out / "report.json")["accuracy"] for name, out in runs.items()}
     assert abs(accuracy["compiled"] - accuracy["eager"]) <= 0.01 and accuracy["compiled"] >= 0.95
+
+
+@pytest.mark.gpu
+def test_mfu_is_reported_on_a_known_gpu(tmp_path):
+    from framework.flops import peak_tflops
+
+    assert run_digits_in_process(tmp_path, "--max_steps", "20", "--mixed_precision", "fp16") == 0
+    summary = read_json(tmp_path / "summary.json")
+    assert summary["model_tflops_per_second"] > 0
+    if peak_tflops(torch.cuda.get_device_name(), "fp16") is None:
+        pytest.skip(f"no peak FLOP/s known for {torch.cuda.get_device_name()}")
+    assert 0 < summary["mfu"] < 1
