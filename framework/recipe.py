@@ -30,6 +30,7 @@ import csv
 import dataclasses
 import io
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -138,6 +139,23 @@ def _load_weights(model: torch.nn.Module, trained: TrainedModel) -> None:
                         f"({str(err).strip().splitlines()[-1].strip()})") from None
 
 
+def check_best_metric(key: str, extra_metrics: Optional[ExtraMetrics]) -> None:
+    """Refuse a --metric_for_best_model that no evaluation will produce, before anything runs."""
+    from framework.evaluation import Predictions
+
+    if not key:
+        return
+    names = {"eval_loss", "eval_accuracy", "eval_macro_f1", "eval_weighted_f1"}
+    if extra_metrics is not None:  # the recipe's metric names, from a two-sample evaluation
+        two = Predictions(np.array([0, 1]), np.array([0, 1]), np.array([0.0, 0.0]))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            names |= {f"eval_{name}" for name in extra_metrics(two)}
+    if key not in names:
+        raise UserError(f"--metric_for_best_model {key!r} is not an evaluation metric; there are: "
+                        f"{', '.join(sorted(names))}")
+
+
 def training_labels(dataset: Any) -> np.ndarray:
     """The `labels` of every training sample (for --class_weights balanced), without decoding inputs."""
     import datasets
@@ -168,6 +186,7 @@ def run(recipe: Recipe, argv: Optional[list[str]] = None) -> None:
         if Path(config.output_dir).resolve() == trained.run_dir.resolve():
             raise UserError(f"--output_dir {config.output_dir!r} is the run of --model_path; write this run's "
                             f"outputs to another --output_dir")
+    check_best_metric(config.best_metric, recipe.extra_metrics)
     accelerator, precision = build_accelerator(config)
     run_dir = RunDirectory.for_run(config, accelerator)
     with accelerator.main_process_first():  # the main process downloads and caches; the others reuse it

@@ -56,8 +56,28 @@ def test_early_stopping_stops_the_run(tmp_path, capsys):
     assert "early stopping: eval_loss did not improve for 1 evaluations" in capsys.readouterr().out
 
 
-def test_an_unknown_metric_is_a_one_line_error(tmp_path, capsys):
-    assert run_digits_in_process(tmp_path, *ARGS, "--metric_for_best_model", "eval_auc") == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1] == ("error: --metric_for_best_model 'eval_auc' is not an evaluation metric; there are: "
-                       "eval_accuracy, eval_loss, eval_macro_f1, eval_weighted_f1")
+def test_an_unknown_metric_is_a_one_line_error_before_anything_runs(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert run_digits_in_process(out, *ARGS, "--metric_for_best_model", "eval_auc") == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: --metric_for_best_model 'eval_auc' is not an evaluation metric; there are: "
+        "eval_accuracy, eval_loss, eval_macro_f1, eval_weighted_f1")
+    assert not out.exists()
+
+
+def test_a_recipes_own_metric_can_be_tracked(tmp_path):
+    import dataclasses
+
+    from sklearn.metrics import balanced_accuracy_score
+
+    from framework.errors import run_main
+    from framework.recipe import run
+    from recipes import digits
+
+    recipe = dataclasses.replace(digits.RECIPE, extra_metrics=lambda p: {
+        "balanced_accuracy": balanced_accuracy_score(p.labels, p.predictions)})
+    assert run_main(lambda: run(recipe, ["--output_dir", str(tmp_path), *ARGS, "--metric_for_best_model",
+                                         "balanced_accuracy"])) == 0
+    summary = read_json(tmp_path / "summary.json")
+    evals = [r["eval_balanced_accuracy"] for r in read_metrics(tmp_path) if "eval_loss" in r]
+    assert summary["best_metric"] == "eval_balanced_accuracy" and summary["best_value"] == max(evals)
