@@ -247,40 +247,33 @@ def run_accelerate(w: Workload, precision: str, dataset) -> tuple[float, float]:
     return _rate(w, marks), _peak_mib(accelerator.device), optimizer_settings(optimizer)
 
 
-def run_framework(w: Workload, precision: str, dataset) -> tuple[float, float]:
-    """This framework's fit(); the time comes from metrics.jsonl's elapsed_s at two logging steps."""
-    from framework import (RunDirectory, TrainingConfig, build_accelerator, build_eval_loader, build_optimizer,
-                           build_scheduler, build_train_data, fit, total_optimizer_steps)
+def run_framework(w: Workload, precision: str, dataset) -> tuple[float, float, dict]:
+    """This framework's runner (framework.recipe.run); the time comes from metrics.jsonl's elapsed_s."""
+    from framework import TrainingConfig
+    from framework.recipe import Recipe, RecipeData, run
 
+    def build_model(config, data):
+        torch.manual_seed(0)
+        return EncoderClassifier(w)
+
+    recipe = Recipe(TrainingConfig, lambda c, t: RecipeData(
+        ["0", "1", "2", "3"], train=dataset, eval=torch.utils.data.Subset(dataset, range(w.micro))), build_model)
     with tempfile.TemporaryDirectory() as out:
         config = TrainingConfig(output_dir=out, per_device_train_batch_size=w.micro,
-                                gradient_accumulation_steps=w.accum, learning_rate=ADAMW["lr"],
+                                gradient_accumulation_steps=1 if w.auto else w.accum, learning_rate=ADAMW["lr"],
                                 weight_decay=ADAMW["weight_decay"], lr_scheduler_type="constant",
                                 max_steps=w.warmup + w.steps, logging_steps=math.gcd(w.warmup, w.window),
                                 mixed_precision=precision, dataloader_num_workers=w.workers,
                                 auto_find_batch_size=w.auto, max_memory_gib=w.max_memory_gib,
                                 total_train_batch_size=w.micro * w.accum if w.auto else 0,
                                 torch_compile=w.compile, gradient_checkpointing=w.checkpoint)
-        accelerator, resolved = build_accelerator(config)
-        run_dir = RunDirectory.for_run(config, accelerator)
-        torch.manual_seed(0)
-        model = EncoderClassifier(w).to(accelerator.device)
-        if w.checkpoint:
-            from framework.activation_checkpointing import enable_gradient_checkpointing
-            enable_gradient_checkpointing(model)
-        optimizer = build_optimizer(model, config)
-        train = build_train_data(dataset, config, accelerator)
-        eval_loader = build_eval_loader(torch.utils.data.Subset(dataset, range(w.micro)), config, accelerator)
-        scheduler = build_scheduler(optimizer, config, total_optimizer_steps(config, train.plan.windows_per_epoch))
-        model, optimizer = accelerator.prepare(model, optimizer)
-        fit(accelerator, config, model, optimizer, scheduler, train, eval_loader, class_names=["0", "1", "2", "3"],
-            precision=resolved, run_dir=run_dir)
+        result = run(recipe, config=config)
         lines = [json.loads(line) for line in Path(out, "metrics.jsonl").read_text().splitlines()]
         marks = {r["step"]: r["elapsed_s"] for r in lines if "elapsed_s" in r and _is_mark(w, r["step"])}
-        summary = json.loads(Path(out, "summary.json").read_text())
+        summary = result.summary
         w.micro, w.accum = summary["per_device_train_batch_size"], summary["gradient_accumulation_steps"]
-        return (_rate(w, marks, summary["effective_batch_size"]), _peak_mib(accelerator.device),
-                optimizer_settings(optimizer))
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return _rate(w, marks, summary["effective_batch_size"]), _peak_mib(device), optimizer_settings(result.optimizer)
 
 
 def run_lightning(w: Workload, precision: str, dataset) -> tuple[float, float]:

@@ -1,10 +1,11 @@
 """Model FLOPs of a training step, counted once, and what they say about the hardware's use.
 
-`training_flops_per_sample` runs one micro-batch's forward and backward under
-`torch.utils.flop_counter.FlopCounterMode` on the main process, outside the timed
-loop, on the bare model (no DDP hooks, no compilation), with the RNG streams put
-back and the gradients dropped afterwards: training is unchanged. Recomputation
-by gradient checkpointing is not counted (model FLOPs, as MFU defines them).
+`meta_flops_per_sample` builds a second copy of the model on the meta device (no
+memory, no real computation), and runs one micro-batch's forward and backward
+through it under `torch.utils.flop_counter.FlopCounterMode`, on the main process,
+before training: the model being trained, its hooks, its gradients and the RNG
+streams are untouched, so training is unchanged. That copy has no gradient
+checkpointing, so recomputation is not counted (model FLOPs, as MFU defines them).
 """
 
 from __future__ import annotations
@@ -49,6 +50,24 @@ def training_flops_per_sample(model: torch.nn.Module, batch: dict[str, Any],
     model.train(was_training)
     restore_rng_state(rng)
     return counter.get_total_flops() / len(labels) if counter else None
+
+
+def meta_flops_per_sample(build_model: Callable[[], torch.nn.Module], batch: dict[str, Any],
+                          loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Optional[float]:
+    """Training FLOPs per sample of the model `build_model()` makes, on `batch`, counted on the meta device;
+    None for a model that cannot run there (data-dependent control flow, say)."""
+    from framework.checkpoint import capture_rng_state, restore_rng_state
+
+    rng = capture_rng_state()
+    try:
+        with torch.device("meta"):
+            model = build_model()
+        meta_batch = {k: v.to("meta") if torch.is_tensor(v) else v for k, v in batch.items()}
+        return training_flops_per_sample(model, meta_batch, loss_fn)
+    except Exception:  # a nicety: never stop a run for it
+        return None
+    finally:
+        restore_rng_state(rng)
 
 
 def peak_tflops(device_name: str, precision: str) -> Optional[float]:

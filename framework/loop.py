@@ -87,6 +87,7 @@ class FitResult:
     report: Report
     summary: dict[str, Any]
     state: TrainState = field(default_factory=TrainState)
+    optimizer: Any = None  # the (prepared) optimizer that trained, e.g. to read its settings back
 
 
 @dataclass
@@ -440,5 +441,5 @@ def fit(accelerator: Accelerator, config: TrainingConfig, model: torch.nn.Module
     }
     run_dir.write_json("summary.json", summary)
     accelerator.wait_for_everyone()
-    return FitResult(ctx.report, summary, state)
+    return FitResult(ctx.report, summary, state, optimizer)
 

@@ -9,7 +9,9 @@ A recipe declares what is particular to its task:
   names, a collate function, an optional per-sample augmentation. `trained` is the
   `TrainedModel` of `--model_path` (its class names and folder, to reload a
   tokenizer) or None.
-- `build_model(config, data)` returns the `nn.Module` (called after seeding).
+- `build_model(config, data)` returns the `nn.Module` (called after seeding; called
+  once more under `torch.device("meta")` to count the model's FLOPs, so it should
+  have no side effects).
 - optional: `model_flags` (config fields that define the architecture: taken from
   the `--model_path` run, a conflicting value is refused), `save_preprocessing(data,
   folder)` (a tokenizer, a vocabulary), `extra_metrics(predictions)` (metrics
@@ -43,11 +45,11 @@ from safetensors.torch import load_file
 from framework.checkpoint import STATE_FILE
 from framework.config import TrainingConfig, config_to_dict, parse_config
 from framework.activation_checkpointing import enable_gradient_checkpointing
-from framework.data import Augment, build_eval_loader, build_train_data, to_device
-from framework.flops import training_flops_per_sample
+from framework.data import Augment, build_eval_loader, build_train_data
+from framework.flops import meta_flops_per_sample
 from framework.errors import UserError
 from framework.evaluation import ExtraMetrics, build_report, evaluate, predict_probabilities
-from framework.loop import fit
+from framework.loop import FitResult, fit
 from framework.losses import class_weights_from, classification_loss
 from framework.optim import build_optimizer, build_scheduler, total_optimizer_steps
 from framework.outputs import RunDirectory
@@ -177,9 +179,14 @@ def write_predictions(path: Path, ids: list, probabilities: np.ndarray, class_na
     write_atomic(path, buffer.getvalue())
 
 
-def run(recipe: Recipe, argv: Optional[list[str]] = None) -> None:
-    """Parse flags and do what they ask: train (fit), evaluate, predict; write every output."""
-    config = parse_config(recipe.config_class, argv)
+def run(recipe: Recipe, argv: Optional[list[str]] = None, *, config: Optional[TrainingConfig] = None,
+        setup: Optional[Callable[[Any], None]] = None) -> Optional[FitResult]:
+    """Parse flags (or take `config`) and do what they ask: train (fit), evaluate, predict; write every output.
+
+    `setup(accelerator)`, if given, runs right after the Accelerator is built (tests use it).
+    Returns fit's result when the run trained.
+    """
+    config = config if config is not None else parse_config(recipe.config_class, argv)
     trained = load_trained_model(config.model_path) if config.model_path else None
     if trained:
         adopt_model_flags(config, trained, recipe.model_flags)
@@ -188,6 +195,8 @@ def run(recipe: Recipe, argv: Optional[list[str]] = None) -> None:
                             f"outputs to another --output_dir")
     check_best_metric(config.best_metric, recipe.extra_metrics)
     accelerator, precision = build_accelerator(config)
+    if setup is not None:
+        setup(accelerator)
     run_dir = RunDirectory.for_run(config, accelerator)
     with accelerator.main_process_first():  # the main process downloads and caches; the others reuse it
         data = recipe.build_data(config, trained)
@@ -201,16 +210,16 @@ def run(recipe: Recipe, argv: Optional[list[str]] = None) -> None:
     if config.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     eval_loader = build_eval_loader(data.eval, config, accelerator, data.collate_fn) if config.do_eval else None
+    result = None
     labels = training_labels(data.train) if config.class_weights == "balanced" and data.train is not None else None
     loss_fn = classification_loss(class_weights_from(config.class_weights, labels, len(data.class_names)),
                                   config.label_smoothing)
     if config.do_train:
         train_data = build_train_data(data.train, config, accelerator, data.collate_fn, augment=data.augment)
         flops = None
-        if accelerator.is_main_process:  # before prepare: the bare model, no DDP hooks, no compilation
-            with accelerator.autocast():
-                flops = training_flops_per_sample(model, to_device(train_data.first_micro_batch(),
-                                                                   accelerator.device), loss_fn)
+        if accelerator.is_main_process:
+            flops = meta_flops_per_sample(lambda: recipe.build_model(config, data), train_data.first_micro_batch(),
+                                          loss_fn)
         optimizer = build_optimizer(model, config)
         total = total_optimizer_steps(config, train_data.plan.windows_per_epoch)
         scheduler = build_scheduler(optimizer, config, total)  # not prepared: see build_scheduler
@@ -240,6 +249,7 @@ def run(recipe: Recipe, argv: Optional[list[str]] = None) -> None:
         _predict(accelerator, config, model, data, run_dir, recipe.extra_metrics)
     accelerator.wait_for_everyone()
     accelerator.end_training()
+    return result
 
 
 def _evaluate_only(accelerator, config, model, eval_loader, data: RecipeData, run_dir: RunDirectory,

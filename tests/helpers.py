@@ -84,26 +84,24 @@ def debug_launch(fn, *args, num_processes: int = 2) -> None:
     debug_launcher(_single_threaded, args=(fn, *args), num_processes=num_processes)
 
 
-def fit_model(config, make_model, train_set, eval_set, class_names, setup=None, collate_fn=None, loss_fn=None):
-    """The digits recipe's main() for any model and datasets: build, prepare, fit.
+def fit_model(config, make_model, train_set, eval_set, class_names, setup=None, collate_fn=None):
+    """Any model and datasets through the recipe runner (framework.recipe.run), as a recipe would.
 
-    `make_model()` is called after seeding, as in a recipe; `setup(accelerator)`, if
+    `make_model()` is called after seeding, as a recipe's build_model; `setup(accelerator)`, if
     given, runs right after the Accelerator is built; `collate_fn` batches both sets.
     Returns (accelerator, FitResult).
     """
-    from framework import (RunDirectory, build_accelerator, build_eval_loader, build_optimizer, build_scheduler,
-                           build_train_data, fit, total_optimizer_steps)
+    from framework.recipe import Recipe, RecipeData, run
 
-    accelerator, precision = build_accelerator(config)
-    if setup:
-        setup(accelerator)
-    run_dir = RunDirectory.for_run(config, accelerator)
-    train = build_train_data(train_set, config, accelerator, collate_fn=collate_fn)
-    eval_loader = build_eval_loader(eval_set, config, accelerator, collate_fn=collate_fn)
-    model = make_model().to(accelerator.device)
-    optimizer = build_optimizer(model, config)
-    scheduler = build_scheduler(optimizer, config, total_optimizer_steps(config, train.plan.windows_per_epoch))
-    model, optimizer = accelerator.prepare(model, optimizer)
-    extra = {"loss_fn": loss_fn} if loss_fn else {}
-    return accelerator, fit(accelerator, config, model, optimizer, scheduler, train, eval_loader,
-                            class_names=class_names, precision=precision, run_dir=run_dir, **extra)
+    built = {}
+
+    def remember(accelerator):
+        built["accelerator"] = accelerator
+        if setup:
+            setup(accelerator)
+
+    recipe = Recipe(type(config), lambda c, t: RecipeData(list(class_names), train=train_set, eval=eval_set,
+                                                          collate_fn=collate_fn),
+                    lambda c, d: make_model())
+    result = run(recipe, config=config, setup=remember)
+    return built["accelerator"], result

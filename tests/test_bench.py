@@ -60,7 +60,7 @@ def test_auto_batch_check_keeps_the_effective_batch(tmp_path):
 @pytest.mark.slow
 def test_every_peer_runs_the_same_optimizer(tmp_path):
     rows = run_bench(tmp_path, "--peers", "raw,accelerate,framework,hf")
-    assert {row["peer"] for row in rows} == {"raw", "accelerate", "framework", "hf"}
+    assert {row["peer"] for row in rows} == {"raw", "accelerate", "framework", "hf", "framework+ckpt"}
     settings = [row["optimizer"] for row in rows]
     assert all(s == settings[0] for s in settings), settings
     assert settings[0]["type"] == "AdamW" and settings[0]["lr"] == 1e-4 and settings[0]["weight_decay"] == 0.0

@@ -57,3 +57,14 @@ def test_multi_process_launchers(tmp_path, launcher):
     assert lines.index(MESSAGE) < min(i for i, line in enumerate(lines) if "ChildFailedError" in line)
     assert any("exitcode  : 2" in line for line in lines)  # the report names the bad-input code
     assert not (tmp_path / "out").exists()
+
+
+def test_a_deepspeed_launch_is_refused_with_one_line(tmp_path):
+    # What a DeepSpeed launcher config hands the training process (accelerate's launcher sets this variable;
+    # DeepSpeed itself is not installed here, so its launcher cannot be started).
+    result = launch([sys.executable, str(DIGITS), "--output_dir", str(tmp_path / "out")], timeout=60,
+                    env={"ACCELERATE_USE_DEEPSPEED": "true"})
+    lines = _stderr_lines(result)
+    assert result.returncode == 2 and len(lines) == 1
+    assert lines[0].startswith("error: DeepSpeed launcher configs are not supported")
+    assert "multi_gpu.yaml" in lines[0] and not (tmp_path / "out").exists()

@@ -112,6 +112,8 @@ def test_skipped_loss_scaled_steps_do_not_advance_the_schedule(tmp_path):
     calls = {"n": 0}
 
     def inf_on_backward_5_and_9(grad):
+        if grad.device.type == "meta":  # the runner's FLOP count builds a meta copy of the model
+            return grad
         calls["n"] += 1
         return grad * float("inf") if calls["n"] in (5, 9) else grad
 
