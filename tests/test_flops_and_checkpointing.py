@@ -94,3 +94,34 @@ def test_checkpointed_transformer_same_weights_and_less_memory(tmp_path, long_te
     assert max_abs_diff(tmp_path / "plain", tmp_path / "ckpt") <= 1e-6
     assert runs["ckpt"]["peak_host_rss_mib"] <= 0.8 * runs["plain"]["peak_host_rss_mib"]
     assert runs["ckpt"]["model_flops_per_sample"] == runs["plain"]["model_flops_per_sample"]  # recompute not counted
+
+
+def _digits_main(argv):
+    from recipes import digits
+
+    digits.main(argv)
+
+
+def test_checkpointing_on_two_processes_with_accumulation_matches_one_process(tmp_path):
+    from helpers import EXACT_ARGS, debug_launch
+
+    # the 2-process group first: an Accelerator built in this process would be inherited by the forked ones
+    debug_launch(_digits_main, ["--output_dir", str(tmp_path / "two"), *EXACT_ARGS, "--gradient_checkpointing",
+                                "true", "--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "2"])
+    assert run_digits_in_process(tmp_path / "one", *EXACT_ARGS, "--per_device_train_batch_size", "32") == 0
+    assert read_json(tmp_path / "two" / "summary.json")["world_size"] == 2
+    assert max_abs_diff(tmp_path / "one", tmp_path / "two") <= 5e-5
+
+
+def test_checkpointed_run_resumes_bitwise(tmp_path):
+    import shutil
+
+    from helpers import weights
+
+    args = ["--max_steps", "40", "--dropout", "0.3", "--mixed_precision", "no", "--gradient_checkpointing", "true",
+            "--checkpointing_steps", "20"]
+    assert run_digits_in_process(tmp_path / "full", *args) == 0
+    shutil.copytree(tmp_path / "full" / "checkpoints" / "step_20", tmp_path / "resumed" / "checkpoints" / "step_20")
+    assert run_digits_in_process(tmp_path / "resumed", *args, "--resume_from_checkpoint", "latest") == 0
+    a, b = weights(tmp_path / "full"), weights(tmp_path / "resumed")
+    assert all(a[k].equal(b[k]) for k in a)
