@@ -10,9 +10,8 @@ weights are the same with and without it. A transformers model uses its own
 
 from __future__ import annotations
 
-import contextlib
 import functools
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch.utils.checkpoint import checkpoint
@@ -20,24 +19,10 @@ from torch.utils.checkpoint import checkpoint
 from framework.errors import UserError
 
 
-_suspended = False
-
-
-@contextlib.contextmanager
-def suspended() -> Iterator[None]:
-    """Run checkpointed blocks plainly (counting model FLOPs must not count the recomputation)."""
-    global _suspended
-    _suspended, before = True, _suspended
-    try:
-        yield
-    finally:
-        _suspended = before
-
-
 def _checkpointed(forward):
     @functools.wraps(forward)
     def run(*args: Any, **kwargs: Any) -> Any:
-        if torch.is_grad_enabled() and not _suspended:  # evaluation (no_grad) stores nothing: run as usual
+        if torch.is_grad_enabled():  # evaluation (no_grad) stores nothing: run as usual
             return checkpoint(forward, *args, use_reentrant=False, preserve_rng_state=True, **kwargs)
         return forward(*args, **kwargs)
     return run

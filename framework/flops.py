@@ -15,8 +15,6 @@ from typing import Any, Callable, Optional
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from framework.activation_checkpointing import suspended
-
 # Dense peak TFLOP/s per GPU, by (name fragment, precision in effect), from NVIDIA's data sheets:
 # H100 SXM / H200: 989 (bf16/fp16 tensor cores), 67 (fp32); H100 PCIe: 756, 51;
 # A100: 312, 19.5. Sparsity figures (2x) are not used. Unknown cards get no MFU.
@@ -41,7 +39,7 @@ def training_flops_per_sample(model: torch.nn.Module, batch: dict[str, Any],
     model.train()
     counter = FlopCounterMode(display=False)
     try:
-        with counter, suspended():
+        with counter:
             loss_fn(model(**inputs).float(), labels).sum().backward()
     except torch.OutOfMemoryError:  # the count is a nicety; training decides what fits
         counter = None

@@ -10,8 +10,8 @@ import sys
 import pytest
 
 from framework.errors import run_main
-from helpers import DIGITS, REPO, accelerate_launch, launch, read_json, run_digits_in_process
-from test_image_recipe import IMAGES, image_folders, _draw, SHAPES  # noqa: F401 (fixture)
+from helpers import accelerate_launch, launch, read_json, run_digits_in_process
+from test_image_recipe import IMAGES, SHAPES, image_folders  # noqa: F401 (fixture)
 from test_text_recipe import ARGS, TEXT, text_files  # noqa: F401 (fixture)
 
 
