@@ -187,10 +187,18 @@ class TrainingConfig:
         return None if every == "no" else every if every == "epoch" else int(every)
 
 
+class InvalidFlag(ConfigError):
+    """`--name must be <allowed>`; parse_config adds the value that was given."""
+
+    def __init__(self, name: str, allowed: str):
+        super().__init__(f"--{name} must be {allowed}")
+        self.name = name
+
+
 def require(name: str, ok: bool, allowed: str) -> None:
     """Raise `ConfigError` saying `--name must be <allowed>` unless `ok`."""
     if not ok:
-        raise ConfigError(f"--{name} must be {allowed}")
+        raise InvalidFlag(name, allowed)
 
 
 def _unwrap_optional(annotation: Any) -> tuple[Any, bool]:
@@ -336,7 +344,11 @@ def parse_config(cls: type[TrainingConfig], argv: Optional[list[str]] = None) ->
     for name, raw in cli.items():
         values[name] = _convert(name, raw, hints[name])
     config = cls(**values)
-    config.validate()
+    try:
+        config.validate()
+    except InvalidFlag as err:
+        given = getattr(config, err.name, None)
+        raise ConfigError(f"{err}, got {given!r}") from None
     return config
 
 

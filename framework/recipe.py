@@ -74,6 +74,7 @@ class RecipeData:
     notes: dict[str, Any] = field(default_factory=dict)  # into the banner and summary.json
     preprocessing: Any = None  # e.g. the tokenizer, for save_preprocessing
     baseline: Optional[Callable[[], dict[str, float]]] = None  # fits and scores a classic baseline (main process)
+    fingerprint: Optional[str] = None  # of preprocessing each process builds itself; must agree across processes
 
 
 @dataclass(frozen=True)
@@ -119,7 +120,9 @@ def adopt_model_flags(config: TrainingConfig, trained: TrainedModel, names: tupl
     """Take the architecture flags from the trained run; one the user set to something else is an error."""
     defaults = {f.name: f.default for f in dataclasses.fields(config)}
     for name in names:
-        saved, current = trained.config.get(name), getattr(config, name)
+        if name not in trained.config:  # a flag newer than the run: its default
+            continue
+        saved, current = trained.config[name], getattr(config, name)
         if current == defaults[name]:
             setattr(config, name, saved)
         elif current != saved:
@@ -158,6 +161,18 @@ def check_best_metric(key: str, extra_metrics: Optional[ExtraMetrics]) -> None:
                         f"{', '.join(sorted(names))}")
 
 
+def check_same_preprocessing(accelerator, fingerprint: Optional[str]) -> None:
+    """Every process builds its own tokenizer (say); one that differs would map the same text to other ids."""
+    if fingerprint is None or accelerator.num_processes == 1:
+        return
+    from accelerate.utils import gather_object
+
+    seen = gather_object([fingerprint])
+    if len(set(seen)) > 1:
+        raise UserError(f"the {len(seen)} processes built different preprocessing from the same data "
+                        f"({len(set(seen))} different fingerprints); the tokenizer training is not deterministic")
+
+
 def training_labels(dataset: Any) -> np.ndarray:
     """The `labels` of every training sample (for --class_weights balanced), without decoding inputs."""
     import datasets
@@ -190,6 +205,7 @@ def run(recipe: Recipe, argv: Optional[list[str]] = None, *, config: Optional[Tr
     trained = load_trained_model(config.model_path) if config.model_path else None
     if trained:
         adopt_model_flags(config, trained, recipe.model_flags)
+        config.validate()  # the adopted flags, checked (and defaults that depend on them, filled again)
         if Path(config.output_dir).resolve() == trained.run_dir.resolve():
             raise UserError(f"--output_dir {config.output_dir!r} is the run of --model_path; write this run's "
                             f"outputs to another --output_dir")
@@ -200,6 +216,7 @@ def run(recipe: Recipe, argv: Optional[list[str]] = None, *, config: Optional[Tr
     run_dir = RunDirectory.for_run(config, accelerator)
     with accelerator.main_process_first():  # the main process downloads and caches; the others reuse it
         data = recipe.build_data(config, trained)
+    check_same_preprocessing(accelerator, data.fingerprint)
     if trained and list(data.class_names) != list(trained.class_names):
         raise UserError(f"the data's classes {data.class_names} differ from those of --model_path "
                         f"{trained.class_names}")

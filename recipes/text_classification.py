@@ -1,9 +1,13 @@
-"""Text classification: any Hugging Face text dataset or local csv/json/parquet files, a small transformer encoder.
+"""Text classification: any Hugging Face text dataset or local csv/json/parquet files.
 
-The tokenizer needs no download: a word vocabulary built from the training split
-(saved as output_dir/vocab.json). With `--model_name_or_path` (and `pip install
-transformers`) a pretrained model is fine-tuned with its own tokenizer instead. Batches are padded to their longest sequence;
-padding is masked out of attention and pooling, so accumulation stays exact.
+Two models of its own, chosen with --model, and no download: `ngram` (the default),
+a linear classifier over TF-IDF-weighted word tokens, word bigrams and character
+2-5-grams (hashed), which on small and medium data matches the best classic linear
+models; and `transformer`, a small encoder. Both read the tokens of a BPE
+tokenizer (the `tokenizers` library) trained on the training split and saved as
+output_dir/tokenizer.json. With `--model_name_or_path` (and `pip install
+transformers`) a pretrained model is fine-tuned with its own tokenizer instead.
+Every sample's loss is its own (padding is masked), so accumulation stays exact.
 
     # local files (a `text` column and a `label` column: integers or class names)
     accelerate launch --config_file accelerate_configs/cpu.yaml recipes/text_classification.py \\
@@ -17,16 +21,15 @@ padding is masked out of attention and pooling, so accumulation stays exact.
 
 from __future__ import annotations
 
-import json
-import math
-import re
-from collections import Counter
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any, Optional
 
+import numpy as np
 import torch
 from datasets import ClassLabel, Dataset, Value, load_dataset
+from tokenizers import Tokenizer
 from torch import nn
 
 from framework import TrainingConfig, run_main
@@ -36,9 +39,18 @@ from framework.data import check_labels
 from framework.errors import UserError
 from framework.local_data import check_complete_rows, load_local_file
 from framework.recipe import Recipe, RecipeData, run
+from framework.text_features import (PAD_ID, NgramFeatures, fingerprint, inverse_document_frequency,
+                                     parse_char_ngrams, token_ids, train_tokenizer)
+from framework.text_models import NgramClassifier, TextEncoder
 
-PAD, UNK = 0, 1
-WORD = re.compile(r"\w+|[^\w\s]")
+TOKENIZER_FILE = "tokenizer.json"
+# Defaults that depend on the model (measured on the real sets of bench/RESULTS.md; the pretrained ones are
+# HF Trainer's). A flag given on the command line or in --config wins.
+MODEL_DEFAULTS = {
+    "ngram": {"learning_rate": 0.05, "num_train_epochs": 10, "weight_decay": 1e-3},
+    "transformer": {"learning_rate": 1e-3, "num_train_epochs": 5, "weight_decay": 0.0},
+    "pretrained": {"learning_rate": 5e-5, "num_train_epochs": 3, "weight_decay": 0.0},
+}
 
 
 @dataclass
@@ -46,7 +58,13 @@ class TextConfig(TrainingConfig):
     """Hyperparameters of the text recipe (the data flags follow HF's run_glue/run_classification)."""
 
     output_dir: str = "outputs/text"
-    num_train_epochs: int = 5
+    learning_rate: Optional[float] = flag("Peak learning rate of AdamW; default: 0.05 for --model ngram, 1e-3 for "
+                                          "transformer, 5e-5 with --model_name_or_path.", default=None)
+    num_train_epochs: Optional[int] = flag("Passes over the training set (ignored when max_steps > 0); default: 10 "
+                                           "for --model ngram, 5 for transformer, 3 with --model_name_or_path.",
+                                           default=None)
+    weight_decay: Optional[float] = flag("AdamW decoupled weight decay; default: 1e-3 for --model ngram, 0 "
+                                         "otherwise.", default=None)
     warmup_ratio: float = 0.05
     dataset_name: str = flag("A Hub dataset, e.g. ag_news, imdb or glue (with --dataset_config).", default="")
     dataset_config: str = flag("The Hub dataset's configuration, e.g. sst2.", default="")
@@ -57,20 +75,40 @@ class TextConfig(TrainingConfig):
                           "it, a test report too).", default="")
     text_column: str = flag("The column holding the text.", default="text")
     label_column: str = flag("The column holding the label (integers, or class names).", default="label")
-    max_length: int = flag("Tokens kept per text.", default=128)
-    vocab_size: int = flag("Words in the vocabulary built from the training split (with [PAD] and [UNK]).",
+    model: str = flag("The recipe's own model: ngram (linear over TF-IDF-weighted tokens, word bigrams and "
+                      "character n-grams) or transformer (a small encoder). Not used with --model_name_or_path.",
+                      default="ngram")
+    vocab_size: int = flag("Entries of the BPE tokenizer trained on the training split (with [PAD], [UNK]).",
                            default=20000)
-    d_model: int = flag("Width of the encoder.", default=128)
-    num_layers: int = flag("Encoder layers.", default=2)
-    num_heads: int = flag("Attention heads.", default=4)
-    dropout: float = flag("Dropout in the encoder and before the head, in [0, 1).", default=0.1)
+    ngram_buckets: int = flag("--model ngram: hash slots for word bigrams, and as many for character n-grams "
+                              "(fewer: faster and smaller, more collisions).", default=262144)
+    char_ngrams: str = flag("--model ngram: lengths of the character n-grams of each word, e.g. 2-5, or 0 for "
+                            "none.", default="2-5")
+    max_length: int = flag("Tokens kept per text by the transformer models (--model ngram reads all of it).",
+                           default=128)
+    d_model: int = flag("--model transformer: width of the encoder.", default=128)
+    num_layers: int = flag("--model transformer: encoder layers.", default=2)
+    num_heads: int = flag("--model transformer: attention heads.", default=4)
+    dropout: float = flag("--model transformer: dropout in the encoder and before the head, in [0, 1).",
+                          default=0.1)
     baseline: str = flag("Also fit TF-IDF (word 1-2-grams) + logistic regression on the same split and report it "
                          "beside the network: true, false, or auto (below 200k training texts).", default="auto")
     model_name_or_path: str = flag("Fine-tune this pretrained transformers model (Hub name or folder) with its "
-                                   "own tokenizer instead of the small encoder; needs `pip install transformers`.",
+                                   "own tokenizer instead of --model; needs `pip install transformers`.",
                                    default="")
 
+    @property
+    def model_kind(self) -> str:
+        """ngram, transformer, or pretrained (--model_name_or_path)."""
+        return "pretrained" if self.model_name_or_path else self.model
+
     def validate(self) -> None:
+        require("model", self.model in ("ngram", "transformer"), "ngram or transformer")
+        # Fill the model-dependent defaults; again when --model_path later changes the model (run() re-validates).
+        if not hasattr(self, "_model_defaults"):
+            self._model_defaults = [n for n in MODEL_DEFAULTS["ngram"] if getattr(self, n) is None]
+        for name in self._model_defaults:
+            setattr(self, name, MODEL_DEFAULTS[self.model_kind][name])
         super().validate()
         require("train_file", not (self.dataset_name and self.train_file), "given, or --dataset_name, but not both")
         require("train_file", not self.do_train or bool(self.dataset_name or self.train_file),
@@ -82,8 +120,16 @@ class TextConfig(TrainingConfig):
         for name in ("max_length", "d_model", "num_layers", "num_heads"):
             require(name, getattr(self, name) >= 1, "an integer >= 1")
         require("vocab_size", self.vocab_size >= 3, "an integer >= 3")
+        require("ngram_buckets", self.ngram_buckets >= 1, "an integer >= 1")
+        try:
+            parse_char_ngrams(self.char_ngrams)
+        except ValueError:
+            require("char_ngrams", False, "a range like 2-5 (lengths >= 1), one length like 3, or 0 for none")
         require("d_model", self.d_model % self.num_heads == 0, f"a multiple of --num_heads ({self.num_heads})")
         require("dropout", 0.0 <= self.dropout < 1.0, "a number in [0, 1)")
+        require("gradient_checkpointing", not (self.gradient_checkpointing and self.model_kind == "ngram"),
+                "off with --model ngram (one table lookup: no activations to recompute); use it with --model "
+                "transformer or --model_name_or_path")
 
 
 def load_splits(config: TextConfig) -> tuple[Dataset | None, Dataset | None]:
@@ -147,36 +193,6 @@ def to_class_ids(split: Dataset, column: str, names: list[str], what: str, requi
     return split
 
 
-def words(text: str) -> list[str]:
-    """Lower-cased words and punctuation marks."""
-    return WORD.findall(text.lower())
-
-
-def build_vocab(texts: list[str], size: int) -> dict[str, int]:
-    """The `size - 2` most frequent words (ties broken alphabetically) after [PAD]=0 and [UNK]=1."""
-    counts = Counter(w for text in texts for w in words(text))
-    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:size - 2]
-    return {"[PAD]": PAD, "[UNK]": UNK, **{w: i + 2 for i, (w, _) in enumerate(ranked)}}
-
-
-class WordTokenizer:
-    """Word-level tokenizer over a vocabulary built from the training split (no download)."""
-
-    pad_token_id = PAD
-
-    def __init__(self, vocab: dict[str, int], max_length: int):
-        self.vocab, self.max_length = vocab, max_length
-
-    def __call__(self, texts: list[str], truncation: bool = True, max_length: int | None = None) -> dict:
-        """Token ids of each text (the call signature of a transformers tokenizer)."""
-        limit = (max_length or self.max_length) if truncation else None
-        ids = [[self.vocab.get(w, UNK) for w in words(t)][:limit] or [UNK] for t in texts]
-        return {"input_ids": ids}
-
-    def save_pretrained(self, folder: str) -> None:
-        (Path(folder) / "vocab.json").write_text(json.dumps(self.vocab))
-
-
 def _transformers():
     try:
         import transformers
@@ -216,17 +232,30 @@ class PretrainedClassifier(nn.Module):
         return self.model(**inputs).logits
 
 
+@dataclass
+class TextPreprocessing:
+    """What turns texts into model inputs, saved with the run: the tokenizer, and for --model ngram the n-gram
+    features and their IDF on the training split (the IDF also lives in the model's weights)."""
+
+    tokenizer: Any
+    features: Optional[NgramFeatures] = None
+    idf: Optional[np.ndarray] = None
+
+
 def build_tokenizer(config: TextConfig, train: Dataset | None, trained=None):
-    """The pretrained tokenizer, the one saved with the --model_path run, or a WordTokenizer built from
-    the training texts."""
-    if trained is not None and not config.do_train:
+    """The tokenizer of the --model_path run, the pretrained one, or a BPE tokenizer trained on the
+    training texts."""
+    if trained is not None:
         if config.model_name_or_path:
             return _transformers().AutoTokenizer.from_pretrained(str(trained.run_dir))
-        vocab = json.loads((trained.run_dir / "vocab.json").read_text())
-        return WordTokenizer(vocab, config.max_length)
+        saved = trained.run_dir / TOKENIZER_FILE
+        if not saved.is_file():
+            raise UserError(f"--model_path {str(trained.run_dir)!r} has no {TOKENIZER_FILE} (a run of an older "
+                            f"version of this recipe: train it again)")
+        return Tokenizer.from_file(str(saved))
     if config.model_name_or_path:
         return load_tokenizer(config)
-    return WordTokenizer(build_vocab(train[config.text_column], config.vocab_size), config.max_length)
+    return train_tokenizer(train[config.text_column], config.vocab_size)
 
 
 def build_data(config: TextConfig, trained=None) -> RecipeData:
@@ -255,19 +284,34 @@ def build_data(config: TextConfig, trained=None) -> RecipeData:
         texts = (train[config.text_column], train[config.label_column], evaluation[config.text_column],
                  evaluation[config.label_column])
         baseline = partial(score, tfidf_logistic_regression(), *texts)
+    preprocessing = TextPreprocessing(tokenizer)
+    if config.model_kind == "ngram":
+        preprocessing.features = NgramFeatures(tokenizer, config.ngram_buckets, parse_char_ngrams(config.char_ngrams))
 
     def tokenize(batch):
-        encoded = tokenizer(batch[config.text_column], truncation=True, max_length=config.max_length)
-        # attention_mask is rebuilt per batch by the collate function, after padding
-        return {**{k: v for k, v in encoded.items() if k != "attention_mask"}, "labels": batch[config.label_column]}
+        texts = batch[config.text_column]
+        if config.model_kind == "ngram":
+            encoded = preprocessing.features(texts)
+        elif config.model_kind == "transformer":
+            encoded = {"input_ids": token_ids(tokenizer, texts, config.max_length)}
+        else:  # attention_mask is rebuilt per batch by the collate function, after padding
+            encoded = tokenizer(texts, truncation=True, max_length=config.max_length)
+            encoded = {k: v for k, v in encoded.items() if k != "attention_mask"}
+        return {**encoded, "labels": batch[config.label_column]}
 
     def prepare(split: Dataset | None) -> Dataset | None:
         if split is None:
             return None
         return split.map(tokenize, batched=True, remove_columns=split.column_names).with_format("torch")
 
-    return RecipeData(names, train=prepare(train), eval=prepare(evaluation), test=prepare(test),
-                      collate_fn=padder(tokenizer.pad_token_id), preprocessing=tokenizer, baseline=baseline)
+    train, evaluation, test = prepare(train), prepare(evaluation), prepare(test)
+    if train is not None and preprocessing.features is not None:
+        preprocessing.idf = inverse_document_frequency(train.with_format(None)["input_ids"],
+                                                       preprocessing.features.num_features)
+    pad_id = tokenizer.pad_token_id if config.model_kind == "pretrained" else PAD_ID
+    return RecipeData(names, train=train, eval=evaluation, test=test, collate_fn=padder(pad_id),
+                      preprocessing=preprocessing, baseline=baseline,
+                      fingerprint=fingerprint(tokenizer) if isinstance(tokenizer, Tokenizer) else None)
 
 
 def padder(pad_id: int):
@@ -290,44 +334,25 @@ def padder(pad_id: int):
     return pad_batch
 
 
-class TextEncoder(nn.Module):
-    """Embeddings + sinusoidal positions, a pre-norm transformer encoder, masked mean pooling, a linear head."""
-
-    def __init__(self, config: TextConfig, vocab_size: int, num_classes: int):
-        super().__init__()
-        self.embed = nn.Embedding(vocab_size, config.d_model, padding_idx=PAD)
-        position = torch.arange(config.max_length).unsqueeze(1)
-        freq = torch.exp(torch.arange(0, config.d_model, 2) * (-math.log(10000.0) / config.d_model))
-        table = torch.zeros(config.max_length, config.d_model)
-        table[:, 0::2], table[:, 1::2] = torch.sin(position * freq), torch.cos(position * freq[:config.d_model // 2])
-        self.register_buffer("positions", table, persistent=False)
-        layer = nn.TransformerEncoderLayer(config.d_model, config.num_heads, 4 * config.d_model, config.dropout,
-                                           activation="gelu", batch_first=True, norm_first=True)
-        self.encoder = nn.TransformerEncoder(layer, config.num_layers, enable_nested_tensor=False)
-        self.norm = nn.LayerNorm(config.d_model)
-        self.head = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(config.d_model, num_classes))
-
-    def checkpoint_blocks(self) -> list[nn.Module]:
-        """The encoder layers, for --gradient_checkpointing."""
-        return list(self.encoder.layers)
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.embed(input_ids) + self.positions[:input_ids.shape[1]]
-        hidden = self.norm(self.encoder(hidden, src_key_padding_mask=attention_mask == 0))
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        return self.head((hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0))
-
-
 def build_model(config: TextConfig, data: RecipeData) -> nn.Module:
-    """The pretrained classifier of --model_name_or_path, or the small encoder over the tokenizer's vocabulary."""
+    """The pretrained classifier of --model_name_or_path, or the recipe's --model over the tokenizer's output."""
     if config.model_name_or_path:
         return load_pretrained_classifier(config, len(data.class_names))
-    return TextEncoder(config, len(data.preprocessing.vocab), len(data.class_names))
+    prep = data.preprocessing
+    if config.model == "ngram":  # idf None (evaluation of a --model_path run): the saved weights bring it
+        return NgramClassifier(prep.features.num_features, len(data.class_names), prep.idf)
+    return TextEncoder(prep.tokenizer.get_vocab_size(), len(data.class_names), d_model=config.d_model,
+                       num_layers=config.num_layers, num_heads=config.num_heads, max_length=config.max_length,
+                       dropout=config.dropout)
 
 
 def save_tokenizer(data: RecipeData, folder: Path) -> None:
-    """vocab.json, or the pretrained tokenizer's files, beside the weights."""
-    data.preprocessing.save_pretrained(str(folder))
+    """tokenizer.json (or the pretrained tokenizer's files) beside the weights."""
+    tokenizer = data.preprocessing.tokenizer
+    if hasattr(tokenizer, "save_pretrained"):
+        tokenizer.save_pretrained(str(folder))
+    else:
+        tokenizer.save(str(folder / TOKENIZER_FILE))
 
 
 def export_pretrained(config: TextConfig, model: nn.Module, data: RecipeData, folder: Path) -> None:
@@ -342,7 +367,8 @@ def export_pretrained(config: TextConfig, model: nn.Module, data: RecipeData, fo
 
 
 RECIPE = Recipe(TextConfig, build_data, build_model, save_preprocessing=save_tokenizer, export=export_pretrained,
-                model_flags=("model_name_or_path", "max_length", "vocab_size", "d_model", "num_layers", "num_heads"))
+                model_flags=("model", "model_name_or_path", "vocab_size", "ngram_buckets", "char_ngrams", "max_length",
+                             "d_model", "num_layers", "num_heads"))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,124 @@
+"""Text to model inputs: a `tokenizers` tokenizer trained on the training split, and hashed n-gram features.
+
+`train_tokenizer` fits a byte-pair-encoding (BPE) tokenizer (NFKC, lower case, words
+and runs of punctuation) on the training texts in a fraction of a second, without a
+download; it is saved as tokenizer.json, which `tokenizers.Tokenizer.from_file` and
+transformers' `PreTrainedTokenizerFast(tokenizer_file=...)` both load. Every process
+trains its own and must get the same one: tokenizers' BPE trainer is deterministic
+(its WordPiece trainer is not: the vocabulary changes from run to run, measured with
+tokenizers 0.23), and the recipe runner compares the processes' fingerprints.
+
+`NgramFeatures` turns a text into the features of the n-gram model: its BPE
+tokens, its word bigrams and the character n-grams of its words (padded with a
+space at each end, as scikit-learn's `char_wb`), the latter two hashed into
+`buckets` slots each. Hashing uses CRC-32, so every process and every later run
+maps an n-gram to the same slot (Python's `hash` of a string differs per process).
+A sample is its distinct feature ids with their counts; the model weighs them.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections import Counter
+from typing import Iterable, Sequence
+
+import numpy as np
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+
+PAD, UNK = "[PAD]", "[UNK]"
+PAD_ID = 0  # [PAD] is trained first: id 0 (padding; never a feature)
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Tokenizer:
+    """A BPE tokenizer of at most `vocab_size` entries ([PAD]=0, [UNK]=1) learned from `texts`."""
+    tokenizer = Tokenizer(models.BPE(unk_token=UNK))
+    tokenizer.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()  # words (\w+) and runs of punctuation
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[PAD, UNK], show_progress=False)
+    tokenizer.train_from_iterator(texts, trainer)
+    return tokenizer
+
+
+def fingerprint(tokenizer: Tokenizer) -> str:
+    """A digest of the tokenizer's JSON: equal on every process, or the processes would disagree on token ids."""
+    import hashlib
+
+    return hashlib.sha256(tokenizer.to_str().encode("utf-8")).hexdigest()
+
+
+def token_ids(tokenizer: Tokenizer, texts: Sequence[str], max_length: int | None = None) -> list[list[int]]:
+    """Token ids of each text (at most `max_length`; an empty text gives [UNK])."""
+    unk = tokenizer.token_to_id(UNK)
+    return [encoding.ids[:max_length] or [unk] for encoding in tokenizer.encode_batch(list(texts))]
+
+
+def parse_char_ngrams(spec: str) -> tuple[int, int]:
+    """'2-5' -> (2, 5); '0' -> (0, 0): no character n-grams. Raises ValueError otherwise."""
+    if spec.strip() == "0":
+        return 0, 0
+    low, sep, high = spec.partition("-")
+    lo, hi = int(low), int(high if sep else low)
+    if not 1 <= lo <= hi:
+        raise ValueError(spec)
+    return lo, hi
+
+
+def char_ngrams(text: str, low: int, high: int) -> list[str]:
+    """The character n-grams (low <= n <= high) of each whitespace-separated word padded with a space at each
+    end; a padded word not longer than n counts once, whole (scikit-learn's `char_wb` analyzer)."""
+    grams = []
+    for word in text.split():
+        padded = f" {word} "
+        for n in range(low, high + 1):
+            if len(padded) <= n:
+                grams.append(padded)
+                break
+            grams.extend(padded[i:i + n] for i in range(len(padded) - n + 1))
+    return grams
+
+
+def _slot(gram: str, buckets: int) -> int:
+    return zlib.crc32(gram.encode("utf-8")) % buckets
+
+
+class NgramFeatures:
+    """Feature ids of a text: BPE tokens [0, V), word bigrams [V, V+B), character n-grams [V+B, V+2B)."""
+
+    def __init__(self, tokenizer: Tokenizer, buckets: int, char_ngrams: tuple[int, int]):
+        self.tokenizer, self.buckets, self.char_ngrams = tokenizer, buckets, char_ngrams
+        self.vocab_size = tokenizer.get_vocab_size()
+
+    @property
+    def num_features(self) -> int:
+        """Rows of the model's weight table."""
+        return self.vocab_size + 2 * self.buckets
+
+    def _hashed(self, text: str) -> list[int]:
+        normalized = self.tokenizer.normalizer.normalize_str(text)
+        words = [word for word, _ in self.tokenizer.pre_tokenizer.pre_tokenize_str(normalized)]
+        bigram_base, char_base = self.vocab_size, self.vocab_size + self.buckets
+        ids = [bigram_base + _slot(f"{a} {b}", self.buckets) for a, b in zip(words, words[1:])]
+        low, high = self.char_ngrams
+        if low:
+            ids.extend(char_base + _slot(gram, self.buckets) for gram in char_ngrams(normalized, low, high))
+        return ids
+
+    def __call__(self, texts: Sequence[str]) -> dict[str, list[list[int]]]:
+        """{"input_ids": distinct feature ids of each text (ascending), "counts": how often each occurs}."""
+        ids, counts = [], []
+        for tokens, text in zip(token_ids(self.tokenizer, texts), texts):
+            tally = Counter(tokens)
+            tally.update(self._hashed(text))
+            keys = sorted(tally)
+            ids.append(keys)
+            counts.append([tally[k] for k in keys])
+        return {"input_ids": ids, "counts": counts}
+
+
+def inverse_document_frequency(feature_ids: Iterable[Sequence[int]], num_features: int) -> np.ndarray:
+    """Smoothed IDF of every feature over the training samples: ln((1 + n) / (1 + df)) + 1 (scikit-learn's)."""
+    n, df = 0, np.zeros(num_features, dtype=np.int64)
+    for ids in feature_ids:
+        df[np.asarray(ids, dtype=np.int64)] += 1  # ids are distinct within a sample
+        n += 1
+    return (np.log((1.0 + n) / (1.0 + df)) + 1.0).astype(np.float32)

@@ -1,0 +1,164 @@
+"""The text recipe's default model: `tokenizers` BPE, hashed n-gram features, the TF-IDF linear classifier.
+
+References are independent of the code under test: scikit-learn's char_wb analyzer and
+TfidfTransformer, transformers' tokenizer loading, and the plain 1-process run for
+accumulation and resume.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from framework.errors import run_main
+from framework.text_features import (NgramFeatures, char_ngrams, inverse_document_frequency, parse_char_ngrams,
+                                     train_tokenizer)
+from framework.text_models import NgramClassifier
+from helpers import REPO, accelerate_launch, max_abs_diff, read_json, weights
+from test_text_recipe import TEXT, text_files  # noqa: F401 (fixture)
+
+CORPUS = ["The quick brown fox jumps over the lazy dog.", "Return the value of x; raise ValueError if x < 0.",
+          "a b", "Ünïcode ﬁne text, with ligature", "os.path.join(a, b) joins paths", "fox fox fox dog"]
+
+
+def test_character_ngrams_are_scikit_learns_char_wb():
+    from sklearn.feature_extraction.text import CountVectorizer
+
+    for low, high in ((2, 5), (1, 3), (4, 4)):
+        analyzer = CountVectorizer(analyzer="char_wb", ngram_range=(low, high), lowercase=False).build_analyzer()
+        for text in CORPUS:
+            assert sorted(char_ngrams(text, low, high)) == sorted(analyzer(text))
+
+
+def test_tfidf_weighting_matches_scikit_learn():
+    """The model's logits are the sublinear TF-IDF vector (scikit-learn's, L2-normalized) times its table."""
+    from scipy.sparse import csr_matrix
+    from sklearn.feature_extraction.text import TfidfTransformer
+
+    tokenizer = train_tokenizer(CORPUS, 200)
+    features = NgramFeatures(tokenizer, 97, (2, 4))
+    encoded = features(CORPUS)
+    rows = [i for i, ids in enumerate(encoded["input_ids"]) for _ in ids]
+    counts = csr_matrix((np.concatenate(encoded["counts"]), (rows, np.concatenate(encoded["input_ids"]))),
+                        shape=(len(CORPUS), features.num_features))
+    expected = TfidfTransformer(sublinear_tf=True).fit(counts).transform(counts).toarray()
+
+    idf = inverse_document_frequency(encoded["input_ids"], features.num_features)
+    model = NgramClassifier(features.num_features, 3, idf)
+    table = torch.randn(features.num_features, 3)
+    table[0] = 0.0  # the padding row (never a feature)
+    with torch.no_grad():
+        model.table.weight.copy_(table)
+        model.bias.copy_(torch.tensor([0.5, -1.0, 2.0]))
+    longest = max(len(ids) for ids in encoded["input_ids"])
+    ids = torch.zeros(len(CORPUS), longest, dtype=torch.long)
+    count = torch.zeros_like(ids)
+    for i, (row_ids, row_counts) in enumerate(zip(encoded["input_ids"], encoded["counts"])):
+        ids[i, :len(row_ids)], count[i, :len(row_counts)] = torch.tensor(row_ids), torch.tensor(row_counts)
+    with torch.no_grad():
+        logits = model(ids, count).numpy()
+    reference = expected @ table.numpy() + np.array([0.5, -1.0, 2.0])
+    np.testing.assert_allclose(logits, reference, rtol=1e-5, atol=1e-5)
+    assert any(c > 1 for c in encoded["counts"][-1])  # repeated words: the sublinear tf is exercised
+
+
+def test_features_are_the_same_in_another_process():
+    """Hash slots must not depend on the process (Python's str hash does: PYTHONHASHSEED)."""
+    here = NgramFeatures(train_tokenizer(CORPUS, 200), 1000, (2, 5))(CORPUS)
+    import json
+
+    code = ("import json, sys; from framework.text_features import NgramFeatures, train_tokenizer;"
+            f"corpus = json.loads({json.dumps(CORPUS)!r});"
+            "print(json.dumps(NgramFeatures(train_tokenizer(corpus, 200), 1000, (2, 5))(corpus)))")
+    for seed in ("1", "2"):
+        out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True,
+                             env={**os.environ, "PYTHONHASHSEED": seed})
+        assert json.loads(out.stdout) == here
+
+
+def test_the_saved_tokenizer_loads_in_tokenizers_and_transformers(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from tokenizers import Tokenizer
+
+    tokenizer = train_tokenizer(CORPUS, 200)
+    tokenizer.save(str(tmp_path / "tokenizer.json"))
+    again = Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_file=str(tmp_path / "tokenizer.json"))
+    for text in CORPUS:
+        assert again.encode(text).ids == tokenizer.encode(text).ids == fast(text)["input_ids"]
+    assert tokenizer.token_to_id("[PAD]") == 0
+
+
+@pytest.mark.parametrize("spec,expected", [("2-5", (2, 5)), ("3", (3, 3)), ("0", (0, 0))])
+def test_char_ngram_ranges(spec, expected):
+    assert parse_char_ngrams(spec) == expected
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--model", "lstm"], "error: --model must be ngram or transformer, got 'lstm'"),
+    (["--char_ngrams", "5-2"], "error: --char_ngrams must be a range like 2-5 (lengths >= 1), one length like 3, "
+                               "or 0 for none, got '5-2'"),
+    (["--gradient_checkpointing", "true"], "error: --gradient_checkpointing must be off with --model ngram"),
+])
+def test_bad_text_model_flags_are_refused(tmp_path, capsys, argv, message):
+    from recipes import text_classification
+
+    code = run_main(lambda: text_classification.main(["--train_file", "x.csv", "--output_dir", str(tmp_path / "o"),
+                                                      *argv]))
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_defaults_follow_the_model_and_a_given_flag_wins():
+    from framework.config import parse_config
+    from recipes.text_classification import TextConfig
+
+    ngram = parse_config(TextConfig, ["--train_file", "x.csv"])
+    transformer = parse_config(TextConfig, ["--train_file", "x.csv", "--model", "transformer"])
+    given = parse_config(TextConfig, ["--train_file", "x.csv", "--learning_rate", "0.3", "--num_train_epochs", "2"])
+    assert (ngram.learning_rate, ngram.num_train_epochs, ngram.weight_decay) == (0.05, 10, 1e-3)
+    assert (transformer.learning_rate, transformer.num_train_epochs, transformer.weight_decay) == (1e-3, 5, 0.0)
+    assert (given.learning_rate, given.num_train_epochs, given.weight_decay) == (0.3, 2, 1e-3)
+    ngram.model = "transformer"  # what --model_path does when it adopts a transformer run
+    ngram.validate()
+    assert (ngram.learning_rate, ngram.num_train_epochs) == (1e-3, 5)
+
+
+EXACT = ["--max_steps", "12", "--mixed_precision", "no", "--baseline", "false", "--seed", "3", "--logging_steps", "1"]
+
+
+@pytest.mark.slow
+def test_ngram_accumulation_on_two_processes_equals_the_big_batch(tmp_path, text_files):  # noqa: F811
+    from recipes import text_classification
+
+    data = ["--train_file", str(text_files / "train.csv"), "--validation_file", str(text_files / "valid.csv")]
+    two = accelerate_launch("cpu_2proc.yaml", TEXT, *data, *EXACT, "--per_device_train_batch_size", "4",
+                            "--gradient_accumulation_steps", "4", "--output_dir", str(tmp_path / "two"))
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert run_main(lambda: text_classification.main([*data, *EXACT, "--per_device_train_batch_size", "32",
+                                                      "--output_dir", str(tmp_path / "one")])) == 0
+    assert read_json(tmp_path / "two" / "summary.json")["world_size"] == 2
+    assert max_abs_diff(tmp_path / "one", tmp_path / "two") <= 1e-5
+    assert (tmp_path / "one" / "tokenizer.json").read_bytes() == (tmp_path / "two" / "tokenizer.json").read_bytes()
+
+
+def test_ngram_run_resumes_bitwise(tmp_path, text_files):  # noqa: F811
+    from recipes import text_classification
+
+    args = ["--train_file", str(text_files / "train.csv"), "--validation_file", str(text_files / "valid.csv"),
+            *EXACT, "--checkpointing_steps", "6", "--per_device_train_batch_size", "8"]
+    assert run_main(lambda: text_classification.main([*args, "--output_dir", str(tmp_path / "full")])) == 0
+    shutil.copytree(tmp_path / "full" / "checkpoints" / "step_6", tmp_path / "resumed" / "checkpoints" / "step_6")
+    assert run_main(lambda: text_classification.main([*args, "--output_dir", str(tmp_path / "resumed"),
+                                                      "--resume_from_checkpoint", "latest"])) == 0
+    a, b = weights(tmp_path / "full"), weights(tmp_path / "resumed")
+    assert a.keys() == {"table.weight", "bias", "idf"} and all(a[k].equal(b[k]) for k in a)
+    assert read_json(tmp_path / "full" / "report.json") == read_json(tmp_path / "resumed" / "report.json")
