@@ -3,12 +3,13 @@
     python bench/real_data.py man OUT/man            # man-page descriptions -> section
     python bench/real_data.py docstrings OUT/doc     # stdlib docstrings -> top-level package
     python bench/real_data.py icons OUT/icons        # Adwaita icons -> context (actions, status, ...)
+    python bench/real_data.py digits OUT/digits      # scikit-learn's bundled handwritten digits as PNG files
     python bench/real_data.py linear OUT/man         # TF-IDF baselines on OUT/man/{train,valid}.csv
 
 Text sets are written as train.csv / valid.csv (columns text, label; a stratified
 80/20 split with seed 0, texts deduplicated and a text seen under two labels
-dropped); the icon set as train/<class>/*.png and valid/<class>/*.png, split by
-icon name so no icon is in both. Nothing is downloaded.
+dropped); image sets as train/<class>/*.png and valid/<class>/*.png (icons split by
+icon name so no icon is in both; digits 80/20 per class). Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -167,6 +168,30 @@ def build_icons(out: Path, sizes: tuple[str, ...]) -> None:
         print(f"{out / split}: {sum(counts.values())} images: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
 
 
+def build_digits(out: Path) -> None:
+    """The 1,797 8x8 scans of scikit-learn's bundled digits (UCI), written as 8-bit grey PNGs, 80/20 per class."""
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    rng = random.Random(0)
+    if out.exists():
+        shutil.rmtree(out)
+    for label in range(10):
+        indices = [i for i in range(len(digits.target)) if digits.target[i] == label]
+        rng.shuffle(indices)
+        cut = round(0.8 * len(indices))
+        for split, chosen in (("train", indices[:cut]), ("valid", indices[cut:])):
+            folder = out / split / str(label)
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in chosen:
+                pixels = (digits.images[i] * (255 / 16)).round().astype(np.uint8)
+                Image.fromarray(pixels, mode="L").save(folder / f"{i}.png")
+    for split in ("train", "valid"):
+        print(f"{out / split}: {sum(1 for _ in (out / split).glob('*/*.png'))} images, 10 classes")
+
+
 def linear_baselines(folder: Path) -> None:
     """Accuracy and macro F1 of three classic text models on folder/train.csv -> folder/valid.csv."""
     from sklearn.feature_extraction.text import TfidfVectorizer
@@ -206,7 +231,7 @@ def linear_baselines(folder: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["man", "docstrings", "icons", "linear"])
+    parser.add_argument("what", choices=["man", "docstrings", "icons", "digits", "linear"])
     parser.add_argument("out", type=Path)
     parser.add_argument("--per_class", type=int, default=800, help="cap on the texts kept per class")
     parser.add_argument("--packages", type=int, default=8, help="docstrings: the largest packages kept")
@@ -217,6 +242,8 @@ def main(argv: list[str] | None = None) -> None:
         build_docstrings(args.out, args.per_class, args.packages)
     elif args.what == "icons":
         build_icons(args.out, ("32x32", "48x48"))
+    elif args.what == "digits":
+        build_digits(args.out)
     else:
         linear_baselines(args.out)
 

@@ -347,8 +347,9 @@ def parse_config(cls: type[TrainingConfig], argv: Optional[list[str]] = None) ->
     try:
         config.validate()
     except InvalidFlag as err:
-        given = getattr(config, err.name, None)
-        raise ConfigError(f"{err}, got {given!r}") from None
+        if "got " in str(err):  # the message already names the offending part
+            raise
+        raise ConfigError(f"{err}, got {getattr(config, err.name, None)!r}") from None
     return config
 
 

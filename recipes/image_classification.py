@@ -58,8 +58,8 @@ class ImageConfig(TrainingConfig):
     groups: int = flag("GroupNorm groups (must divide --channels).", default=8)
     dropout: float = flag("Dropout before the classifier head, in [0, 1).", default=0.1)
     augment: str = flag("Training augmentation, a comma list of crop (random crop after 4-pixel padding) and "
-                        "flip (horizontal; wrong for orientation-sensitive images such as digits or text), "
-                        "or none.", default="crop,flip")
+                        "flip (horizontal: for photos of things that look the same mirrored; wrong for digits, "
+                        "text, icons), or none.", default="crop")
     baseline: str = flag("Also fit logistic regression on the pixels downscaled to 16x16 on the same split and "
                          "report it beside the network: true, false, or auto (below 50k training images).",
                          default="auto")
@@ -80,7 +80,7 @@ class ImageConfig(TrainingConfig):
                 f"an integer >= 1 that divides --channels ({self.channels})")
         require("dropout", 0.0 <= self.dropout < 1.0, "a number in [0, 1)")
         ops = self.augment_ops
-        require("augment", ops is not None, f"none or a comma list of {', '.join(AUGMENTATIONS)}, got {self.augment!r}")
+        require("augment", ops is not None, f"none or a comma list of {', '.join(AUGMENTATIONS)}")
 
     @property
     def augment_ops(self) -> tuple[str, ...] | None:

@@ -17,7 +17,7 @@ from helpers import CONFIGS, DIGITS, launch
 
 BIN = Path(sys.executable).parent
 BAD = ["--learning_rate", "-1"]
-MESSAGE = "error: --learning_rate must be a finite number > 0"
+MESSAGE = "error: --learning_rate must be a finite number > 0, got -1.0"
 
 
 def _stderr_lines(result) -> list[str]:
