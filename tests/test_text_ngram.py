@@ -162,3 +162,37 @@ def test_ngram_run_resumes_bitwise(tmp_path, text_files):  # noqa: F811
     a, b = weights(tmp_path / "full"), weights(tmp_path / "resumed")
     assert a.keys() == {"table.weight", "bias", "idf"} and all(a[k].equal(b[k]) for k in a)
     assert read_json(tmp_path / "full" / "report.json") == read_json(tmp_path / "resumed" / "report.json")
+
+
+@pytest.mark.slow
+def test_default_model_beats_the_baseline_on_real_docstrings(tmp_path):
+    """Real text from this machine (the standard library's docstrings by package, bench/real_data.py): the default
+    recipe must beat its TF-IDF + logistic regression baseline and stay near the best linear model, computed here."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.pipeline import make_pipeline, make_union
+    from sklearn.svm import LinearSVC
+
+    from recipes import text_classification
+
+    data = tmp_path / "doc"
+    build = subprocess.run([sys.executable, str(REPO / "bench" / "real_data.py"), "docstrings", str(data),
+                            "--packages", "10", "--per_class", "700"], capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr[-2000:]
+    assert run_main(lambda: text_classification.main(["--train_file", str(data / "train.csv"), "--validation_file",
+                                                      str(data / "valid.csv"), "--output_dir", str(tmp_path / "o")]))\
+        == 0
+    summary = read_json(tmp_path / "o" / "summary.json")
+    import csv
+
+    def read(name):
+        with open(data / name, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        return [r["text"] for r in rows], [r["label"] for r in rows]
+
+    (train_x, train_y), (valid_x, valid_y) = read("train.csv"), read("valid.csv")
+    assert len(train_x) > 1000 and len(set(train_y)) >= 5
+    best_linear = make_pipeline(make_union(TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True),
+                                           TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True)),
+                                LinearSVC()).fit(train_x, train_y).score(valid_x, valid_y)
+    assert summary["eval_accuracy"] > summary["baseline_accuracy"]
+    assert summary["eval_accuracy"] >= best_linear - 0.02, (summary["eval_accuracy"], best_linear)
