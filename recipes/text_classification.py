@@ -27,8 +27,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
-import torch
-from datasets import ClassLabel, Dataset, Value, load_dataset
+from datasets import Dataset, load_dataset
 from tokenizers import Tokenizer
 from torch import nn
 
@@ -38,7 +37,9 @@ from framework.config import flag, require
 from framework.data import check_labels
 from framework.errors import UserError
 from framework.local_data import check_complete_rows, load_local_file
+from framework.pretrained import load_pretrained_classifier, load_tokenizer, save_in_transformers_layout
 from framework.recipe import Recipe, RecipeData, run
+from framework.text_data import class_names_of, padder, to_class_ids
 from framework.text_features import (PAD_ID, NgramFeatures, fingerprint, inverse_document_frequency,
                                      parse_char_ngrams, token_ids, train_tokenizer)
 from framework.text_models import NgramClassifier, TextEncoder
@@ -154,84 +155,6 @@ def load_splits(config: TextConfig) -> tuple[Dataset | None, Dataset | None]:
     return train, evaluation
 
 
-def class_names_of(train: Dataset, column: str) -> tuple[list[str], Dataset]:
-    """Class names from the training data: its ClassLabel feature, string labels (sorted), or 0..max."""
-    if column not in train.column_names:
-        raise UserError(f"the training data has no label column {column!r} "
-                        f"(columns: {', '.join(train.column_names)}; set --label_column)")
-    feature = train.features[column]
-    if isinstance(feature, ClassLabel):
-        return list(feature.names), train
-    values = train[column]
-    if values and isinstance(values[0], str):
-        train = train.class_encode_column(column)  # class names sorted, as ClassLabel
-        return list(train.features[column].names), train
-    return [str(i) for i in range(max(values) + 1)], train
-
-
-def to_class_ids(split: Dataset, column: str, names: list[str], what: str, required: bool = True) -> Dataset:
-    """The label column as indices into the model's `names` (class names matched by name); without the
-    column (allowed for test data) every label is -1."""
-    if column not in split.column_names:
-        if required:
-            raise UserError(f"the {what} has no label column {column!r} "
-                            f"(columns: {', '.join(split.column_names)}; set --label_column)")
-        return split.add_column(column, [-1] * len(split))
-    feature = split.features[column]
-    values = list(feature.names) if isinstance(feature, ClassLabel) else split.unique(column)
-    if values and isinstance(values[0], str):
-        unknown = sorted(set(values) - set(names))
-        if unknown:
-            raise UserError(f"the {what} has label {unknown[0]!r}, not among the model's classes")
-        ids = {name: i for i, name in enumerate(names)}
-        as_name = feature.int2str if isinstance(feature, ClassLabel) else (lambda v: v)
-        features = split.features.copy()
-        features[column] = Value("int64")
-        split = split.map(lambda batch: {column: [ids[as_name(v)] for v in batch[column]]}, batched=True,
-                          features=features)
-    check_labels(split, len(names), column=column, name=what)
-    return split
-
-
-def _transformers():
-    try:
-        import transformers
-    except ImportError:
-        raise UserError("--model_name_or_path needs the transformers package (pip install transformers)") from None
-    return transformers
-
-
-def _from_pretrained(loader, config: TextConfig, **kwargs):
-    try:
-        return loader.from_pretrained(config.model_name_or_path, **kwargs)
-    except OSError as err:
-        raise UserError(f"--model_name_or_path {config.model_name_or_path!r} could not be loaded: "
-                        f"{str(err).splitlines()[0]}") from None
-
-
-def load_tokenizer(config: TextConfig):
-    """The tokenizer of `--model_name_or_path` (transformers), or a one-line error."""
-    return _from_pretrained(_transformers().AutoTokenizer, config)
-
-
-def load_pretrained_classifier(config: TextConfig, num_classes: int) -> nn.Module:
-    """The pretrained model of `--model_name_or_path` with a fresh `num_classes` head."""
-    model = _from_pretrained(_transformers().AutoModelForSequenceClassification, config, num_labels=num_classes,
-                             ignore_mismatched_sizes=True)
-    return PretrainedClassifier(model)
-
-
-class PretrainedClassifier(nn.Module):
-    """A transformers sequence classifier called with the batch's inputs, returning its logits."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
-        return self.model(**inputs).logits
-
-
 @dataclass
 class TextPreprocessing:
     """What turns texts into model inputs, saved with the run: the tokenizer, and for --model ngram the n-gram
@@ -247,14 +170,14 @@ def build_tokenizer(config: TextConfig, train: Dataset | None, trained=None):
     training texts."""
     if trained is not None:
         if config.model_name_or_path:
-            return _transformers().AutoTokenizer.from_pretrained(str(trained.run_dir))
+            return load_tokenizer(str(trained.run_dir))
         saved = trained.run_dir / TOKENIZER_FILE
         if not saved.is_file():
             raise UserError(f"--model_path {str(trained.run_dir)!r} has no {TOKENIZER_FILE} (a run of an older "
                             f"version of this recipe: train it again)")
         return Tokenizer.from_file(str(saved))
     if config.model_name_or_path:
-        return load_tokenizer(config)
+        return load_tokenizer(config.model_name_or_path)
     return train_tokenizer(train[config.text_column], config.vocab_size)
 
 
@@ -314,30 +237,10 @@ def build_data(config: TextConfig, trained=None) -> RecipeData:
                       fingerprint=fingerprint(tokenizer) if isinstance(tokenizer, Tokenizer) else None)
 
 
-def padder(pad_id: int):
-    """A collate function padding every token sequence to the batch's longest; attention_mask marks real tokens."""
-    def pad_batch(samples: list[dict]) -> dict[str, torch.Tensor]:
-        longest = max(len(s["input_ids"]) for s in samples)
-        batch = {}
-        for key in samples[0]:
-            if key == "labels":
-                continue
-            fill = pad_id if key == "input_ids" else 0
-            padded = torch.full((len(samples), longest), fill, dtype=torch.long)
-            for row, sample in enumerate(samples):
-                padded[row, :len(sample[key])] = sample[key]
-            batch[key] = padded
-        lengths = torch.tensor([len(s["input_ids"]) for s in samples])
-        batch["attention_mask"] = (torch.arange(longest)[None, :] < lengths[:, None]).long()
-        batch["labels"] = torch.stack([torch.as_tensor(s["labels"]) for s in samples])
-        return batch
-    return pad_batch
-
-
 def build_model(config: TextConfig, data: RecipeData) -> nn.Module:
     """The pretrained classifier of --model_name_or_path, or the recipe's --model over the tokenizer's output."""
     if config.model_name_or_path:
-        return load_pretrained_classifier(config, len(data.class_names))
+        return load_pretrained_classifier(config.model_name_or_path, len(data.class_names))
     prep = data.preprocessing
     if config.model == "ngram":  # idf None (evaluation of a --model_path run): the saved weights bring it
         return NgramClassifier(prep.features.num_features, len(data.class_names), prep.idf)
@@ -356,14 +259,9 @@ def save_tokenizer(data: RecipeData, folder: Path) -> None:
 
 
 def export_pretrained(config: TextConfig, model: nn.Module, data: RecipeData, folder: Path) -> None:
-    """With --model_name_or_path, write the fine-tuned model as transformers expects it (config.json with
-    the class names as id2label, unprefixed weights), so AutoModelForSequenceClassification loads the folder."""
-    if not config.model_name_or_path:
-        return
-    inner = model.model
-    inner.config.id2label = dict(enumerate(data.class_names))
-    inner.config.label2id = {name: i for i, name in enumerate(data.class_names)}
-    inner.save_pretrained(str(folder))  # replaces model.safetensors with the same weights, transformers' names
+    """With --model_name_or_path, also write the fine-tuned model in transformers' layout."""
+    if config.model_name_or_path:
+        save_in_transformers_layout(model, data.class_names, folder)
 
 
 RECIPE = Recipe(TextConfig, build_data, build_model, save_preprocessing=save_tokenizer, export=export_pretrained,

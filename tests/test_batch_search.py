@@ -226,7 +226,7 @@ def _variable_length_tokens(size: int, long_every: int):
 
 def test_search_probes_the_longest_sequences_so_training_never_runs_out_of_memory(tmp_path):
     from framework.config import TrainingConfig
-    from recipes.text_classification import padder
+    from framework.text_data import padder
 
     # Most batches are short; a few hold a 40-token sequence. 200 tokens fit.
     train_set, eval_set = _variable_length_tokens(240, 37), _variable_length_tokens(60, 29)
