@@ -224,8 +224,9 @@ def run(recipe: Recipe, argv: Optional[list[str]] = None, *, config: Optional[Tr
     if trained:
         _load_weights(model, trained)
     model = model.to(accelerator.device)  # before the optimizer is built: fused AdamW needs the device
-    if config.gradient_checkpointing:
-        enable_gradient_checkpointing(model)
+    if config.gradient_checkpointing and enable_gradient_checkpointing(model) == 0:
+        say(accelerator, f"note: --gradient_checkpointing: {type(model).__name__} has no blocks to checkpoint "
+                         f"(nothing worth recomputing); it trains as without it")
     eval_loader = build_eval_loader(data.eval, config, accelerator, data.collate_fn) if config.do_eval else None
     result = None
     labels = training_labels(data.train) if config.class_weights == "balanced" and data.train is not None else None

@@ -128,9 +128,6 @@ class TextConfig(TrainingConfig):
             require("char_ngrams", False, "a range like 2-5 (lengths >= 1), one length like 3, or 0 for none")
         require("d_model", self.d_model % self.num_heads == 0, f"a multiple of --num_heads ({self.num_heads})")
         require("dropout", 0.0 <= self.dropout < 1.0, "a number in [0, 1)")
-        require("gradient_checkpointing", not (self.gradient_checkpointing and self.model_kind == "ngram"),
-                "off with --model ngram (one table lookup: no activations to recompute); use it with --model "
-                "transformer or --model_name_or_path")
 
 
 def load_splits(config: TextConfig) -> tuple[Dataset | None, Dataset | None]:

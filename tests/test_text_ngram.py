@@ -104,7 +104,6 @@ def test_char_ngram_ranges(spec, expected):
     (["--model", "lstm"], "error: --model must be ngram or transformer, got 'lstm'"),
     (["--char_ngrams", "5-2"], "error: --char_ngrams must be a range like 2-5 (lengths >= 1), one length like 3, "
                                "or 0 for none, got '5-2'"),
-    (["--gradient_checkpointing", "true"], "error: --gradient_checkpointing must be off with --model ngram"),
 ])
 def test_bad_text_model_flags_are_refused(tmp_path, capsys, argv, message):
     from recipes import text_classification
@@ -115,6 +114,18 @@ def test_bad_text_model_flags_are_refused(tmp_path, capsys, argv, message):
     err = capsys.readouterr().err
     assert err.startswith(message) and err.count("\n") == 1
     assert not (tmp_path / "o").exists()
+
+
+def test_gradient_checkpointing_is_a_noted_no_op_for_the_ngram_model(tmp_path, capsys, text_files):  # noqa: F811
+    from recipes import text_classification
+
+    args = ["--train_file", str(text_files / "train.csv"), "--validation_file", str(text_files / "valid.csv"),
+            "--max_steps", "3", "--baseline", "false", "--mixed_precision", "no"]
+    assert run_main(lambda: text_classification.main([*args, "--output_dir", str(tmp_path / "plain")])) == 0
+    assert run_main(lambda: text_classification.main([*args, "--output_dir", str(tmp_path / "ckpt"),
+                                                      "--gradient_checkpointing", "true"])) == 0
+    assert "note: --gradient_checkpointing: NgramClassifier has no blocks to checkpoint" in capsys.readouterr().out
+    assert max_abs_diff(tmp_path / "plain", tmp_path / "ckpt") == 0.0
 
 
 def test_defaults_follow_the_model_and_a_given_flag_wins():
