@@ -15,7 +15,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import yaml
 
@@ -70,6 +70,9 @@ class RunDirectory:
     def __init__(self, path: str, is_main: bool):
         self.path = Path(path)
         self.is_main = is_main
+        # Called with the folder once it is claimed (main process): files a checkpoint needs beside it to be
+        # used on its own (labels.json, the tokenizer), written before the first step, so a stopped run has them.
+        self.on_start: list[Callable[[Path], None]] = []
 
     @classmethod
     def for_run(cls, config: Any, accelerator: Any) -> "RunDirectory":
@@ -140,6 +143,8 @@ class RunDirectory:
             kept = "".join(line + "\n" for line in lines if json.loads(line).get("step", 0) <= resume_step)
         write_atomic(metrics, kept)
         (self.path / FINISHED_MARKER).unlink(missing_ok=True)
+        for write in self.on_start:
+            write(self.path)
 
     def log(self, record: dict[str, Any]) -> None:
         """Append one JSON line to metrics.jsonl."""

@@ -232,6 +232,13 @@ def run(recipe: Recipe, argv: Optional[list[str]] = None, *, config: Optional[Tr
     labels = training_labels(data.train) if config.class_weights == "balanced" and data.train is not None else None
     loss_fn = classification_loss(class_weights_from(config.class_weights, labels, len(data.class_names)),
                                   config.label_smoothing)
+
+    def write_model_files(folder: Path) -> None:  # before the first step: a stopped run's checkpoints need them
+        run_dir.write_json(LABELS_FILE, data.class_names)
+        if recipe.save_preprocessing:
+            recipe.save_preprocessing(data, folder)
+
+    run_dir.on_start.append(write_model_files)
     if config.do_train:
         train_data = build_train_data(data.train, config, accelerator, data.collate_fn, augment=data.augment)
         flops = None
@@ -257,12 +264,8 @@ def run(recipe: Recipe, argv: Optional[list[str]] = None, *, config: Optional[Tr
         model = accelerator.prepare(model)
         _evaluate_only(accelerator, config, model, eval_loader, data, run_dir, precision, recipe.extra_metrics,
                        loss_fn)
-    if accelerator.is_main_process:
-        run_dir.write_json(LABELS_FILE, data.class_names)
-        if recipe.save_preprocessing:
-            recipe.save_preprocessing(data, run_dir.path)
-        if recipe.export and config.do_train:
-            recipe.export(config, bare_model(accelerator, model), data, run_dir.path)
+    if accelerator.is_main_process and recipe.export and config.do_train:
+        recipe.export(config, bare_model(accelerator, model), data, run_dir.path)
     if config.do_predict:
         _predict(accelerator, config, model, data, run_dir, recipe.extra_metrics)
     accelerator.wait_for_everyone()

@@ -96,6 +96,7 @@ def test_stop_signal_checkpoints_and_the_same_command_resumes_bitwise(tmp_path, 
     assert {"model.safetensors", "trainer.pt", "rng_0.pt", "state.json"} <= {
         p.name for p in (out / "checkpoints" / f"step_{step}").iterdir()}
     assert not (out / "summary.json").exists()
+    assert read_json(out / "labels.json") == [str(i) for i in range(10)]  # the checkpoint is usable (--model_path)
 
     resumed = launch(_command(launcher, out))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
