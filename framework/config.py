@@ -289,7 +289,8 @@ def format_help(cls: type[TrainingConfig], prog: str) -> str:
     for f in dataclasses.fields(cls):
         kind, _ = _unwrap_optional(hints[f.name])
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        lines.append(f"  --{f.name} {kind.__name__.upper()}  (default: {default})")
+        shown = "see below" if default is None and "default:" in _field_help(cls, f.name) else default
+        lines.append(f"  --{f.name} {kind.__name__.upper()}  (default: {shown})")
         lines.append(f"      {_field_help(cls, f.name)}")
     lines.append("  --config FILE.yaml")
     lines.append("      YAML mapping of flag names to values; flags on the command line win over it.")
