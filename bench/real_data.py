@@ -2,6 +2,7 @@
 
     python bench/real_data.py man OUT/man            # man-page descriptions -> section
     python bench/real_data.py docstrings OUT/doc     # stdlib docstrings -> top-level package
+    python bench/real_data.py dpkg OUT/dpkg          # installed Debian packages' one-line descriptions -> section
     python bench/real_data.py icons OUT/icons        # Adwaita icons -> context (actions, status, ...)
     python bench/real_data.py digits OUT/digits      # scikit-learn's bundled handwritten digits as PNG files
     python bench/real_data.py linear OUT/man         # TF-IDF baselines on OUT/man/{train,valid}.csv
@@ -106,6 +107,16 @@ def build_man(out: Path, per_class: int) -> None:
             description = man_description(page)
             if description:
                 rows.append((description, f"section{section.name[3:]}"))
+    write_split(rows, out, per_class)
+
+
+def build_dpkg(out: Path, per_class: int, status: Path = Path("/var/lib/dpkg/status")) -> None:
+    """The one-line descriptions of the installed Debian packages labelled by their section (libs, utils, ...)."""
+    rows = []
+    for block in status.read_text(errors="replace").split("\n\n"):
+        fields = dict(line.split(":", 1) for line in block.splitlines() if ":" in line and not line.startswith(" "))
+        if "Description" in fields and "Section" in fields:
+            rows.append((fields["Description"].strip(), fields["Section"].strip().split("/")[-1]))
     write_split(rows, out, per_class)
 
 
@@ -231,7 +242,7 @@ def linear_baselines(folder: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["man", "docstrings", "icons", "digits", "linear"])
+    parser.add_argument("what", choices=["man", "docstrings", "dpkg", "icons", "digits", "linear"])
     parser.add_argument("out", type=Path)
     parser.add_argument("--per_class", type=int, default=800, help="cap on the texts kept per class")
     parser.add_argument("--packages", type=int, default=8, help="docstrings: the largest packages kept")
@@ -240,6 +251,8 @@ def main(argv: list[str] | None = None) -> None:
         build_man(args.out, args.per_class)
     elif args.what == "docstrings":
         build_docstrings(args.out, args.per_class, args.packages)
+    elif args.what == "dpkg":
+        build_dpkg(args.out, args.per_class)
     elif args.what == "icons":
         build_icons(args.out, ("32x32", "48x48"))
     elif args.what == "digits":
