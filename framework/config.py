@@ -140,18 +140,17 @@ class TrainingConfig:
         require("output_dir", bool(self.output_dir.strip()), "a non-empty path")
         require("total_train_batch_size", self.total_train_batch_size >= 0, "an integer >= 0")
         require("gradient_accumulation_steps", not self.total_train_batch_size or self.gradient_accumulation_steps == 1,
-                f"left at 1 when --total_train_batch_size is set (accumulation then follows from it), "
-                f"got {self.gradient_accumulation_steps}")
+                "left at 1 when --total_train_batch_size is set (accumulation then follows from it)")
         require("max_memory_gib", math.isfinite(self.max_memory_gib) and self.max_memory_gib >= 0,
                 "a finite number >= 0")
         require("torch_compile_mode", self.torch_compile_mode in (None, *COMPILE_MODES),
                 "one of " + ", ".join(COMPILE_MODES))
         for name in self.trackers:
-            require("report_to", name in TRACKERS, f"none, all, or a comma list of {', '.join(TRACKERS)}; "
-                    f"got {name!r}")
+            require("report_to", name in TRACKERS, f"none, all, or a comma list of {', '.join(TRACKERS)}",
+                    given=name)
         every = self.checkpointing_steps
         require("checkpointing_steps", every in ("no", "epoch") or (every.isdigit() and int(every) >= 1),
-                f"'no', 'epoch' or an integer >= 1, got {every!r}")
+                "'no', 'epoch' or an integer >= 1")
         require("save_total_limit", self.save_total_limit >= 0, "an integer >= 0")
         require("early_stopping_patience", self.early_stopping_patience >= 0, "an integer >= 0")
         require("early_stopping_threshold", math.isfinite(self.early_stopping_threshold) and
@@ -187,18 +186,22 @@ class TrainingConfig:
         return None if every == "no" else every if every == "epoch" else int(every)
 
 
+_VALUE = object()  # require(): name the flag's whole value
+
+
 class InvalidFlag(ConfigError):
-    """`--name must be <allowed>`; parse_config adds the value that was given."""
+    """`--name must be <allowed>`; parse_config adds `, got <value>` (the flag's value, or the part named)."""
 
-    def __init__(self, name: str, allowed: str):
+    def __init__(self, name: str, allowed: str, given: Any):
         super().__init__(f"--{name} must be {allowed}")
-        self.name = name
+        self.name, self.given = name, given
 
 
-def require(name: str, ok: bool, allowed: str) -> None:
-    """Raise `ConfigError` saying `--name must be <allowed>` unless `ok`."""
+def require(name: str, ok: bool, allowed: str, given: Any = _VALUE) -> None:
+    """Raise `ConfigError` saying `--name must be <allowed>, got <value>` unless `ok`; `given` names the offending
+    part of a composite value (one item of a list, say) instead of the whole."""
     if not ok:
-        raise InvalidFlag(name, allowed)
+        raise InvalidFlag(name, allowed, given)
 
 
 def _unwrap_optional(annotation: Any) -> tuple[Any, bool]:
@@ -348,9 +351,8 @@ def parse_config(cls: type[TrainingConfig], argv: Optional[list[str]] = None) ->
     try:
         config.validate()
     except InvalidFlag as err:
-        if "got " in str(err):  # the message already names the offending part
-            raise
-        raise ConfigError(f"{err}, got {getattr(config, err.name, None)!r}") from None
+        given = getattr(config, err.name, None) if err.given is _VALUE else err.given
+        raise ConfigError(f"{err}, got {given!r}") from None
     return config
 
 
