@@ -24,6 +24,7 @@ import yaml
 from framework.errors import ConfigError
 
 PRECISIONS = ("no", "fp16", "bf16")
+OPTIMIZERS = ("adamw", "sgd")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 TRACKERS = ("tensorboard", "wandb", "trackio", "comet_ml", "aim", "mlflow", "clearml", "dvclive", "swanlab")
@@ -43,8 +44,11 @@ class TrainingConfig:
     per_device_train_batch_size: int = flag("Micro-batch size on each process.", default=32)
     per_device_eval_batch_size: int = flag("Evaluation batch size on each process.", default=128)
     gradient_accumulation_steps: int = flag("Micro-batches accumulated into one optimizer step.", default=1)
-    learning_rate: float = flag("Peak learning rate of AdamW.", default=1e-3)
-    weight_decay: float = flag("AdamW decoupled weight decay.", default=0.0)
+    optim: str = flag("Optimizer: adamw (torch's AdamW) or sgd (SGD with --momentum).", default="adamw")
+    momentum: float = flag("--optim sgd: momentum, in [0, 1).", default=0.9)
+    learning_rate: float = flag("Peak learning rate of the optimizer.", default=1e-3)
+    weight_decay: float = flag("Weight decay of the weight matrices (not biases and norms): decoupled with adamw, "
+                               "an L2 term of the gradient with sgd.", default=0.0)
     num_train_epochs: int = flag("Passes over the training set (ignored when max_steps > 0).", default=3)
     max_steps: int = flag("Total optimizer steps; -1 means num_train_epochs decides.", default=-1)
     warmup_steps: int = flag("Optimizer steps of linear warmup from 0 to learning_rate; when > 0 it wins over "
@@ -127,6 +131,8 @@ class TrainingConfig:
         for name in ("warmup_steps", "eval_steps", "dataloader_num_workers"):
             require(name, getattr(self, name) >= 0, "an integer >= 0")
         require("max_steps", self.max_steps == -1 or self.max_steps >= 1, "-1 (use epochs) or an integer >= 1")
+        require("optim", self.optim in OPTIMIZERS, " or ".join(OPTIMIZERS))
+        require("momentum", math.isfinite(self.momentum) and 0.0 <= self.momentum < 1.0, "a number in [0, 1)")
         require("learning_rate", math.isfinite(self.learning_rate) and self.learning_rate > 0, "a finite number > 0")
         for name in ("weight_decay", "max_grad_norm"):
             value = getattr(self, name)

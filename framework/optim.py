@@ -11,14 +11,17 @@ from framework.config import TrainingConfig
 
 
 def build_optimizer(model: torch.nn.Module, config: TrainingConfig) -> torch.optim.Optimizer:
-    """AdamW over the trainable parameters; no weight decay on biases and norm weights (1-D tensors).
+    """`--optim` (AdamW, or SGD with momentum) over the trainable parameters; no weight decay on biases and
+    norm weights (1-D tensors).
 
-    The fused CUDA kernel is used when every parameter is on a CUDA device.
+    AdamW uses the fused CUDA kernel when every parameter is on a CUDA device.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if config.optim == "sgd":
+        return torch.optim.SGD(groups, lr=config.learning_rate, momentum=config.momentum)
     fused = bool(params) and all(p.device.type == "cuda" for p in params)
     return torch.optim.AdamW(groups, lr=config.learning_rate, fused=fused or None)
 

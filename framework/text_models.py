@@ -15,19 +15,22 @@ class NgramClassifier(nn.Module):
     """fastText-style, but full rank: a linear classifier over TF-IDF-weighted n-gram features.
 
     A sample is its distinct feature ids and their counts (framework.text_features).
-    Each feature is weighted (1 + ln count) * idf, the weights are scaled to unit L2
-    norm per sample, and the logits are the weighted sum of the features' rows of a
-    `num_features x num_classes` table plus a bias: scikit-learn's sublinear TF-IDF
-    with a linear model on top, learned by the framework's loop. The IDF is a buffer
-    computed from the training split, saved with the weights.
+    Each feature is weighted (1 + ln count) * idf; the word features (ids below
+    `char_start`: tokens and word bigrams) and the character n-grams are each scaled
+    to unit L2 norm per sample, and the logits are the weighted sum of the features'
+    rows of a `num_features x num_classes` table plus a bias: scikit-learn's union of
+    two sublinear TF-IDF vectorizers with a linear model on top, learned by the
+    framework's loop. The IDF (0 for features absent from the training split) and
+    `char_start` are buffers, saved with the weights.
     """
 
-    def __init__(self, num_features: int, num_classes: int, idf: np.ndarray | None = None):
+    def __init__(self, num_features: int, num_classes: int, idf: np.ndarray | None = None, *, char_start: int):
         super().__init__()
         self.table = nn.EmbeddingBag(num_features, num_classes, mode="sum", padding_idx=PAD_ID)
         nn.init.zeros_(self.table.weight)  # a linear model: zero is the natural start
         self.bias = nn.Parameter(torch.zeros(num_classes))
         self.register_buffer("idf", torch.ones(num_features))
+        self.register_buffer("char_start", torch.tensor(char_start, dtype=torch.long))
         if idf is not None:
             self.idf.copy_(torch.from_numpy(idf))  # a no-op on the meta device (FLOP counting)
 
@@ -39,7 +42,11 @@ class NgramClassifier(nn.Module):
         counts = counts.float()
         present = counts > 0  # padding has count 0
         weights = torch.where(present, 1.0 + torch.log(counts.clamp(min=1.0)), 0.0) * self.idf[input_ids]
-        weights = weights / weights.norm(dim=1, keepdim=True).clamp(min=1e-12)
+        is_word = input_ids < self.char_start
+        words, chars = torch.where(is_word, weights, 0.0), torch.where(is_word, 0.0, weights)
+        # A block with no known feature (norm 0) stays 0 instead of dividing by 0.
+        weights = (words / words.norm(dim=1, keepdim=True).clamp(min=1e-12)
+                   + chars / chars.norm(dim=1, keepdim=True).clamp(min=1e-12))
         return self.table(input_ids, per_sample_weights=weights) + self.bias
 
 

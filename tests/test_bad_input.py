@@ -17,6 +17,8 @@ CASES = [
     (["--learning_rate", "0"], "--learning_rate must be a finite number > 0"),
     (["--learning_rate", "-1e-3"], "--learning_rate must be a finite number > 0"),
     (["--learning_rate", "nan"], "--learning_rate must be a finite number > 0"),
+    (["--optim", "adam"], "--optim must be adamw or sgd, got 'adam'"),
+    (["--momentum", "1"], "--momentum must be a number in [0, 1), got 1.0"),
     (["--mixed_precision", "fp8"], "--mixed_precision must be one of no, fp16, bf16"),
     (["--torch_compile_mode", "fast"], "--torch_compile_mode must be one of default, reduce-overhead"),
     (["--checkpointing_steps", "often"], "--checkpointing_steps must be 'no', 'epoch' or an integer >= 1"),

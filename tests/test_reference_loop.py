@@ -67,10 +67,11 @@ def reference_weights(effective_batch: int, class_weights=None, label_smoothing:
 
 
 def _config(out, micro: int, accumulation: int, **extra) -> TrainingConfig:
+    settings = dict(learning_rate=LR, weight_decay=0.0, warmup_steps=0, lr_scheduler_type="constant",
+                    max_grad_norm=0.0, mixed_precision="no", logging_steps=1)
     return TrainingConfig(output_dir=str(out), per_device_train_batch_size=micro,
                           gradient_accumulation_steps=accumulation, num_train_epochs=EPOCHS, seed=SEED,
-                          learning_rate=LR, weight_decay=0.0, warmup_steps=0, lr_scheduler_type="constant",
-                          max_grad_norm=0.0, mixed_precision="no", logging_steps=1, **extra)
+                          **{**settings, **extra})
 
 
 def _framework_run(out, micro: int, accumulation: int, **extra) -> None:
@@ -108,3 +109,31 @@ def test_class_weights_and_label_smoothing_match_the_plain_loop(tmp_path, micro,
     weights, smoothing = [0.5, 2.0, 1.25], 0.1
     _framework_run(tmp_path, micro, accumulation, class_weights="0.5,2.0,1.25", label_smoothing=smoothing)
     assert _max_diff(tmp_path, reference_weights(micro * accumulation, weights, smoothing)) < 2e-6
+
+
+def sgd_reference_weights(effective_batch: int, momentum: float, weight_decay: float) -> dict:
+    """Plain PyTorch with SGD written out: g = grad + weight_decay * w (weight matrices only), buf = momentum *
+    buf + g (buf = g at the first step), w -= lr * buf."""
+    x, y = _data()
+    model = _initial_model()
+    buffers: dict = {}
+    for epoch in range(EPOCHS):
+        order = np.random.default_rng([SEED, epoch]).permutation(N)
+        for k in range(math.ceil(N / effective_batch)):
+            idx = torch.as_tensor(order[k * effective_batch:(k + 1) * effective_batch])
+            model.zero_grad()
+            F.cross_entropy(model(x[idx]), y[idx]).backward()
+            with torch.no_grad():
+                for name, p in model.named_parameters():
+                    g = p.grad + (weight_decay * p if p.ndim >= 2 else 0.0)
+                    buffers[name] = g.clone() if name not in buffers else momentum * buffers[name] + g
+                    p -= LR * buffers[name]
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("micro,accumulation", [(32, 1), (8, 4)])
+def test_sgd_with_momentum_matches_the_plain_loop(tmp_path, micro, accumulation):
+    _framework_run(tmp_path, micro, accumulation, optim="sgd", momentum=0.8, weight_decay=0.01)
+    reference = sgd_reference_weights(micro * accumulation, 0.8, 0.01)
+    assert _max_diff(tmp_path, reference) < 2e-6
+    assert _max_diff(tmp_path, sgd_reference_weights(micro * accumulation, 0.0, 0.01)) > 1e-3  # momentum matters
