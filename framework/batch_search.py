@@ -69,15 +69,24 @@ def free_memory(optimizer: Any = None) -> None:
         torch.cuda.empty_cache()
 
 
+def state_buffers_per_parameter(optimizer: Any) -> int:
+    """Parameter-sized buffers the optimizer will keep: AdamW's two moments, SGD's momentum buffer (if any)."""
+    inner = getattr(optimizer, "optimizer", optimizer)
+    if isinstance(inner, torch.optim.SGD):
+        return 1 if inner.defaults["momentum"] else 0
+    return 2
+
+
 def _optimizer_state_reserve(model: torch.nn.Module, optimizer: Any) -> Any:
-    """Hold the memory AdamW's two moment buffers will take, if they do not exist yet."""
+    """Hold the memory the optimizer's state buffers will take, if they do not exist yet."""
     inner = getattr(optimizer, "optimizer", optimizer)
     if any(inner.state.values()):
         return None
     params = [p for p in model.parameters() if p.requires_grad]
     if not params or params[0].device.type != "cuda":
         return None
-    return torch.empty(2 * sum(p.numel() for p in params), dtype=torch.float32, device=params[0].device)
+    floats = state_buffers_per_parameter(optimizer) * sum(p.numel() for p in params)
+    return torch.empty(floats, dtype=torch.float32, device=params[0].device)
 
 
 def probe_micro_batch(accelerator: Any, model: torch.nn.Module, optimizer: Any,

@@ -10,7 +10,7 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from framework.batch_search import largest_fitting, probe_micro_batch
+from framework.batch_search import largest_fitting, probe_micro_batch, state_buffers_per_parameter
 from framework.errors import UserError
 from framework.config import parse_config
 from helpers import EXACT_ARGS, debug_launch, fit_model, read_json, read_metrics, run_digits_in_process
@@ -252,3 +252,18 @@ def test_largest_sample_index_follows_splits_and_ignores_fixed_shapes():
     lengths = [len(x) for x in split["input_ids"]]
     assert largest_sample_index(split) == lengths.index(max(lengths))
     assert largest_sample_index(torch.utils.data.TensorDataset(torch.zeros(4, 3))) == 0
+
+
+@pytest.mark.parametrize("make", [lambda p: torch.optim.AdamW(p), lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9),
+                                  lambda p: torch.optim.SGD(p, lr=0.1)], ids=["adamw", "sgd-momentum", "sgd"])
+def test_the_memory_held_for_optimizer_state_is_what_a_step_allocates(make):
+    """The search holds room for the optimizer's state before its first step: as many parameter-sized
+    buffers as a real step then creates."""
+    model = torch.nn.Linear(5, 3)
+    optimizer = make(model.parameters())
+    expected = state_buffers_per_parameter(optimizer)
+    model(torch.randn(4, 5)).sum().backward()
+    optimizer.step()
+    for p in model.parameters():
+        sized = [v for v in optimizer.state[p].values() if torch.is_tensor(v) and v.shape == p.shape]
+        assert len(sized) == expected
