@@ -2,8 +2,8 @@
 
 Two models of its own, chosen with --model, and no download: `ngram` (the default),
 a linear classifier over TF-IDF-weighted word tokens, word bigrams and character
-2-5-grams (hashed), which on small and medium data matches the best classic linear
-models; and `transformer`, a small encoder. Both read the tokens of a BPE
+2-5-grams (hashed), trained with SGD, within a point of the best classic linear
+models on the small real sets of bench/RESULTS.md; and `transformer`, a small encoder. Both read the tokens of a BPE
 tokenizer (the `tokenizers` library) trained on the training split and saved as
 output_dir/tokenizer.json. With `--model_name_or_path` (and `pip install
 transformers`) a pretrained model is fine-tuned with its own tokenizer instead.
