@@ -3,10 +3,11 @@
 Two models of its own, chosen with --model, and no download: `ngram` (the default),
 a linear classifier over TF-IDF-weighted word tokens, word bigrams and character
 2-5-grams (hashed), trained with SGD, within a point of the best classic linear
-models on the small real sets of bench/RESULTS.md; and `transformer`, a small encoder. Both read the tokens of a BPE
-tokenizer (the `tokenizers` library) trained on the training split and saved as
-output_dir/tokenizer.json. With `--model_name_or_path` (and `pip install
-transformers`) a pretrained model is fine-tuned with its own tokenizer instead.
+models on the small real sets of bench/RESULTS.md; and `transformer`, a small
+encoder. Both read the tokens of a BPE tokenizer (the `tokenizers` library) trained
+on the training split and saved as output_dir/tokenizer.json. With
+`--model_name_or_path` (and `pip install transformers`) a pretrained model is
+fine-tuned with its own tokenizer instead.
 Every sample's loss is its own (padding is masked), so accumulation stays exact.
 
     # local files (a `text` column and a `label` column: integers or class names)
@@ -49,7 +50,7 @@ TOKENIZER_FILE = "tokenizer.json"
 # HF Trainer's). A flag given on the command line or in --config wins.
 MODEL_DEFAULTS = {
     # The n-gram model is convex: SGD finds the weights that generalize on small sets, where AdamW's
-    # per-coordinate steps fit rare n-grams (bench/RESULTS.md: -6 points on a 460-text set).
+    # per-coordinate steps fit rare n-grams (bench/RESULTS.md: -8 points on a 460-text set).
     "ngram": {"optim": "sgd", "learning_rate": 5.0, "num_train_epochs": 20},
     "transformer": {"optim": "adamw", "learning_rate": 1e-3, "num_train_epochs": 5},
     "pretrained": {"optim": "adamw", "learning_rate": 5e-5, "num_train_epochs": 3},
