@@ -22,8 +22,16 @@ def wanted(spec: str, train_size: int, limit: int = AUTO_LIMIT) -> bool:
 
 
 def score(model: Any, train_x: Any, train_y: Sequence[int], eval_x: Any, eval_y: Sequence[int]) -> dict[str, float]:
-    """Fit `model` on the training split; accuracy and macro F1 on the evaluation split."""
-    model.fit(train_x, np.asarray(train_y))
+    """Fit `model` on the training split; accuracy and macro F1 on the evaluation split.
+
+    Data the baseline cannot use (e.g. texts of one-letter words only, which the TF-IDF tokenizer
+    drops) gives `{"baseline": "not fitted (reason)"}` instead: the baseline is a comparison, never
+    a reason to stop the run.
+    """
+    try:
+        model.fit(train_x, np.asarray(train_y))
+    except ValueError as err:
+        return {"baseline": f"not fitted ({str(err).splitlines()[0]})"}
     predicted = model.predict(eval_x)
     return {"baseline_accuracy": float(accuracy_score(eval_y, predicted)),
             "baseline_macro_f1": float(f1_score(eval_y, predicted, average="macro", zero_division=0))}

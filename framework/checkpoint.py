@@ -20,8 +20,9 @@ import os
 import random
 import re
 import shutil
+import zipfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -30,9 +31,10 @@ from safetensors.torch import save_file
 
 from framework.errors import UserError
 from framework.outputs import umask_mode
-from framework.weights import WEIGHTS_FILE, bare_model, model_state_dict
+from framework.weights import WEIGHTS_FILE, bare_model, model_state_dict, weights_problem
 
 STATE_FILE = "state.json"
+TRAINER_FILE = "trainer.pt"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
@@ -50,20 +52,71 @@ def list_checkpoints(output_dir: str | Path) -> list[Path]:
     return [p for _, p in sorted(found) if (p / STATE_FILE).is_file()]
 
 
-def resolve_checkpoint(spec: Optional[str], output_dir: str | Path) -> Optional[Path]:
-    """Turn `--resume_from_checkpoint auto|latest|PATH` into a complete checkpoint folder, or raise UserError.
+def _torch_file_problem(path: Path) -> Optional[str]:
+    """Why a file written by torch.save cannot be read, or None: it is a zip archive whose index sits at
+    the end, so a truncated or overwritten file fails to open without reading its tensors."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if not any(name.endswith("data.pkl") for name in archive.namelist()):
+                return f"{path.name} is not a torch file"
+    except (zipfile.BadZipFile, OSError) as err:
+        return f"{path.name} is damaged ({err})"
+    return None
 
-    None (no resume) and `auto` without a complete checkpoint give None: start from scratch.
+
+def checkpoint_problem(path: Path) -> Optional[str]:
+    """What makes a checkpoint folder unusable for a resume (a missing or unreadable file), or None.
+
+    Checked before anything is loaded: state.json (valid JSON with the train state), the weights'
+    safetensors header, and the torch files' archive index.
+    """
+    for name in (STATE_FILE, WEIGHTS_FILE, TRAINER_FILE):
+        if not (path / name).is_file():
+            return f"{name} is missing"
+    try:
+        record = json.loads((path / STATE_FILE).read_text())
+        if not isinstance(record, dict) or not isinstance(record.get("state"), dict) or \
+                not isinstance(record.get("identity"), dict):
+            return f"{STATE_FILE} lacks the train state"
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        return f"{STATE_FILE} is not readable JSON ({err})"
+    problem = weights_problem(path / WEIGHTS_FILE)
+    if problem:
+        return problem
+    for file in [path / TRAINER_FILE, *sorted(path.glob("rng_*.pt"))]:
+        problem = _torch_file_problem(file)
+        if problem:
+            return problem
+    return None
+
+
+def resolve_checkpoint(spec: Optional[str], output_dir: str | Path,
+                       note: Optional[Callable[[str], None]] = None) -> Optional[Path]:
+    """Turn `--resume_from_checkpoint auto|latest|PATH` into a verified checkpoint folder, or raise UserError.
+
+    None (no resume) and `auto` without a usable checkpoint give None: start from scratch. `auto`
+    passes over damaged checkpoints to the newest usable one and says so through `note`; `latest`
+    and a path name a damaged checkpoint and stop.
     """
     if spec is None:
         return None
     if spec == "auto":
-        found = list_checkpoints(output_dir)
-        return found[-1] if found else None
+        for path in reversed(list_checkpoints(output_dir)):
+            problem = checkpoint_problem(path)
+            if problem is None:
+                return path
+            if note:
+                note(f"note: --resume_from_checkpoint auto: skipping the damaged checkpoint {path} ({problem})")
+        return None
     if spec == "latest":
         found = list_checkpoints(output_dir)
         if not found:
             raise UserError(f"--resume_from_checkpoint latest: no complete checkpoint in {checkpoint_root(output_dir)}")
+        problem = checkpoint_problem(found[-1])
+        if problem:
+            raise UserError(f"--resume_from_checkpoint latest: the newest checkpoint {str(found[-1])!r} is damaged "
+                            f"({problem}); use --resume_from_checkpoint auto to resume from the newest undamaged "
+                            f"one, or remove it")
         return found[-1]
     path = Path(spec)
     if not path.is_dir():
@@ -71,6 +124,10 @@ def resolve_checkpoint(spec: Optional[str], output_dir: str | Path) -> Optional[
                         f"or 'auto')")
     if not (path / STATE_FILE).is_file() or not (path / WEIGHTS_FILE).is_file():
         raise UserError(f"--resume_from_checkpoint {spec!r} is incomplete (no {STATE_FILE} or {WEIGHTS_FILE})")
+    problem = checkpoint_problem(path)
+    if problem:
+        raise UserError(f"--resume_from_checkpoint {spec!r} is damaged ({problem}); give another checkpoint "
+                        f"folder, or 'auto' for the newest undamaged one")
     return path
 
 
@@ -130,7 +187,7 @@ def save_checkpoint(accelerator: Any, output_dir: str | Path, *, model: Any, opt
         umask_mode(tmp / WEIGHTS_FILE)
         scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler},
-                   tmp / "trainer.pt")
+                   tmp / TRAINER_FILE)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         record = {"state": dataclasses.asdict(state), "identity": identity,
@@ -177,7 +234,7 @@ def load_checkpoint(accelerator: Any, path: Path, *, model: Any, optimizer: Any,
     _check_model_shapes(path, unwrapped.state_dict())
     with safe_open(str(path / WEIGHTS_FILE), framework="pt", device="cpu") as handle:
         unwrapped.load_state_dict({k: handle.get_tensor(k) for k in handle.keys()})
-    trainer = torch.load(path / "trainer.pt", map_location="cpu", weights_only=True)
+    trainer = torch.load(path / TRAINER_FILE, map_location="cpu", weights_only=True)
     optimizer.load_state_dict(trainer["optimizer"])
     scheduler.load_state_dict(trainer["scheduler"])
     if accelerator.scaler is not None and trainer["scaler"]:
@@ -185,7 +242,11 @@ def load_checkpoint(accelerator: Any, path: Path, *, model: Any, optimizer: Any,
     rng_file = path / f"rng_{accelerator.process_index}.pt"
     if rng_file.is_file():
         restore_rng_state(torch.load(rng_file, weights_only=True))
-    return state_type(**record["state"])
+    try:
+        return state_type(**record["state"])
+    except TypeError:
+        raise UserError(f"checkpoint {str(path)!r} was written by another version of the framework (its "
+                        f"{STATE_FILE} has other fields); resume it with that version") from None
 
 
 def should_checkpoint(every: Optional[int | str], step: int, end_of_epoch: bool) -> bool:

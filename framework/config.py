@@ -348,6 +348,8 @@ def parse_config(cls: type[TrainingConfig], argv: Optional[list[str]] = None) ->
     values: dict[str, Any] = {}
     if config_file is not None:
         for name, raw in _load_yaml(config_file).items():
+            if name == "recipe":  # a run's config.yaml names the recipe that wrote it; not a flag
+                continue
             if name not in names:
                 raise _unknown(f"key {name!r} in --config file {config_file!r}", str(name), names)
             values[name] = _convert(name, raw, hints[name])

@@ -10,7 +10,6 @@ from datasets import Dataset, load_dataset
 from datasets.utils import logging as ds_logging
 from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
-from framework.data import check_labels
 from framework.errors import UserError
 
 FORMATS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
@@ -42,6 +41,8 @@ def _root_cause(err: BaseException) -> str:
 def load_local_file(path: str, flag: str) -> Dataset:
     """One local file as a `datasets.Dataset`; `flag` names the CLI flag that gave the path (for errors)."""
     file = Path(path)
+    if file.is_dir():
+        raise UserError(f"{flag} {path!r} is a directory; give one {'/'.join(FORMATS)} file")
     if not file.is_file():
         raise UserError(f"{flag} {path!r} does not exist")
     kind = FORMATS.get(file.suffix.lower())
@@ -69,26 +70,66 @@ def _row_name(path: str, row: int) -> str:
     return f"record {row + 1}"
 
 
-def check_complete_rows(dataset: Dataset, columns: list[str], path: str, flag: str) -> None:
-    """Refuse a file with a row whose value in one of `columns` is missing or blank, naming file and row."""
+def row_namer(path: str, flag: str):
+    """A function naming row `i` of the file given with `flag` as a person finds it (for label errors)."""
+    return lambda row: f"{flag} {path!r} {_row_name(path, row)}"
+
+
+def _kind(arrow_type) -> str:
+    import pyarrow as pa
+
+    if pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type) or pa.types.is_fixed_size_list(arrow_type):
+        return "a list"
+    if pa.types.is_struct(arrow_type) or pa.types.is_map(arrow_type):
+        return "an object"
+    if pa.types.is_boolean(arrow_type):
+        return "a boolean"
+    if pa.types.is_integer(arrow_type) or pa.types.is_floating(arrow_type) or pa.types.is_decimal(arrow_type):
+        return "a number"
+    if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type):
+        return "a string"
+    return str(arrow_type)
+
+
+def _shown(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_complete_rows(dataset: Dataset, columns: list[str], path: str, flag: str,
+                        text_columns: tuple[str, ...] = ()) -> None:
+    """Refuse a file with a row whose value in one of `columns` is missing or blank, whose value in one of
+    `text_columns` is not a string, or whose label (any other of `columns`) is not a single value; the line
+    names the file, the first bad row and what was found."""
+    import pyarrow as pa
     import pyarrow.compute as pc
 
     table = dataset.with_format("arrow")[:]
+    kinds = {name: _kind(table[name].type) for name in columns if name in table.column_names}
+    if len(table) == 1 and table.column_names and all(_kind(t) == "a list" for t in table.schema.types):
+        raise UserError(f"{flag} {path!r} holds one object whose values are lists (column-oriented JSON); write "
+                        f"one object per row (JSON Lines, or a JSON list of objects)")
     for column in columns:
         if column not in table.column_names:
             continue
         values = table[column]
         missing = pc.is_null(values)
-        if values.type in ("string", "large_string"):
+        if kinds[column] == "a string":
             missing = pc.or_(missing, pc.equal(pc.utf8_trim_whitespace(values), ""))
         rows = pc.indices_nonzero(missing.fill_null(True)).to_pylist()
         if rows:
             more = f" (and {len(rows) - 1} more rows)" if len(rows) > 1 else ""
             raise UserError(f"{flag} {path!r} {_row_name(path, rows[0])} has no {column!r} value{more}")
-
-
-def load_labelled_file(path: str, flag: str, label_column: str, num_labels: int) -> Dataset:
-    """A local file whose `label_column` holds integers in 0..num_labels-1, or a one-line UserError."""
-    dataset = load_local_file(path, flag)
-    check_labels(dataset, num_labels, column=label_column, name=f"file {path!r}")
-    return dataset
+        wrong = (kinds[column] != "a string") if column in text_columns else kinds[column] in ("a list", "an object")
+        if wrong:
+            want = "the text must be a string" if column in text_columns else \
+                "a label must be one value (a class name or number)"
+            raise UserError(f"{flag} {path!r} {_row_name(path, 0)} has {column!r} {_shown(values[0].as_py())} "
+                            f"({kinds[column]}); {want}")
+        if column not in text_columns and pa.types.is_floating(values.type):
+            fractional = pc.not_equal(values, pc.round(values)).fill_null(False)
+            rows = pc.indices_nonzero(pc.or_(fractional, pc.is_nan(values).fill_null(False))).to_pylist()
+            if rows:
+                raise UserError(f"{flag} {path!r} {_row_name(path, rows[0])} has {column!r} "
+                                f"{values[rows[0]].as_py()!r}, not a whole number: labels are class names, and "
+                                f"fractional values are a regression target, not classes")

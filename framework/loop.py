@@ -354,7 +354,7 @@ def fit(accelerator: Accelerator, config: TrainingConfig, model: torch.nn.Module
         raise UserError("--checkpointing_steps and --resume_from_checkpoint are not supported with FSDP yet; "
                         "use a DDP config (multi_gpu.yaml) to checkpoint")
     state = TrainState()
-    path = resolve_checkpoint(config.resume_from_checkpoint, config.output_dir)
+    path = resolve_checkpoint(config.resume_from_checkpoint, config.output_dir, note=lambda text: say(accelerator, text))
     if path is not None:
         state = load_checkpoint(accelerator, path, model=model, optimizer=optimizer, scheduler=scheduler,
                                 identity=run_identity(plan, config.seed), state_type=TrainState)

@@ -73,6 +73,7 @@ class RunDirectory:
         # Called with the folder once it is claimed (main process): files a checkpoint needs beside it to be
         # used on its own (labels.json, the tokenizer), written before the first step, so a stopped run has them.
         self.on_start: list[Callable[[Path], None]] = []
+        self.recipe_name = ""  # written first into config.yaml (`recipe:`), so --model_path can check it
 
     @classmethod
     def for_run(cls, config: Any, accelerator: Any) -> "RunDirectory":
@@ -129,12 +130,9 @@ class RunDirectory:
         except OSError as err:
             raise UserError(f"--output_dir {str(self.path)!r} is not writable ({err.strerror})") from None
         if resume_step is None:
-            for name in RUN_OUTPUTS:
-                old = self.path / name
-                if old.is_dir() and not old.is_symlink():
-                    shutil.rmtree(old)
-                else:
-                    old.unlink(missing_ok=True)
+            self._remove_earlier_run()
+        if self.recipe_name:
+            config = {"recipe": self.recipe_name, **config}
         write_atomic(self.path / "config.yaml", yaml.safe_dump(config, sort_keys=False))
         metrics = self.path / "metrics.jsonl"
         kept = ""
@@ -145,6 +143,35 @@ class RunDirectory:
         (self.path / FINISHED_MARKER).unlink(missing_ok=True)
         for write in self.on_start:
             write(self.path)
+
+    def _remove_earlier_run(self) -> None:
+        """Remove an earlier run's outputs (`RUN_OUTPUTS`) so that none of it is resumed or mixed in.
+
+        All of them are first moved into one hidden folder by renames, which either all succeed or
+        are undone: a file that cannot be moved (read-only folder, immutable file) stops the run with
+        one line and leaves the earlier run whole. Only then is the hidden folder deleted; if that
+        fails, the new run goes on and a note says what is left to delete by hand.
+        """
+        present = [self.path / n for n in RUN_OUTPUTS if (self.path / n).exists() or (self.path / n).is_symlink()]
+        if not present:
+            return
+        trash = Path(tempfile.mkdtemp(dir=self.path, prefix=".replaced_run_"))
+        moved: list[Path] = []
+        for old in present:
+            try:
+                os.rename(old, trash / old.name)
+            except OSError as err:
+                for done in reversed(moved):
+                    os.rename(trash / done.name, done)
+                trash.rmdir()
+                raise UserError(f"--overwrite_output_dir: the earlier run in {str(self.path)!r} cannot be replaced: "
+                                f"{old.name} cannot be moved ({err.strerror}); nothing of it was changed") from None
+            moved.append(old)
+        try:
+            shutil.rmtree(trash)
+        except OSError as err:
+            print(f"note: --overwrite_output_dir: the earlier run was moved aside, but {trash} could not be "
+                  f"deleted ({err.strerror}: {err.filename}); delete it by hand", flush=True)
 
     def log(self, record: dict[str, Any]) -> None:
         """Append one JSON line to metrics.jsonl."""

@@ -42,7 +42,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from framework.checkpoint import STATE_FILE
+from framework.checkpoint import STATE_FILE, resolve_checkpoint
 from framework.config import TrainingConfig, config_to_dict, parse_config
 from framework.activation_checkpointing import enable_gradient_checkpointing
 from framework.data import Augment, build_eval_loader, build_train_data
@@ -54,7 +54,7 @@ from framework.losses import class_weights_from, classification_loss
 from framework.optim import build_optimizer, build_scheduler, total_optimizer_steps
 from framework.outputs import RunDirectory
 from framework.runtime import build_accelerator, say
-from framework.weights import WEIGHTS_FILE, bare_model
+from framework.weights import WEIGHTS_FILE, bare_model, weights_problem
 
 LABELS_FILE = "labels.json"
 PREDICTIONS_FILE = "predictions.csv"
@@ -88,6 +88,7 @@ class Recipe:
     save_preprocessing: Optional[Callable[[RecipeData, Path], None]] = None
     extra_metrics: Optional[ExtraMetrics] = None  # gathered predictions -> {name: value}, beside the report
     export: Optional[Callable[[Any, torch.nn.Module, RecipeData, Path], None]] = None  # (config, model, data, dir)
+    name: str = ""  # written into config.yaml as `recipe`, so --model_path can tell a run of another recipe
 
 
 @dataclass(frozen=True)
@@ -100,20 +101,39 @@ class TrainedModel:
     class_names: list[str]
 
 
-def load_trained_model(path: str) -> TrainedModel:
-    """Resolve --model_path: a run's output_dir, or a checkpoint folder inside one."""
+def _read_run_file(path: Path, model_path: str, parse: Callable[[str], Any], kind: type, what: str) -> Any:
+    """A run's config.yaml or labels.json, parsed; one line naming the file when it is missing or damaged."""
+    if not path.is_file():
+        raise UserError(f"--model_path {model_path!r}: {path} is missing (a run of an older version, or not a "
+                        f"run folder)")
+    try:
+        value = parse(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"--model_path {model_path!r}: {path} is damaged ({reason}); train the run again") from None
+    if not isinstance(value, kind):
+        raise UserError(f"--model_path {model_path!r}: {path} does not hold {what}; train the run again")
+    return value
+
+
+def load_trained_model(path: str, recipe_name: str = "") -> TrainedModel:
+    """Resolve --model_path: a run's output_dir, or a checkpoint folder inside one; every file it needs is
+    checked (present, readable, made by this recipe) before anything is loaded."""
     folder = Path(path)
     if not (folder / WEIGHTS_FILE).is_file():
         raise UserError(f"--model_path {path!r} holds no {WEIGHTS_FILE} (give a finished run's output_dir "
                         f"or a checkpoint folder)")
+    problem = weights_problem(folder / WEIGHTS_FILE)
+    if problem:
+        raise UserError(f"--model_path {path!r}: {problem}; give another run or checkpoint folder")
     run_dir = folder.parent.parent if (folder / STATE_FILE).is_file() else folder
-    for needed in ("config.yaml", LABELS_FILE):
-        if not (run_dir / needed).is_file():
-            raise UserError(f"--model_path {path!r}: {run_dir / needed} is missing (a run of an older version, "
-                            f"or not a run folder)")
-    config = yaml.safe_load((run_dir / "config.yaml").read_text())
-    names = json.loads((run_dir / LABELS_FILE).read_text())
-    return TrainedModel(run_dir, folder / WEIGHTS_FILE, config, names)
+    config = _read_run_file(run_dir / "config.yaml", path, yaml.safe_load, dict, "a run's config")
+    trained_with = config.get("recipe")
+    if recipe_name and trained_with and trained_with != recipe_name:
+        raise UserError(f"--model_path {path!r} is a run of the {trained_with} recipe; this is {recipe_name} "
+                        f"(use recipes/{trained_with}.py with it, or a run of this recipe)")
+    names = _read_run_file(run_dir / LABELS_FILE, path, json.loads, list, "a list of class names")
+    return TrainedModel(run_dir, folder / WEIGHTS_FILE, config, [str(n) for n in names])
 
 
 def adopt_model_flags(config: TrainingConfig, trained: TrainedModel, names: tuple[str, ...]) -> None:
@@ -202,7 +222,7 @@ def run(recipe: Recipe, argv: Optional[list[str]] = None, *, config: Optional[Tr
     Returns fit's result when the run trained.
     """
     config = config if config is not None else parse_config(recipe.config_class, argv)
-    trained = load_trained_model(config.model_path) if config.model_path else None
+    trained = load_trained_model(config.model_path, recipe.name) if config.model_path else None
     if trained:
         adopt_model_flags(config, trained, recipe.model_flags)
         config.validate()  # the adopted flags, checked (and defaults that depend on them, filled again)
@@ -214,6 +234,8 @@ def run(recipe: Recipe, argv: Optional[list[str]] = None, *, config: Optional[Tr
     if setup is not None:
         setup(accelerator)
     run_dir = RunDirectory.for_run(config, accelerator)
+    resolve_checkpoint(config.resume_from_checkpoint, config.output_dir)  # a damaged one stops before data loads
+    run_dir.recipe_name = recipe.name
     with accelerator.main_process_first():  # the main process downloads and caches; the others reuse it
         data = recipe.build_data(config, trained)
     check_same_preprocessing(accelerator, data.fingerprint)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from accelerate import Accelerator
@@ -60,3 +60,21 @@ def save_weights(accelerator: Accelerator, model: Any, directory: str | Path) ->
         os.replace(tmp, path)
     accelerator.wait_for_everyone()
     return path
+
+
+def weights_problem(path: Path) -> Optional[str]:
+    """Why a model.safetensors file cannot be loaded (missing, truncated, not safetensors), or None.
+
+    Reads only the header, which lists every tensor's byte range; safetensors refuses a file
+    shorter than those ranges, so a truncated copy is caught without loading the weights.
+    """
+    from safetensors import safe_open
+
+    if not path.is_file():
+        return f"{path.name} is missing"
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            handle.keys()
+    except Exception as err:  # safetensors raises its own error type, or OSError
+        return f"{path.name} is damaged ({str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__})"
+    return None

@@ -95,7 +95,7 @@ def build_model(config: DigitsConfig, data: RecipeData) -> nn.Module:
     return DigitsCNN(config.channels, len(data.class_names), config.dropout)
 
 
-RECIPE = Recipe(DigitsConfig, build_data, build_model, model_flags=("channels",))
+RECIPE = Recipe(DigitsConfig, build_data, build_model, model_flags=("channels",), name="digits")
 
 
 def main(argv: list[str] | None = None) -> None:

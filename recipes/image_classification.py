@@ -25,15 +25,15 @@ from typing import Callable
 
 import numpy as np
 import torch
-from datasets import ClassLabel, Dataset, Image, load_dataset
+from datasets import Dataset, Image, load_dataset
 from torch import nn
 
 from framework import TrainingConfig, run_main
 from framework.baseline import pixel_logistic_regression, score, wanted
 from framework.config import flag, require
-from framework.data import check_labels
 from framework.errors import UserError
-from framework.image_files import unreadable_images
+from framework.image_files import check_folder_layout, to_rgb, unreadable_images
+from framework.labels import class_names_from, to_class_ids
 from framework.local_data import quiet_datasets
 from framework.recipe import Recipe, RecipeData, run
 
@@ -94,8 +94,9 @@ class ImageConfig(TrainingConfig):
 AUGMENTATIONS = ("crop", "flip")
 
 
-def load_folder(flag_name: str, folder: str) -> Dataset:
+def load_folder(flag_name: str, folder: str, classes_required: bool = True) -> Dataset:
     """A local image folder (class sub-folders give a label column) as a Dataset, in file order."""
+    check_folder_layout(folder, flag_name, classes_required=classes_required)
     try:
         with quiet_datasets():
             return load_dataset("imagefolder", data_dir=folder, split="train")
@@ -129,7 +130,7 @@ def image_column_of(dataset: Dataset, wanted: str) -> str:
 
 def to_tensor(image, size: int) -> torch.Tensor:
     """A PIL image as a (3, size, size) float tensor in [-1, 1]."""
-    array = np.asarray(image.convert("RGB").resize((size, size)), dtype=np.float32)
+    array = np.asarray(to_rgb(image).resize((size, size)), dtype=np.float32)
     return torch.from_numpy(array).permute(2, 0, 1) / 127.5 - 1.0
 
 
@@ -165,36 +166,16 @@ def drop_unreadable(dataset: Dataset, column: str, what: str, skip: bool) -> tup
     return (dataset.select([i for i in range(len(dataset)) if i not in rows]) if bad else dataset), rows
 
 
-def relabel(dataset: Dataset, column: str, names: list[str], what: str) -> Dataset:
-    """Labels as indices into `names` (the model's classes), by class name; -1 without a label column."""
-    feature = dataset.features.get(column)
-    if feature is None:
-        return dataset.add_column(column, [-1] * len(dataset))
-    if not isinstance(feature, ClassLabel):
-        raise UserError(f"the {what} has no class label column {column!r} "
-                        f"(columns: {', '.join(dataset.column_names)}; set --label_column)")
-    unknown = sorted(set(feature.names) - set(names))
-    if unknown:
-        raise UserError(f"the {what} has class {unknown[0]!r}, not among the model's classes {names}")
-    if list(feature.names) == names:
-        return dataset
-    ids = [names.index(name) for name in feature.names]
-    return dataset.map(lambda b: {column: [ids[v] for v in b[column]]}, batched=True)
-
-
 def build_data(config: ImageConfig, trained=None) -> RecipeData:
     """The splits the run needs, yielding pixel_values and labels; class names from the training data's
     label column (or the --model_path run); unreadable images stop the run or are left out and counted."""
     train, evaluation = load_splits(config)
-    test = load_folder("--test_dir", config.test_dir) if config.do_predict else None
+    test = load_folder("--test_dir", config.test_dir, classes_required=False) if config.do_predict else None
     present = [s for s in (train, evaluation, test) if s is not None]
     column = image_column_of(present[0], config.image_column)
+    hint = "set --label_column, or put the images in one sub-folder per class"
     if train is not None:
-        label = train.features.get(config.label_column)
-        if not isinstance(label, ClassLabel):
-            raise UserError(f"the training data has no class label column {config.label_column!r} "
-                            f"(columns: {', '.join(train.column_names)}; set --label_column)")
-        names = list(label.names)
+        names, train = class_names_from(train, config.label_column, hint=hint)
     else:
         names = list(trained.class_names)
     skipped, test_ids = 0, None
@@ -211,9 +192,8 @@ def build_data(config: ImageConfig, trained=None) -> RecipeData:
         skipped += len(bad)
         if what == "test data" and bad:
             test_ids = [row_id for i, row_id in enumerate(test_ids) if i not in bad]
-        split = relabel(split, config.label_column, names, what)
-        if what != "test data":
-            check_labels(split, len(names), column=config.label_column, name=what)
+        split = to_class_ids(split, config.label_column, names, f"the {what}", required=what == "evaluation data",
+                             hint=hint)
         if config.label_column != "labels":  # the name every recipe's samples use
             split = split.remove_columns([c for c in ("labels",) if c in split.column_names])
             split = split.rename_column(config.label_column, "labels")
@@ -234,7 +214,7 @@ def build_data(config: ImageConfig, trained=None) -> RecipeData:
 
 def small_pixels(dataset: Dataset, column: str, size: int = 16) -> np.ndarray:
     """Every image as RGB pixels downscaled to size x size, one flat row each (the baseline's features)."""
-    return np.stack([np.asarray(image.convert("RGB").resize((size, size)), dtype=np.float32).ravel()
+    return np.stack([np.asarray(to_rgb(image).resize((size, size)), dtype=np.float32).ravel()
                      for image in dataset[column]])
 
 
@@ -278,7 +258,8 @@ def build_model(config: ImageConfig, data: RecipeData) -> nn.Module:
     return SmallResNet(config, len(data.class_names))
 
 
-RECIPE = Recipe(ImageConfig, build_data, build_model, model_flags=("channels", "groups", "image_size"))
+RECIPE = Recipe(ImageConfig, build_data, build_model, model_flags=("channels", "groups", "image_size"),
+                name="image_classification")
 
 
 def main(argv: list[str] | None = None) -> None:

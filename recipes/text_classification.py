@@ -10,7 +10,7 @@ on the training split and saved as output_dir/tokenizer.json. With
 fine-tuned with its own tokenizer instead.
 Every sample's loss is its own (padding is masked), so accumulation stays exact.
 
-    # local files (a `text` column and a `label` column: integers or class names)
+    # local files (a `text` column and a `label` column of class names: strings or whole numbers)
     accelerate launch --config_file accelerate_configs/cpu.yaml recipes/text_classification.py \\
         --train_file train.csv --validation_file valid.csv --output_dir outputs/text
     # a Hub dataset on 1 GPU, and on 8 GPUs of one node
@@ -35,12 +35,12 @@ from torch import nn
 from framework import TrainingConfig, run_main
 from framework.baseline import score, tfidf_logistic_regression, wanted
 from framework.config import flag, require
-from framework.data import check_labels
 from framework.errors import UserError
 from framework.local_data import check_complete_rows, load_local_file
 from framework.pretrained import load_pretrained_classifier, load_tokenizer, save_in_transformers_layout
 from framework.recipe import Recipe, RecipeData, run
-from framework.text_data import class_names_of, padder, to_class_ids
+from framework.labels import class_names_from, to_class_ids
+from framework.text_data import padder
 from framework.text_features import (PAD_ID, NgramFeatures, fingerprint, inverse_document_frequency,
                                      parse_char_ngrams, token_ids, train_tokenizer)
 from framework.text_models import NgramClassifier, TextEncoder
@@ -78,7 +78,8 @@ class TextConfig(TrainingConfig):
     test_file: str = flag("A local file of texts to classify with --do_predict (the label column optional: with "
                           "it, a test report too).", default="")
     text_column: str = flag("The column holding the text.", default="text")
-    label_column: str = flag("The column holding the label (integers, or class names).", default="label")
+    label_column: str = flag("The column holding the label: class names, as strings or whole numbers (1, 2, 3 are "
+                             "three classes named '1', '2', '3').", default="label")
     model: str = flag("The recipe's own model: ngram (linear over TF-IDF-weighted tokens, word bigrams and "
                       "character n-grams) or transformer (a small encoder). Not used with --model_name_or_path.",
                       default="ngram")
@@ -141,14 +142,14 @@ def load_splits(config: TextConfig) -> tuple[Dataset | None, Dataset | None]:
         if evaluation is None and config.do_eval:
             raise UserError(f"--dataset_name {config.dataset_name!r} has no validation or test split")
         return (data["train"] if config.do_train else None), (evaluation if config.do_eval else None)
-    columns = [config.text_column, config.label_column]
+    columns, texts = [config.text_column, config.label_column], (config.text_column,)
     train = evaluation = None
     if config.do_train:
         train = load_local_file(config.train_file, "--train_file")
-        check_complete_rows(train, columns, config.train_file, "--train_file")
+        check_complete_rows(train, columns, config.train_file, "--train_file", texts)
     if config.do_eval and config.validation_file:
         evaluation = load_local_file(config.validation_file, "--validation_file")
-        check_complete_rows(evaluation, columns, config.validation_file, "--validation_file")
+        check_complete_rows(evaluation, columns, config.validation_file, "--validation_file", texts)
     elif config.do_eval:
         split = train.train_test_split(test_size=0.1, seed=0)
         train, evaluation = split["train"], split["test"]
@@ -187,20 +188,30 @@ def build_data(config: TextConfig, trained=None) -> RecipeData:
     test = None
     if config.do_predict:
         test = load_local_file(config.test_file, "--test_file")
-        check_complete_rows(test, [config.text_column], config.test_file, "--test_file")
+        check_complete_rows(test, [config.text_column, config.label_column], config.test_file, "--test_file",
+                            (config.text_column,))
     for what, split in (("training data", train), ("evaluation data", evaluation), ("test data", test)):
-        if split is not None and config.text_column not in split.column_names:
+        if split is None:
+            continue
+        if config.text_column not in split.column_names:
             raise UserError(f"the {what} has no text column {config.text_column!r} "
                             f"(columns: {', '.join(split.column_names)}; set --text_column)")
+        kind = getattr(split.features[config.text_column], "dtype", None)
+        if kind not in ("string", "large_string"):
+            raise UserError(f"the {what}'s text column {config.text_column!r} holds {kind or 'lists'}, not strings "
+                            f"(set --text_column to the column of texts)")
+    local = not config.dataset_name
     if train is not None:
-        names, train = class_names_of(train, config.label_column)
-        check_labels(train, len(names), column=config.label_column, name="training data")
+        names, train = class_names_from(train, config.label_column, what=f"--train_file {config.train_file!r}"
+                                        if local else "the training data")
     else:
         names = list(trained.class_names)
     if evaluation is not None:
-        evaluation = to_class_ids(evaluation, config.label_column, names, "evaluation data")
+        evaluation = to_class_ids(evaluation, config.label_column, names, f"--validation_file "
+                                  f"{config.validation_file!r}" if local and config.validation_file
+                                  else "the evaluation data")
     if test is not None:
-        test = to_class_ids(test, config.label_column, names, "test data", required=False)
+        test = to_class_ids(test, config.label_column, names, f"--test_file {config.test_file!r}", required=False)
     tokenizer = build_tokenizer(config, train, trained)
     baseline = None
     if train is not None and evaluation is not None and wanted(config.baseline, len(train)):
@@ -267,7 +278,7 @@ def export_pretrained(config: TextConfig, model: nn.Module, data: RecipeData, fo
 
 RECIPE = Recipe(TextConfig, build_data, build_model, save_preprocessing=save_tokenizer, export=export_pretrained,
                 model_flags=("model", "model_name_or_path", "vocab_size", "ngram_buckets", "char_ngrams", "max_length",
-                             "d_model", "num_layers", "num_heads"))
+                             "d_model", "num_layers", "num_heads"), name="text_classification")
 
 
 def main(argv: list[str] | None = None) -> None:
