@@ -31,8 +31,8 @@ def to_rgb(image: Any) -> Any:
     turns nearly every pixel white: those are scaled to 0..255 instead. Transparent
     pixels (RGBA, LA, PA, or a palette or grayscale image with a transparency entry)
     are composited over white; dropping the alpha would show whatever colour happens
-    to be stored under it (often black). Raises ValueError for a mode PIL cannot
-    convert (the decode check reports it as unreadable).
+    to be stored under it (often black). The decode check converts every image too, so
+    a conversion that fails is reported before training as an unreadable image.
     """
     from PIL import Image as PILImage
 
@@ -104,6 +104,9 @@ def check_folder_layout(folder: str, flag: str, *, classes_required: bool) -> No
     if loose and classes_required:
         raise UserError(f"{flag} {folder!r} holds images directly in it ({loose[0]!r}); put them in one "
                         f"sub-folder per class: {folder}/<class>/<image>")
+    if classes_required and len(classes) == 1:  # imagefolder would give no label column at all
+        raise UserError(f"{flag} {folder!r} has only the class folder {classes[0].name!r}; a classifier needs at "
+                        f"least two classes in its training data")
     for entry in sorted(classes, key=lambda e: e.name):
         inner = sorted(e.name for e in os.scandir(entry.path) if e.is_dir() and not e.name.startswith("."))
         if inner:

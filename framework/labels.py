@@ -80,7 +80,8 @@ def _label_values(split: Dataset, column: str, what: str) -> list[str]:
 
 def _as_ids(split: Dataset, column: str, ids: np.ndarray, names: list[str]) -> Dataset:
     """`split` with `column` replaced by `ids` (int64), typed as a ClassLabel over `names` when all are known."""
-    split = split.remove_columns(column).add_column(column, ids.astype(np.int64))
+    temporary = f"__{column}_ids"
+    split = split.add_column(temporary, ids.astype(np.int64)).remove_columns(column).rename_column(temporary, column)
     if (ids >= 0).all():
         split = split.cast_column(column, ClassLabel(names=list(names)))
     return split

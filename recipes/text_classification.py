@@ -150,7 +150,15 @@ def load_splits(config: TextConfig) -> tuple[Dataset | None, Dataset | None]:
     if config.do_eval and config.validation_file:
         evaluation = load_local_file(config.validation_file, "--validation_file")
         check_complete_rows(evaluation, columns, config.validation_file, "--validation_file", texts)
-    elif config.do_eval:
+    for what, split in (("training data", train), ("evaluation data", evaluation)):
+        for column, name in ((config.text_column, "text"), (config.label_column, "label")):
+            if split is not None and column not in split.column_names:
+                raise UserError(f"the {what} has no {name} column {column!r} "
+                                f"(columns: {', '.join(split.column_names)}; set --{name}_column)")
+    if config.do_eval and not config.validation_file:
+        if len(train) < 2:
+            raise UserError(f"--train_file {config.train_file!r} holds {len(train)} row: too few to hold 10% out for "
+                            f"evaluation; give --validation_file, or --do_eval false")
         split = train.train_test_split(test_size=0.1, seed=0)
         train, evaluation = split["train"], split["test"]
     return train, evaluation

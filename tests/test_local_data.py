@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from framework.errors import run_main
-from framework.local_data import load_labelled_file
+from framework.local_data import load_local_file
 
 
 def _write(tmp_path, name, text):
@@ -15,24 +15,20 @@ def _write(tmp_path, name, text):
 
 
 def test_good_csv_and_jsonl_load(tmp_path):
-    csv = load_labelled_file(_write(tmp_path, "a.csv", "text,label\nhi,0\nho,1\n"), "--train_file", "label", 2)
-    jsonl = load_labelled_file(_write(tmp_path, "a.jsonl", '{"text": "hi", "label": 1}\n'), "--train_file", "label", 2)
+    csv = load_local_file(_write(tmp_path, "a.csv", "text,label\nhi,0\nho,1\n"), "--train_file")
+    jsonl = load_local_file(_write(tmp_path, "a.jsonl", '{"text": "hi", "label": 1}\n'), "--train_file")
     assert csv["label"] == [0, 1] and jsonl["text"] == ["hi"]
 
 
 @pytest.mark.parametrize("name,content,message", [
     (None, None, "--train_file '{dir}/missing.csv' does not exist"),
     ("data.txt", "x", "has an unsupported extension (allowed: .csv, .json, .jsonl, .parquet)"),
-    ("nolabel.csv", "text,y\nhi,0\n", "has no label column 'label' (columns: text, y)"),
-    ("range.csv", "text,label\nhi,0\nho,3\n", "has label 3, outside the allowed 0..1"),
-    ("negative.csv", "text,label\nhi,-1\n", "has label -1, outside the allowed 0..1"),
-    ("strings.csv", "text,label\nhi,pos\n", "has label 'pos'; labels must be integers 0..1"),
     ("empty.csv", "text,label\n", "holds no rows"),
     ("broken.json", "{not json", "could not be read as json"),
 ])
 def test_bad_data_file(tmp_path, capsys, name, content, message):
     path = _write(tmp_path, name, content) if name else str(tmp_path / "missing.csv")
-    assert run_main(lambda: load_labelled_file(path, "--train_file", "label", 2)) == 2
+    assert run_main(lambda: load_local_file(path, "--train_file")) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ")
     assert message.format(dir=tmp_path) in err[0]
