@@ -26,18 +26,34 @@ class Precision:
     note: Optional[str] = None
 
 
+CPU_FP16_NOTE = ("fp16 on a CPU runs real float16 autocast and dynamic loss scaling, but most CPUs compute "
+                 "float16 slower than float32; --mixed_precision bf16 is the fast CPU choice")
+
+
 def resolve_precision(flag: Optional[str], launcher: Optional[str], cuda: bool) -> Precision:
     """Pick the precision: the CLI flag, else the launcher config, else fp16 on CUDA and no on CPU.
 
-    fp16 on a CPU is downgraded to `no` with a note: Accelerate accepts it there
-    but runs neither autocast nor a GradScaler, so it would silently be fp32.
+    fp16 runs everywhere, on a CPU too (see `enable_cpu_fp16`), with a note there that it is
+    slower than fp32 on most CPUs.
     """
     requested = flag or launcher or ("fp16" if cuda else "no")
-    if requested == "fp16" and not cuda:
-        note = ("fp16 was requested but this run is on a CPU, where fp16 autocast is not available: "
-                "training runs in fp32 (mixed_precision=no); use --mixed_precision bf16 for CPU mixed precision")
-        return Precision(requested, "no", note)
-    return Precision(requested, requested)
+    return Precision(requested, requested, CPU_FP16_NOTE if requested == "fp16" and not cuda else None)
+
+
+def enable_cpu_fp16(accelerator: Accelerator) -> None:
+    """Give a CPU Accelerator under fp16 what Accelerate gives a CUDA one: autocast and a GradScaler.
+
+    Accelerate 1.15 accepts `mixed_precision="fp16"` on a CPU but leaves `native_amp` off and
+    `scaler` None there, so the run would silently be fp32. torch runs both on a CPU
+    (`torch.autocast("cpu", dtype=torch.float16)`, `torch.amp.GradScaler("cpu")`), so the two
+    attributes Accelerate sets on CUDA are set here, before anything is prepared: `prepare`
+    then wraps the model's forward in float16 autocast, `backward` scales the loss,
+    `unscale_gradients` unscales, and checkpoints hold the scaler, exactly as on CUDA.
+    """
+    if accelerator.device.type != "cpu" or accelerator.mixed_precision != "fp16" or accelerator.scaler is not None:
+        return
+    accelerator.native_amp = True
+    accelerator.scaler = torch.amp.GradScaler("cpu")
 
 
 def build_accelerator(config: TrainingConfig) -> tuple[Accelerator, Precision]:
@@ -68,6 +84,7 @@ def build_accelerator(config: TrainingConfig) -> tuple[Accelerator, Precision]:
                               dynamo_plugin=dynamo_plugin(config.torch_compile or config.torch_compile_mode is not None,
                                                           config.torch_compile_mode or "default"))
     check_process_group(int(os.environ.get("WORLD_SIZE", "1")), accelerator.num_processes)
+    enable_cpu_fp16(accelerator)
     check_compile_toolchain(accelerator)
     if config.max_memory_gib:
         cap_cuda_memory(config.max_memory_gib, accelerator.device)
