@@ -10,21 +10,15 @@ import torch
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # local data only: no usage ping from load_dataset
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-
-def _reset_accelerate() -> None:
-    from accelerate.state import AcceleratorState, GradientState, PartialState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    PartialState._reset_state()
+from helpers import reset_accelerate  # noqa: E402  (after the environment above)
 
 
 @pytest.fixture(autouse=True)
 def clean_accelerate_state():
     """Accelerate keeps process-wide singletons; a leftover one breaks the next Accelerator or debug_launcher."""
-    _reset_accelerate()
+    reset_accelerate()
     yield
-    _reset_accelerate()
+    reset_accelerate()
 
 
 def pytest_collection_modifyitems(config, items):

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -22,9 +24,20 @@ EXACT_ARGS = ["--dropout", "0", "--num_train_epochs", "2", "--seed", "7", "--log
               "--mixed_precision", "no"]
 
 
+def reset_accelerate() -> None:
+    """Drop Accelerate's process-wide singletons, as a new process would start (one run per process)."""
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    PartialState._reset_state()
+
+
 def run_digits_in_process(output_dir: Path, *args: str) -> int:
-    """Run recipes/digits.py's main in this process; returns its exit code."""
+    """Run recipes/digits.py's main in this process, as a fresh process would; returns its exit code."""
     from recipes import digits
+
+    reset_accelerate()
 
     return run_main(lambda: digits.main(["--output_dir", str(output_dir), *args]))
 
@@ -40,6 +53,20 @@ def accelerate_launch(config: str, script: Path, *args: str, timeout: float = 18
     """`accelerate launch --config_file accelerate_configs/<config> <script> <args>`."""
     exe = Path(sys.executable).with_name("accelerate")
     return launch([str(exe), "launch", "--config_file", str(CONFIGS / config), str(script), *args], timeout)
+
+
+def run_and_kill_after(command: list[str], out: Path, step: int) -> int:
+    """Start `command`, SIGKILL its whole process group once checkpoint step_<step> exists; return the exit code."""
+    env = {**os.environ, "HF_DATASETS_OFFLINE": "1"}
+    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+    marker = out / "checkpoints" / f"step_{step}"
+    deadline = time.monotonic() + 120
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+    return proc.wait()
 
 
 def weights(output_dir: Path) -> dict[str, torch.Tensor]:

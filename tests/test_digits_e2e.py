@@ -85,11 +85,11 @@ def test_fp16_on_cpu_says_what_really_runs(tmp_path):
     result = launch([sys.executable, str(DIGITS), "--output_dir", str(tmp_path), "--mixed_precision", "fp16",
                      "--max_steps", "3"], timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "fp16 was requested but this run is on a CPU" in result.stdout
-    assert "training runs in fp32" in result.stdout
-    assert "no = fp32 (asked for fp16)" in result.stdout
+    assert "note: fp16 on a CPU runs real float16 autocast and dynamic loss scaling" in result.stdout
+    assert "precision       : fp16 = fp16 autocast + dynamic loss scaling" in result.stdout
+    assert "(asked for" not in result.stdout
     summary = read_json(tmp_path / "summary.json")
-    assert (summary["mixed_precision"], summary["mixed_precision_requested"]) == ("no", "fp16")
+    assert (summary["mixed_precision"], summary["mixed_precision_requested"]) == ("fp16", "fp16")
 
 
 def test_fsdp_config_on_a_cpu_is_refused_with_one_line(tmp_path):

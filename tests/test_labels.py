@@ -143,7 +143,7 @@ def test_overwrite_goes_on_when_the_old_run_cannot_be_deleted_and_says_where_it_
         assert run_digits_in_process(out, "--max_steps", "2", "--overwrite_output_dir", "true") == 0
         printed = capsys.readouterr().out
         left = [p for p in out.iterdir() if p.name.startswith(".replaced_run_")]
-        assert len(left) == 1 and f"could not be deleted" in printed and str(left[0]) in printed
+        assert len(left) == 1 and "could not be deleted" in printed and str(left[0]) in printed
         assert not (out / "checkpoints").exists()  # nothing of the old run can be resumed
         assert read_json(out / "summary.json")["optimizer_steps"] == 2
     finally:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
 import signal
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import CONFIGS, DIGITS, REPO, launch, read_json, weights
+from helpers import CONFIGS, DIGITS, REPO, launch, read_json, run_and_kill_after, weights
 
 # fp32 with dropout on (so every RNG must be restored), 4 epochs of 45 steps, a checkpoint every 10.
 RUN_ARGS = ["--mixed_precision", "no", "--dropout", "0.2", "--num_train_epochs", "4", "--checkpointing_steps", "10",
@@ -26,20 +25,6 @@ def _command(processes: int, out: Path, *extra: str) -> list[str]:
         return [sys.executable, str(DIGITS), "--output_dir", str(out), *RUN_ARGS, *extra]
     return [ACCELERATE, "launch", "--config_file", str(CONFIGS / "cpu_2proc.yaml"), str(DIGITS),
             "--output_dir", str(out), *RUN_ARGS, *extra]
-
-
-def _run_and_kill_after(command: list[str], out: Path, step: int) -> int:
-    """Start `command`, SIGKILL its whole process group once checkpoint step_<step> exists; return the exit code."""
-    env = {**os.environ, "HF_DATASETS_OFFLINE": "1"}
-    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            stdin=subprocess.DEVNULL, env=env, start_new_session=True)
-    marker = out / "checkpoints" / f"step_{step}"
-    deadline = time.monotonic() + 120
-    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.005)
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGKILL)
-    return proc.wait()
 
 
 def _bitwise_equal(a: Path, b: Path) -> bool:
@@ -64,7 +49,7 @@ def test_killed_runs_resume_bitwise_identical(reference, tmp_path):
     kill_points = random.Random(processes).sample(checkpoints, 5)
     for kill_after in kill_points:
         out = tmp_path / f"killed_after_{kill_after}"
-        code = _run_and_kill_after(_command(processes, out), out, kill_after)
+        code = run_and_kill_after(_command(processes, out), out, kill_after)
         assert code == -signal.SIGKILL or code != 0, f"the run finished before the kill at step {kill_after}"
         assert not (out / "summary.json").exists()
         resumed = launch(_command(processes, out, "--resume_from_checkpoint", "latest"))
@@ -79,7 +64,7 @@ def test_kill_while_writing_a_checkpoint_leaves_the_previous_one_usable(tmp_path
     out = tmp_path / "run"
     reference = tmp_path / "reference"
     assert launch(_command(1, reference)).returncode == 0
-    assert _run_and_kill_after(_command(1, out), out, 30) != 0
+    assert run_and_kill_after(_command(1, out), out, 30) != 0
     latest = max((p for p in (out / "checkpoints").iterdir() if p.name.startswith("step_")),
                  key=lambda p: int(p.name.split("_")[1]))
     # What a kill in the middle of writing the next checkpoint leaves on disk: a half-written temporary

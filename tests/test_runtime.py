@@ -14,18 +14,18 @@ from framework.runtime import Precision, check_process_group, format_banner, res
     (None, "bf16", True, "bf16", "bf16"),     # launcher config used when no flag
     ("no", "fp16", True, "no", "no"),         # the flag wins over the launcher
     ("bf16", None, False, "bf16", "bf16"),    # bf16 autocast works on CPU
-    ("fp16", None, False, "fp16", "no"),      # fp16 on CPU would silently be fp32
-    (None, "fp16", False, "fp16", "no"),
+    ("fp16", None, False, "fp16", "fp16"),    # fp16 runs on a CPU too (framework.runtime.enable_cpu_fp16)
+    (None, "fp16", False, "fp16", "fp16"),
 ])
 def test_resolve_precision(flag, launcher, cuda, requested, effective):
     precision = resolve_precision(flag, launcher, cuda)
     assert (precision.requested, precision.effective) == (requested, effective)
-    assert (precision.note is not None) == (requested != effective)
+    assert (precision.note is not None) == (requested == "fp16" and not cuda)  # the CPU fp16 speed note
 
 
 def test_fp16_on_cpu_note_says_what_runs():
     note = resolve_precision("fp16", None, cuda=False).note
-    assert "CPU" in note and "fp32" in note and "bf16" in note
+    assert "CPU" in note and "float16 autocast and dynamic loss scaling" in note and "bf16" in note
 
 
 def test_unconnected_processes_are_refused():
