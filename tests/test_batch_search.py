@@ -143,9 +143,9 @@ def test_resume_reuses_the_chosen_micro_batch(tmp_path, capsys):
     import shutil
 
     shutil.rmtree(tmp_path / "checkpoints" / "step_10")
-    from conftest import _reset_accelerate
+    from helpers import reset_accelerate
 
-    _reset_accelerate()
+    reset_accelerate()
     resumed = config_for("--resume_from_checkpoint", "latest")
     make_model, *_ = _digits_with_oom_above(25, resumed)  # a new search would pick 25
     summary = fit_model(resumed, make_model, train_set, test_set, names)[1].summary
@@ -170,9 +170,9 @@ def test_evaluation_batch_is_searched_too_and_gives_the_same_report(tmp_path):
     with pytest.raises(torch.OutOfMemoryError):
         fit_model(plain, make_model, train_set, test_set, names)
 
-    from conftest import _reset_accelerate
+    from helpers import reset_accelerate
 
-    _reset_accelerate()
+    reset_accelerate()
     auto = config_for("auto", "--auto_find_batch_size", "true")
     _, result = fit_model(auto, make_model, train_set, test_set, names)
     assert (result.summary["auto_micro_batch"], result.summary["auto_eval_batch"]) == (32, 20)
