@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 ARGS ?=
 CONFIG ?= accelerate_configs/cpu.yaml
 
-.PHONY: train test install clean
+.PHONY: train test lint install clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python >= 3.10 is required"'
@@ -25,7 +25,11 @@ install: $(BIN)/.installed
 train: $(BIN)/.installed
 	$(BIN)/accelerate launch --config_file $(CONFIG) recipes/digits.py --overwrite_output_dir true $(ARGS)
 
-test: $(BIN)/.installed
+# ruff (pyproject.toml [tool.ruff]) first: a lint error fails the suite before it starts.
+lint: $(BIN)/.installed
+	$(BIN)/ruff check .
+
+test: lint
 	HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q $(ARGS)
 
 clean:

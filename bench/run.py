@@ -1,6 +1,6 @@
 """Throughput and peak memory of this framework's loop against a hand-written PyTorch loop and its peers.
 
-One workload (DESIGN.md): a transformer encoder classifier on synthetic tokens,
+One workload (bench/RESULTS.md): a transformer encoder classifier on synthetic tokens,
 AdamW, micro-batch x accumulation, gradient clipping at 1.0, DataLoader with
 workers and pinned memory. Every peer gets the same optimizer settings (AdamW, lr 1e-4,
 no weight decay; each run reports its optimizer's settings and the table refuses to
@@ -406,8 +406,8 @@ def _auto_batch_check(args) -> None:
 
 def workload_flops_per_sample(w: Workload) -> float:
     """The workload's model FLOPs per training sample (forward + backward), counted on the CPU once."""
-    from framework.flops import training_flops_per_sample
-    from framework.losses import classification_loss
+    from framework.train.flops import training_flops_per_sample
+    from framework.train.losses import classification_loss
 
     torch.manual_seed(0)
     data = SyntheticTokens(w, 2)

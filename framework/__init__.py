@@ -3,13 +3,13 @@
 Recipes import the building blocks from here; see recipes/digits.py for the shape of a recipe.
 """
 
-from framework.config import TrainingConfig, parse_config
-from framework.data import build_eval_loader, build_train_data
-from framework.errors import ConfigError, UserError, run_main
-from framework.loop import FitResult, TrainState, fit, per_sample_cross_entropy
-from framework.optim import build_optimizer, build_scheduler, total_optimizer_steps
-from framework.outputs import RunDirectory
-from framework.runtime import build_accelerator
+from framework.core.config import TrainingConfig, parse_config
+from framework.core.errors import ConfigError, UserError, run_main
+from framework.core.runtime import build_accelerator
+from framework.data.loaders import build_eval_loader, build_train_data
+from framework.io.run_directory import RunDirectory
+from framework.train.loop import FitResult, TrainState, fit, per_sample_cross_entropy
+from framework.train.optim import build_optimizer, build_scheduler, total_optimizer_steps
 
 __all__ = [
     "ConfigError", "FitResult", "RunDirectory", "TrainState", "TrainingConfig", "UserError",

@@ -17,7 +17,10 @@ A recipe declares what is particular to its task:
   folder)` (a tokenizer, a vocabulary), `extra_metrics(predictions)` (metrics
   beside `classification_report`, logged as eval_<name> and in report.json),
   `export(config, model, data, folder)` (after training, on the main process: write
-  the model in another library's layout, e.g. transformers' save_pretrained).
+  the model in another library's layout, e.g. transformers' save_pretrained),
+  `loss(config, data)` (the per-sample loss, instead of `default_loss`: cross entropy
+  with --class_weights and --label_smoothing), `components(config)` (run-level
+  features beside the defaults, framework.train.components).
 
 `run(recipe, argv)` then builds the Accelerator, claims the output directory,
 places the model, builds optimizer and schedule, prepares what must be prepared
@@ -40,21 +43,24 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 import yaml
+from accelerate import Accelerator
 from safetensors.torch import load_file
 
-from framework.checkpoint import STATE_FILE, resolve_checkpoint
-from framework.config import TrainingConfig, config_to_dict, parse_config
-from framework.activation_checkpointing import enable_gradient_checkpointing
-from framework.data import Augment, build_eval_loader, build_train_data
-from framework.flops import meta_flops_per_sample
-from framework.errors import UserError
-from framework.evaluation import ExtraMetrics, build_report, evaluate, predict_probabilities
-from framework.loop import FitResult, fit
-from framework.losses import class_weights_from, classification_loss
-from framework.optim import build_optimizer, build_scheduler, total_optimizer_steps
-from framework.outputs import RunDirectory
-from framework.runtime import build_accelerator, say
-from framework.weights import WEIGHTS_FILE, bare_model, weights_problem
+from framework.core.config import TrainingConfig, config_to_dict, parse_config, validate_config
+from framework.core.errors import UserError
+from framework.core.runtime import Precision, build_accelerator, say
+from framework.data.loaders import Augment, build_eval_loader, build_train_data
+from framework.evaluate.evaluation import ExtraMetrics, build_report, evaluate, predict_probabilities
+from framework.io.checkpoint import STATE_FILE, resolve_checkpoint
+from framework.io.run_directory import RunDirectory
+from framework.io.weights import WEIGHTS_FILE, bare_model, weights_problem
+from framework.train.activation_checkpointing import enable_gradient_checkpointing
+from framework.train.components import Component, default_components
+from framework.train.flops import meta_flops_per_sample
+from framework.train.loop import FitResult, fit
+from framework.train.losses import class_weights_from, classification_loss
+from framework.train.optim import build_optimizer, build_scheduler, total_optimizer_steps
+from framework.train.state import LossFn, TrainingRun
 
 LABELS_FILE = "labels.json"
 PREDICTIONS_FILE = "predictions.csv"
@@ -88,6 +94,8 @@ class Recipe:
     save_preprocessing: Optional[Callable[[RecipeData, Path], None]] = None
     extra_metrics: Optional[ExtraMetrics] = None  # gathered predictions -> {name: value}, beside the report
     export: Optional[Callable[[Any, torch.nn.Module, RecipeData, Path], None]] = None  # (config, model, data, dir)
+    loss: Optional[Callable[[Any, RecipeData], LossFn]] = None  # (config, data) -> per-sample loss; default_loss
+    components: Optional[Callable[[Any], list[Component]]] = None  # (config) -> run-level features beside the defaults
     name: str = ""  # written into config.yaml as `recipe`, so --model_path can tell a run of another recipe
 
 
@@ -166,7 +174,7 @@ def _load_weights(model: torch.nn.Module, trained: TrainedModel) -> None:
 
 def check_best_metric(key: str, extra_metrics: Optional[ExtraMetrics]) -> None:
     """Refuse a --metric_for_best_model that no evaluation will produce, before anything runs."""
-    from framework.evaluation import Predictions
+    from framework.evaluate.evaluation import Predictions
 
     if not key:
         return
@@ -210,32 +218,25 @@ def write_predictions(path: Path, ids: list, probabilities: np.ndarray, class_na
     for row_id, row in zip(ids, probabilities):
         best = int(row.argmax())
         writer.writerow([row_id, class_names[best], f"{row[best]:.6f}", *(f"{p:.6f}" for p in row)])
-    from framework.outputs import write_atomic
+    from framework.io.files import write_atomic
     write_atomic(path, buffer.getvalue())
 
 
-def run(recipe: Recipe, argv: Optional[list[str]] = None, *, config: Optional[TrainingConfig] = None,
-        setup: Optional[Callable[[Any], None]] = None) -> Optional[FitResult]:
-    """Parse flags (or take `config`) and do what they ask: train (fit), evaluate, predict; write every output.
+def _trained_model(recipe: Recipe, config: TrainingConfig) -> Optional[TrainedModel]:
+    """The --model_path run, its architecture flags adopted into `config` (re-validated), or None."""
+    if not config.model_path:
+        return None
+    trained = load_trained_model(config.model_path, recipe.name)
+    adopt_model_flags(config, trained, recipe.model_flags)
+    if Path(config.output_dir).resolve() == trained.run_dir.resolve():
+        raise UserError(f"--output_dir {config.output_dir!r} is the run of --model_path; write this run's "
+                        f"outputs to another --output_dir")
+    return trained
 
-    `setup(accelerator)`, if given, runs right after the Accelerator is built (tests use it).
-    Returns fit's result when the run trained.
-    """
-    config = config if config is not None else parse_config(recipe.config_class, argv)
-    trained = load_trained_model(config.model_path, recipe.name) if config.model_path else None
-    if trained:
-        adopt_model_flags(config, trained, recipe.model_flags)
-        config.validate()  # the adopted flags, checked (and defaults that depend on them, filled again)
-        if Path(config.output_dir).resolve() == trained.run_dir.resolve():
-            raise UserError(f"--output_dir {config.output_dir!r} is the run of --model_path; write this run's "
-                            f"outputs to another --output_dir")
-    check_best_metric(config.best_metric, recipe.extra_metrics)
-    accelerator, precision = build_accelerator(config)
-    if setup is not None:
-        setup(accelerator)
-    run_dir = RunDirectory.for_run(config, accelerator)
-    resolve_checkpoint(config.resume_from_checkpoint, config.output_dir)  # a damaged one stops before data loads
-    run_dir.recipe_name = recipe.name
+
+def _data_and_model(recipe: Recipe, config: TrainingConfig, accelerator: Accelerator,
+                    trained: Optional[TrainedModel]) -> tuple[RecipeData, torch.nn.Module]:
+    """The recipe's data (the same preprocessing on every process) and its model on the device."""
     with accelerator.main_process_first():  # the main process downloads and caches; the others reuse it
         data = recipe.build_data(config, trained)
     check_same_preprocessing(accelerator, data.fingerprint)
@@ -249,11 +250,67 @@ def run(recipe: Recipe, argv: Optional[list[str]] = None, *, config: Optional[Tr
     if config.gradient_checkpointing and enable_gradient_checkpointing(model) == 0:
         say(accelerator, f"note: --gradient_checkpointing: {type(model).__name__} has no blocks to checkpoint "
                          f"(nothing worth recomputing); it trains as without it")
+    return data, model
+
+
+def default_loss(config: TrainingConfig, data: RecipeData) -> LossFn:
+    """Per-sample cross entropy with --class_weights and --label_smoothing (a Recipe may bring its own)."""
+    balanced = config.class_weights == "balanced" and data.train is not None
+    labels = training_labels(data.train) if balanced else None
+    return classification_loss(class_weights_from(config.class_weights, labels, len(data.class_names)),
+                               config.label_smoothing)
+
+
+def _train(recipe: Recipe, config: TrainingConfig, accelerator: Accelerator, precision: Precision,
+           run_dir: RunDirectory, data: RecipeData, model: torch.nn.Module, eval_loader: Any,
+           loss_fn: LossFn) -> FitResult:
+    """Loaders, FLOPs, optimizer and schedule, the baseline; then fit."""
+    train_data = build_train_data(data.train, config, accelerator, data.collate_fn, augment=data.augment)
+    flops = None
+    if accelerator.is_main_process:
+        flops = meta_flops_per_sample(lambda: recipe.build_model(config, data), train_data.first_micro_batch(),
+                                      loss_fn)
+    optimizer = build_optimizer(model, config)
+    total = total_optimizer_steps(config, train_data.plan.windows_per_epoch)
+    scheduler = build_scheduler(optimizer, config, total)  # not prepared: see build_scheduler
+    model, optimizer = accelerator.prepare(model, optimizer)
+    notes = dict(data.notes)
+    if data.baseline is not None and accelerator.is_main_process:  # once per job, into banner and summary
+        notes.update(data.baseline())
+    components = default_components(config) + (recipe.components(config) if recipe.components else [])
+    result = fit(TrainingRun(accelerator, config, model, optimizer, scheduler, train_data, eval_loader,
+                             data.class_names, precision, run_dir, loss_fn, recipe.extra_metrics, flops, notes),
+                 components)
+    if "baseline_accuracy" in notes:
+        say(accelerator, f"baseline (scikit-learn, same split): accuracy {notes['baseline_accuracy']:.4f}, "
+                         f"macro F1 {notes['baseline_macro_f1']:.4f}; this model: accuracy "
+                         f"{result.report.metrics['accuracy']:.4f}, macro F1 "
+                         f"{result.report.metrics['macro avg']['f1-score']:.4f}")
+    return result
+
+
+def run(recipe: Recipe, argv: Optional[list[str]] = None, *, config: Optional[TrainingConfig] = None,
+        setup: Optional[Callable[[Accelerator], None]] = None) -> Optional[FitResult]:
+    """Parse flags (or take `config`) and do what they ask: train (fit), evaluate, predict; write every output.
+
+    `setup(accelerator)`, if given, runs right after the Accelerator is built (tests use it).
+    Returns fit's result when the run trained.
+    """
+    # Validated after the --model_path run's architecture flags are adopted: defaults that depend on them
+    # (the text recipe's per-model learning rate, say) are filled for the model that will really run.
+    config = config if config is not None else parse_config(recipe.config_class, argv, validate=False)
+    trained = _trained_model(recipe, config)
+    validate_config(config)
+    check_best_metric(config.best_metric, recipe.extra_metrics)
+    accelerator, precision = build_accelerator(config)
+    if setup is not None:
+        setup(accelerator)
+    run_dir = RunDirectory.for_run(config, accelerator)
+    resolve_checkpoint(config.resume_from_checkpoint, config.output_dir)  # a damaged one stops before data loads
+    run_dir.recipe_name = recipe.name
+    data, model = _data_and_model(recipe, config, accelerator, trained)
+    loss_fn = (recipe.loss or default_loss)(config, data)
     eval_loader = build_eval_loader(data.eval, config, accelerator, data.collate_fn) if config.do_eval else None
-    result = None
-    labels = training_labels(data.train) if config.class_weights == "balanced" and data.train is not None else None
-    loss_fn = classification_loss(class_weights_from(config.class_weights, labels, len(data.class_names)),
-                                  config.label_smoothing)
 
     def write_model_files(folder: Path) -> None:  # before the first step: a stopped run's checkpoints need them
         run_dir.write_json(LABELS_FILE, data.class_names)
@@ -261,33 +318,16 @@ def run(recipe: Recipe, argv: Optional[list[str]] = None, *, config: Optional[Tr
             recipe.save_preprocessing(data, folder)
 
     run_dir.on_start.append(write_model_files)
+    result = None
     if config.do_train:
-        train_data = build_train_data(data.train, config, accelerator, data.collate_fn, augment=data.augment)
-        flops = None
-        if accelerator.is_main_process:
-            flops = meta_flops_per_sample(lambda: recipe.build_model(config, data), train_data.first_micro_batch(),
-                                          loss_fn)
-        optimizer = build_optimizer(model, config)
-        total = total_optimizer_steps(config, train_data.plan.windows_per_epoch)
-        scheduler = build_scheduler(optimizer, config, total)  # not prepared: see build_scheduler
-        model, optimizer = accelerator.prepare(model, optimizer)
-        notes = dict(data.notes)
-        if data.baseline is not None and accelerator.is_main_process:  # once per job, into banner and summary
-            notes.update(data.baseline())
-        result = fit(accelerator, config, model, optimizer, scheduler, train_data, eval_loader,
-                     class_names=data.class_names, precision=precision, run_dir=run_dir, data_notes=notes or None,
-                     extra_metrics=recipe.extra_metrics, loss_fn=loss_fn, flops_per_sample=flops)
-        if "baseline_accuracy" in notes:
-            say(accelerator, f"baseline (scikit-learn, same split): accuracy {notes['baseline_accuracy']:.4f}, "
-                             f"macro F1 {notes['baseline_macro_f1']:.4f}; this model: accuracy "
-                             f"{result.report.metrics['accuracy']:.4f}, macro F1 "
-                             f"{result.report.metrics['macro avg']['f1-score']:.4f}")
+        result = _train(recipe, config, accelerator, precision, run_dir, data, model, eval_loader, loss_fn)
+        model = result.model
+        if accelerator.is_main_process and recipe.export:
+            recipe.export(config, bare_model(accelerator, model), data, run_dir.path)
     else:
         model = accelerator.prepare(model)
         _evaluate_only(accelerator, config, model, eval_loader, data, run_dir, precision, recipe.extra_metrics,
                        loss_fn)
-    if accelerator.is_main_process and recipe.export and config.do_train:
-        recipe.export(config, bare_model(accelerator, model), data, run_dir.path)
     if config.do_predict:
         _predict(accelerator, config, model, data, run_dir, recipe.extra_metrics)
     accelerator.wait_for_everyone()
@@ -295,8 +335,9 @@ def run(recipe: Recipe, argv: Optional[list[str]] = None, *, config: Optional[Tr
     return result
 
 
-def _evaluate_only(accelerator, config, model, eval_loader, data: RecipeData, run_dir: RunDirectory,
-                   precision, extra_metrics: Optional[ExtraMetrics], loss_fn) -> None:
+def _evaluate_only(accelerator: Accelerator, config: TrainingConfig, model: torch.nn.Module, eval_loader: Any,
+                   data: RecipeData, run_dir: RunDirectory, precision: Precision,
+                   extra_metrics: Optional[ExtraMetrics], loss_fn: LossFn) -> None:
     """--do_train false: the config, and with --do_eval the report of the --model_path model."""
     run_dir.start(config_to_dict(config) | {"mixed_precision": precision.requested})
     summary: dict[str, Any] = {"do_train": False, "model_path": config.model_path, "world_size":
@@ -305,8 +346,7 @@ def _evaluate_only(accelerator, config, model, eval_loader, data: RecipeData, ru
         report = evaluate(accelerator, model, eval_loader, data.class_names, loss_fn,
                           extra_metrics=extra_metrics)
         say(accelerator, report.text)
-        run_dir.write_json("report.json", report.metrics)
-        run_dir.write_text("report.txt", report.text)
+        run_dir.write_report(report)
         summary["eval_accuracy"] = report.metrics["accuracy"]
     run_dir.write_json("summary.json", summary)
 
@@ -323,10 +363,9 @@ def _predict(accelerator, config, model, data: RecipeData, run_dir: RunDirectory
         write_predictions(run_dir.path / PREDICTIONS_FILE, ids, probabilities, list(data.class_names))
     say(accelerator, f"predictions: {len(probabilities)} inputs -> {run_dir.path / PREDICTIONS_FILE}")
     if len(labels) and (labels >= 0).all():
-        from framework.evaluation import Predictions
+        from framework.evaluate.evaluation import Predictions
         losses = -np.log(np.clip(probabilities[np.arange(len(labels)), labels], 1e-12, None))
         report = build_report(Predictions(probabilities.argmax(1), labels, losses), data.class_names,
                               recipe_extra_metrics)
         say(accelerator, "test report:\n" + report.text)
-        run_dir.write_json("test_report.json", report.metrics)
-        run_dir.write_text("test_report.txt", report.text)
+        run_dir.write_report(report, "test_report")

@@ -22,8 +22,8 @@ from sklearn.datasets import load_digits
 from torch import nn
 
 from framework import TrainingConfig, run_main
-from framework.config import flag, require
-from framework.data import check_labels
+from framework.core.config import flag, require
+from framework.data.loaders import check_labels
 from framework.recipe import Recipe, RecipeData, run
 
 

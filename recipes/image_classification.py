@@ -29,13 +29,15 @@ from datasets import Dataset, Image, load_dataset
 from torch import nn
 
 from framework import TrainingConfig, run_main
-from framework.baseline import pixel_logistic_regression, score, wanted
-from framework.config import flag, require
-from framework.errors import UserError
-from framework.image_files import check_folder_layout, to_rgb, unreadable_images
-from framework.labels import class_names_from, to_class_ids
-from framework.local_data import quiet_datasets
+from framework.core.config import flag, require
+from framework.core.errors import UserError
+from framework.data.hub import load_hub_splits
+from framework.data.labels import class_names_from, to_class_ids
+from framework.data.local_files import quiet_datasets
+from framework.evaluate.baseline import pixel_logistic_regression, score, wanted
 from framework.recipe import Recipe, RecipeData, run
+
+from image.files import check_folder_layout, to_rgb, unreadable_images
 
 
 @dataclass
@@ -107,11 +109,7 @@ def load_folder(flag_name: str, folder: str, classes_required: bool = True) -> D
 def load_splits(config: ImageConfig) -> tuple[Dataset | None, Dataset | None]:
     """The raw train and evaluation splits the run needs (None for one it does not), Hub or folders."""
     if config.dataset_name:
-        data = load_dataset(config.dataset_name)
-        evaluation = next((data[s] for s in ("validation", "test") if s in data), None)
-        if evaluation is None and config.do_eval:
-            raise UserError(f"--dataset_name {config.dataset_name!r} has no validation or test split")
-        return (data["train"] if config.do_train else None), evaluation
+        return load_hub_splits(config.dataset_name, train=config.do_train, evaluate=config.do_eval)
     return (load_folder("--train_dir", config.train_dir) if config.do_train else None,
             load_folder("--validation_dir", config.validation_dir) if config.do_eval else None)
 
@@ -204,8 +202,10 @@ def build_data(config: ImageConfig, trained=None) -> RecipeData:
     baseline = None
     if train is not None and evaluation is not None and wanted(config.baseline, len(train), limit=50_000):
         train_raw, eval_raw = raw["training data"], raw["evaluation data"]
-        baseline = lambda: score(pixel_logistic_regression(), small_pixels(train_raw, column), train_raw["labels"],
-                                 small_pixels(eval_raw, column), eval_raw["labels"])  # noqa: E731
+
+        def baseline() -> dict:
+            return score(pixel_logistic_regression(), small_pixels(train_raw, column), train_raw["labels"],
+                         small_pixels(eval_raw, column), eval_raw["labels"])
     return RecipeData(names, train=splits.get("training data"), eval=splits.get("evaluation data"),
                       test=splits.get("test data"), test_ids=test_ids,
                       augment=partial(augment, ops=ops) if ops else None, baseline=baseline,

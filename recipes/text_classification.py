@@ -28,22 +28,31 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
-from datasets import Dataset, load_dataset
+from datasets import Dataset
 from tokenizers import Tokenizer
 from torch import nn
 
 from framework import TrainingConfig, run_main
-from framework.baseline import score, tfidf_logistic_regression, wanted
-from framework.config import flag, require
-from framework.errors import UserError
-from framework.local_data import check_complete_rows, load_local_file
-from framework.pretrained import load_pretrained_classifier, load_tokenizer, save_in_transformers_layout
+from framework.core.config import flag, require
+from framework.core.errors import UserError
+from framework.data.hub import load_hub_splits
+from framework.data.labels import class_names_from, to_class_ids
+from framework.data.local_files import check_complete_rows, load_local_file
+from framework.evaluate.baseline import score, tfidf_logistic_regression, wanted
 from framework.recipe import Recipe, RecipeData, run
-from framework.labels import class_names_from, to_class_ids
-from framework.text_data import padder
-from framework.text_features import (PAD_ID, NgramFeatures, fingerprint, inverse_document_frequency,
-                                     parse_char_ngrams, token_ids, train_tokenizer)
-from framework.text_models import NgramClassifier, TextEncoder
+
+from text.batches import padder
+from text.features import (
+    PAD_ID,
+    NgramFeatures,
+    fingerprint,
+    inverse_document_frequency,
+    parse_char_ngrams,
+    token_ids,
+    train_tokenizer,
+)
+from text.models import NgramClassifier, TextEncoder
+from text.pretrained import load_pretrained_classifier, load_tokenizer, save_in_transformers_layout
 
 TOKENIZER_FILE = "tokenizer.json"
 # Defaults that depend on the model (measured on the real sets of bench/RESULTS.md; the pretrained ones are
@@ -109,11 +118,11 @@ class TextConfig(TrainingConfig):
 
     def validate(self) -> None:
         require("model", self.model in ("ngram", "transformer"), "ngram or transformer")
-        # Fill the model-dependent defaults; again when --model_path later changes the model (run() re-validates).
-        if not hasattr(self, "_model_defaults"):
-            self._model_defaults = [n for n in MODEL_DEFAULTS["ngram"] if getattr(self, n) is None]
-        for name in self._model_defaults:
-            setattr(self, name, MODEL_DEFAULTS[self.model_kind][name])
+        # Flags left unset (None) take the defaults of the model that runs (the runner validates after
+        # --model_path's flags are adopted, so this is the trained run's model).
+        for name, value in MODEL_DEFAULTS[self.model_kind].items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
         super().validate()
         require("train_file", not (self.dataset_name and self.train_file), "given, or --dataset_name, but not both")
         require("train_file", not self.do_train or bool(self.dataset_name or self.train_file),
@@ -137,11 +146,8 @@ class TextConfig(TrainingConfig):
 def load_splits(config: TextConfig) -> tuple[Dataset | None, Dataset | None]:
     """The raw train and evaluation splits the run needs (None for one it does not), Hub or local files."""
     if config.dataset_name:
-        data = load_dataset(config.dataset_name, config.dataset_config or None)
-        evaluation = next((data[s] for s in ("validation", "test") if s in data), None)
-        if evaluation is None and config.do_eval:
-            raise UserError(f"--dataset_name {config.dataset_name!r} has no validation or test split")
-        return (data["train"] if config.do_train else None), (evaluation if config.do_eval else None)
+        return load_hub_splits(config.dataset_name, config.dataset_config, train=config.do_train,
+                               evaluate=config.do_eval)
     columns, texts = [config.text_column, config.label_column], (config.text_column,)
     train = evaluation = None
     if config.do_train:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ import torch
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # local data only: no usage ping from load_dataset
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from helpers import reset_accelerate  # noqa: E402  (after the environment above)
+from helpers import SHAPES, draw_shape, reset_accelerate, write_text_split  # noqa: E402  (after the environment above)
 
 
 @pytest.fixture(autouse=True)
@@ -28,3 +29,26 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="module")
+def text_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("text_data")
+    write_text_split(folder / "train.csv", 600, seed=1)
+    write_text_split(folder / "valid.csv", 150, seed=2)
+    return folder
+
+
+
+
+@pytest.fixture(scope="module")
+def image_folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shapes")
+    rng = random.Random(0)
+    for split, per_class in (("train", 60), ("valid", 20)):
+        for shape in SHAPES:
+            folder = root / split / shape
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                draw_shape(shape, rng).save(folder / f"{i}.png")
+    return root

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -12,9 +14,10 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+from PIL import Image, ImageDraw
 from safetensors.torch import load_file
 
-from framework.errors import run_main
+from framework.core.errors import run_main
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "accelerate_configs"
@@ -132,3 +135,48 @@ def fit_model(config, make_model, train_set, eval_set, class_names, setup=None, 
                     lambda c, d: make_model())
     result = run(recipe, config=config, setup=remember)
     return built["accelerator"], result
+
+
+# Generated data the recipes' tests share (fixtures in conftest.py).
+TEXT = REPO / "recipes" / "text_classification.py"
+# A quick text run on the generated topics (text_files)
+TEXT_ARGS = ["--num_train_epochs", "4", "--per_device_train_batch_size", "16", "--d_model", "64", "--max_length", "32"]
+TOPICS = {
+    "sports": ["match", "goal", "team", "coach", "league", "score", "player", "season"],
+    "food": ["recipe", "bread", "soup", "spicy", "oven", "flavor", "dinner", "sauce"],
+    "tech": ["software", "chip", "laptop", "network", "code", "server", "battery", "app"],
+}
+FILLER = ["the", "a", "today", "was", "really", "new", "about", "very", "some", "people", "said", "and", "this",
+          "week", "good", "with", "for", "our", "big", "more"]
+
+
+def write_text_split(path: Path, rows: int, seed: int) -> None:
+    rng = random.Random(seed)
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "label"])
+        for _ in range(rows):
+            topic = rng.choice(sorted(TOPICS))
+            words = rng.choices(FILLER, k=rng.randint(4, 12)) + rng.sample(TOPICS[topic], 2)
+            rng.shuffle(words)
+            writer.writerow([" ".join(words).capitalize() + ".", topic])
+
+
+IMAGES = REPO / "recipes" / "image_classification.py"
+SHAPES = ("circle", "square", "triangle")
+
+
+def draw_shape(shape: str, rng: random.Random) -> Image.Image:
+    background = tuple(rng.randint(0, 90) for _ in range(3))
+    color = tuple(rng.randint(150, 255) for _ in range(3))
+    image = Image.new("RGB", (32, 32), background)
+    size = rng.randint(12, 22)
+    x, y = rng.randint(1, 31 - size), rng.randint(1, 31 - size)
+    draw = ImageDraw.Draw(image)
+    if shape == "circle":
+        draw.ellipse([x, y, x + size, y + size], fill=color)
+    elif shape == "square":
+        draw.rectangle([x, y, x + size, y + size], fill=color)
+    else:
+        draw.polygon([(x + size / 2, y), (x, y + size), (x + size, y + size)], fill=color)
+    return image

@@ -15,10 +15,20 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch.utils.data import default_collate
 
-from framework.data import WindowPlan
-from framework.optim import build_optimizer, build_scheduler, total_optimizer_steps
-from helpers import (DIGITS, EXACT_ARGS, accelerate_launch, debug_launch, max_abs_diff, read_json, run_digits_in_process,
-                     train_lr_pairs, weights)
+from framework.data.loaders import WindowPlan
+from framework.train.optim import build_optimizer, build_scheduler, total_optimizer_steps
+
+from helpers import (
+    DIGITS,
+    EXACT_ARGS,
+    accelerate_launch,
+    debug_launch,
+    max_abs_diff,
+    read_json,
+    run_digits_in_process,
+    train_lr_pairs,
+    weights,
+)
 
 TOLERANCE = 5e-5
 

@@ -10,9 +10,10 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from framework.batch_search import largest_fitting, probe_micro_batch, state_buffers_per_parameter
-from framework.errors import UserError
-from framework.config import parse_config
+from framework.core.config import parse_config
+from framework.core.errors import UserError
+from framework.train.batch_search import largest_fitting, probe_micro_batch, state_buffers_per_parameter
+
 from helpers import EXACT_ARGS, debug_launch, fit_model, read_json, read_metrics, run_digits_in_process
 
 
@@ -184,7 +185,7 @@ def test_evaluation_batch_is_searched_too_and_gives_the_same_report(tmp_path):
 
 
 def test_forward_in_chunks_matches_one_forward_pass():
-    from framework.evaluation import forward_in_chunks
+    from framework.evaluate.evaluation import forward_in_chunks
 
     torch.manual_seed(0)
     model = torch.nn.Linear(5, 3)
@@ -225,8 +226,9 @@ def _variable_length_tokens(size: int, long_every: int):
 
 
 def test_search_probes_the_longest_sequences_so_training_never_runs_out_of_memory(tmp_path):
-    from framework.config import TrainingConfig
-    from framework.text_data import padder
+    from framework.core.config import TrainingConfig
+
+    from text.batches import padder
 
     # Most batches are short; a few hold a 40-token sequence. 200 tokens fit.
     train_set, eval_set = _variable_length_tokens(240, 37), _variable_length_tokens(60, 29)
@@ -243,7 +245,7 @@ def test_search_probes_the_longest_sequences_so_training_never_runs_out_of_memor
 def test_largest_sample_index_follows_splits_and_ignores_fixed_shapes():
     from datasets import Dataset
 
-    from framework.data import largest_sample_index
+    from framework.data.loaders import largest_sample_index
 
     data = Dataset.from_dict({"input_ids": [[0] * n for n in (3, 9, 2, 12, 5, 7)], "label": [0] * 6})
     subset = data.select([4, 1, 5, 0])

@@ -69,7 +69,6 @@ def test_every_peer_runs_the_same_optimizer(tmp_path):
 def test_optimizer_settings_read_every_group():
     sys.path.insert(0, str(REPO / "bench"))
     import torch
-
     from run import optimizer_settings
 
     a, b = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)

@@ -70,7 +70,7 @@ def test_a_recipes_own_metric_can_be_tracked(tmp_path):
 
     from sklearn.metrics import balanced_accuracy_score
 
-    from framework.errors import run_main
+    from framework.core.errors import run_main
     from framework.recipe import run
     from recipes import digits
 

@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from framework.errors import run_main
+from framework.core.errors import run_main
+
 from helpers import run_digits_in_process
 
 ROWS = ["the match was won by the home team", "a spicy soup with fresh bread", "the new laptop has a fast chip",

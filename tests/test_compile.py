@@ -14,7 +14,8 @@ from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from framework.weights import model_state_dict
+from framework.io.weights import model_state_dict
+
 from helpers import DIGITS, EXACT_ARGS, accelerate_launch, launch, max_abs_diff, read_json, weights
 
 # Inductor fuses and reorders float ops, so compiled fp32 is not bitwise eager; 1e-6 is typical here.

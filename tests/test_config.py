@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from framework.config import TrainingConfig, parse_config
-from framework.errors import ConfigError
+from framework.core.config import TrainingConfig, parse_config
+from framework.core.errors import ConfigError
 
 
 @dataclass
@@ -114,7 +114,7 @@ def test_help_lists_every_flag(capsys):
 
 
 def test_constant_has_no_warmup_and_constant_with_warmup_has():
-    from framework.optim import lr_factor
+    from framework.train.optim import lr_factor
 
     assert [lr_factor(s, 3, 10, "constant") for s in range(5)] == [1.0] * 5
     assert [lr_factor(s, 3, 10, "constant_with_warmup") for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
@@ -126,8 +126,8 @@ def test_constant_has_no_warmup_and_constant_with_warmup_has():
     ("1,-1,2", "--class_weights needs 3 finite numbers >= 0 (one per class), got '1,-1,2'"),
 ])
 def test_bad_class_weights(spec, message):
-    from framework.errors import UserError
-    from framework.losses import class_weights_from
+    from framework.core.errors import UserError
+    from framework.train.losses import class_weights_from
 
     with pytest.raises(UserError) as err:
         class_weights_from(spec, None, 3)
@@ -138,7 +138,7 @@ def test_balanced_class_weights_follow_sklearn():
     import numpy as np
     from sklearn.utils.class_weight import compute_class_weight
 
-    from framework.losses import class_weights_from
+    from framework.train.losses import class_weights_from
 
     labels = np.array([0, 0, 0, 1, 2, 2])
     expected = compute_class_weight("balanced", classes=np.arange(3), y=labels)

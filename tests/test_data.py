@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from framework.data import WindowPlan, check_labels
-from framework.errors import UserError
+from framework.core.errors import UserError
+from framework.data.loaders import WindowPlan, check_labels
 
 
 def window_sets(num_samples, micro, accum, procs, seed=1, epoch=0):

@@ -10,8 +10,9 @@ import torch
 from accelerate import Accelerator
 from datasets import Dataset
 
-from framework.evaluation import Predictions, build_report, predict
-from framework.loop import per_sample_cross_entropy
+from framework.evaluate.evaluation import Predictions, build_report, predict
+from framework.train.loop import per_sample_cross_entropy
+
 from helpers import debug_launch
 
 

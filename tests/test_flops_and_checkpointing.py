@@ -8,7 +8,8 @@ import sys
 import pytest
 import torch
 
-from framework.losses import classification_loss
+from framework.train.losses import classification_loss
+
 from helpers import REPO, launch, max_abs_diff, read_json, run_digits_in_process
 
 
@@ -22,7 +23,7 @@ class MLP(torch.nn.Module):
 
 
 def test_flops_of_a_small_mlp_match_a_hand_count():
-    from framework.flops import training_flops_per_sample
+    from framework.train.flops import training_flops_per_sample
 
     b, d_in, hidden, classes = 4, 10, 16, 3
     batch = {"x": torch.randn(b, d_in), "labels": torch.tensor([0, 1, 2, 0])}
@@ -46,7 +47,7 @@ def test_summary_reports_the_flop_rate(tmp_path):
 
 def test_counting_flops_does_not_change_training(tmp_path):
     # The count runs a forward/backward with dropout before training: the RNG must come back.
-    from framework.flops import training_flops_per_sample
+    from framework.train.flops import training_flops_per_sample
     from recipes import digits
 
     torch.manual_seed(0)

@@ -1,4 +1,4 @@
-"""fp16 on every machine: real float16 autocast and dynamic loss scaling on the CPU (framework.runtime).
+"""fp16 on every machine: real float16 autocast and dynamic loss scaling on the CPU (framework.core.runtime).
 
 The same fp16 step as on CUDA runs here: autocast forward, scaled backward of the per-sample
 weighted loss, unscale, clip, step or skip, scale update, and the schedule held on a skipped
@@ -16,11 +16,23 @@ from pathlib import Path
 import pytest
 import torch
 
-from framework.errors import run_main
-from framework.loop import NonFiniteLossError
-from framework.runtime import resolve_precision
-from helpers import (CONFIGS, DIGITS, debug_launch, fit_model, launch, max_abs_diff, read_json, read_metrics,
-                     run_and_kill_after, run_digits_in_process, weights)
+from framework.core.errors import run_main
+from framework.core.runtime import resolve_precision
+from framework.train.loop import NonFiniteLossError
+
+from helpers import (
+    CONFIGS,
+    DIGITS,
+    debug_launch,
+    fit_model,
+    launch,
+    max_abs_diff,
+    read_json,
+    read_metrics,
+    run_and_kill_after,
+    run_digits_in_process,
+    weights,
+)
 
 if torch.cuda.is_available():
     pytest.skip("these check the CPU fp16 path; tests/test_gpu.py checks CUDA", allow_module_level=True)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from framework.loop import NonFiniteLossError
+from framework.train.loop import NonFiniteLossError
+
 from helpers import fit_model, read_json, read_metrics, run_digits_in_process
 
 pytestmark = pytest.mark.gpu
@@ -118,7 +119,7 @@ def test_compiled_fp16_digits_matches_eager(tmp_path):
 
 @pytest.mark.gpu
 def test_mfu_is_reported_on_a_known_gpu(tmp_path):
-    from framework.flops import peak_tflops
+    from framework.train.flops import peak_tflops
 
     assert run_digits_in_process(tmp_path, "--max_steps", "20", "--mixed_precision", "fp16") == 0
     summary = read_json(tmp_path / "summary.json")

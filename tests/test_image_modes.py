@@ -1,4 +1,4 @@
-"""Every PIL mode the decode check accepts becomes the RGB a viewer shows (framework.image_files.to_rgb).
+"""Every PIL mode the decode check accepts becomes the RGB a viewer shows (image.files.to_rgb).
 
 Each reference is computed here with numpy from the pixel values the test wrote, not with the
 function under test; the images go through a real file (PNG/TIFF) and PIL's decoder.
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from framework.image_files import to_rgb
+from image.files import to_rgb
 
 RNG = np.random.default_rng(0)
 

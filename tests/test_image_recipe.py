@@ -2,48 +2,16 @@
 
 from __future__ import annotations
 
-import random
 import shutil
 import sys
 
 import pytest
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
-from framework.errors import run_main
-from helpers import REPO, accelerate_launch, launch, max_abs_diff, read_json, weights
+from framework.core.errors import run_main
 
-IMAGES = REPO / "recipes" / "image_classification.py"
-SHAPES = ("circle", "square", "triangle")
-
-
-def _draw(shape: str, rng: random.Random) -> Image.Image:
-    background = tuple(rng.randint(0, 90) for _ in range(3))
-    color = tuple(rng.randint(150, 255) for _ in range(3))
-    image = Image.new("RGB", (32, 32), background)
-    size = rng.randint(12, 22)
-    x, y = rng.randint(1, 31 - size), rng.randint(1, 31 - size)
-    draw = ImageDraw.Draw(image)
-    if shape == "circle":
-        draw.ellipse([x, y, x + size, y + size], fill=color)
-    elif shape == "square":
-        draw.rectangle([x, y, x + size, y + size], fill=color)
-    else:
-        draw.polygon([(x + size / 2, y), (x, y + size), (x + size, y + size)], fill=color)
-    return image
-
-
-@pytest.fixture(scope="module")
-def image_folders(tmp_path_factory):
-    root = tmp_path_factory.mktemp("shapes")
-    rng = random.Random(0)
-    for split, per_class in (("train", 60), ("valid", 20)):
-        for shape in SHAPES:
-            folder = root / split / shape
-            folder.mkdir(parents=True)
-            for i in range(per_class):
-                _draw(shape, rng).save(folder / f"{i}.png")
-    return root
+from helpers import IMAGES, SHAPES, accelerate_launch, launch, max_abs_diff, read_json, weights
 
 
 @pytest.mark.slow
@@ -134,7 +102,7 @@ def test_augmented_resume_with_dataloader_workers_is_bitwise(tmp_path, image_fol
 
 
 def test_augmentation_draws_only_from_the_sample_generator():
-    from framework.data import sample_generator
+    from framework.data.loaders import sample_generator
     from recipes.image_classification import augment
 
     sample = {"pixel_values": torch.arange(3 * 8 * 8, dtype=torch.float32).reshape(3, 8, 8), "labels": 1}
@@ -190,7 +158,7 @@ def test_unknown_augmentation_is_refused(tmp_path, capsys):
 def test_training_labels_for_balanced_class_weights(image_folders):
     import numpy as np
 
-    from framework.config import parse_config
+    from framework.core.config import parse_config
     from framework.recipe import training_labels
     from recipes import image_classification as ic
 

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from datasets import ClassLabel, Dataset, Features, Value
 
-from framework.errors import UserError, run_main
-from framework.labels import class_names_from, sorted_class_names, to_class_ids
+from framework.core.errors import UserError, run_main
+from framework.data.labels import class_names_from, sorted_class_names, to_class_ids
+
 from helpers import read_json, run_digits_in_process, weights
 
 

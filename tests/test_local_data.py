@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from framework.errors import run_main
-from framework.local_data import load_local_file
+from framework.core.errors import run_main
+from framework.data.local_files import load_local_file
 
 
 def _write(tmp_path, name, text):
@@ -41,7 +41,7 @@ def test_bad_data_file(tmp_path, capsys, name, content, message):
      "--train_file '{path}' line 2 has no 'text' value"),
 ])
 def test_rows_without_text_or_label_are_named_by_file_and_row(tmp_path, capsys, name, content, message):
-    from framework.local_data import check_complete_rows, load_local_file
+    from framework.data.local_files import check_complete_rows, load_local_file
 
     path = _write(tmp_path, name, content)
     assert run_main(lambda: check_complete_rows(load_local_file(path, "--train_file"), ["text", "label"], path,

@@ -9,8 +9,9 @@ import torch
 from datasets import Dataset
 
 from framework import TrainingConfig
-from framework.errors import EXIT_DIVERGED, run_main
-from framework.loop import NonFiniteLossError
+from framework.core.errors import EXIT_DIVERGED, run_main
+from framework.train.loop import NonFiniteLossError
+
 from helpers import fit_model, read_json, read_metrics, run_digits_in_process
 
 

@@ -9,10 +9,9 @@ import sys
 
 import pytest
 
-from framework.errors import run_main
-from helpers import accelerate_launch, launch, read_json, run_digits_in_process
-from test_image_recipe import IMAGES, SHAPES, image_folders  # noqa: F401 (fixture)
-from test_text_recipe import ARGS, TEXT, text_files  # noqa: F401 (fixture)
+from framework.core.errors import run_main
+
+from helpers import IMAGES, SHAPES, TEXT, TEXT_ARGS, accelerate_launch, launch, read_json, run_digits_in_process
 
 
 def _read_predictions(path):
@@ -21,18 +20,18 @@ def _read_predictions(path):
 
 
 @pytest.fixture(scope="module")
-def text_run(tmp_path_factory, text_files):  # noqa: F811
+def text_run(tmp_path_factory, text_files):
     out = tmp_path_factory.mktemp("text_run")
     result = launch([sys.executable, str(TEXT), "--train_file", str(text_files / "train.csv"), "--validation_file",
                      str(text_files / "valid.csv"), "--output_dir", str(out), "--overwrite_output_dir", "true",
-                     *ARGS])
+                     *TEXT_ARGS])
     assert result.returncode == 0, result.stderr[-3000:]
     assert read_json(out / "labels.json") == ["food", "sports", "tech"]
     return out
 
 
 @pytest.mark.slow
-def test_text_predictions_on_one_and_two_processes(tmp_path, text_files, text_run):  # noqa: F811
+def test_text_predictions_on_one_and_two_processes(tmp_path, text_files, text_run):
     # The validation texts without their labels, in a new order; the labels kept aside.
     with open(text_files / "valid.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
@@ -57,7 +56,7 @@ def test_text_predictions_on_one_and_two_processes(tmp_path, text_files, text_ru
     assert not (tmp_path / "one" / "test_report.json").exists()  # no labels, no test report
 
 
-def test_text_evaluation_only_reproduces_the_trained_report(tmp_path, text_files, text_run):  # noqa: F811
+def test_text_evaluation_only_reproduces_the_trained_report(tmp_path, text_files, text_run):
     from recipes import text_classification
 
     out = tmp_path / "eval"
@@ -69,7 +68,7 @@ def test_text_evaluation_only_reproduces_the_trained_report(tmp_path, text_files
     assert not (out / "model.safetensors").exists()
 
 
-def test_a_conflicting_architecture_flag_is_refused(tmp_path, capsys, text_files, text_run):  # noqa: F811
+def test_a_conflicting_architecture_flag_is_refused(tmp_path, capsys, text_files, text_run):
     from recipes import text_classification
 
     code = run_main(lambda: text_classification.main([
@@ -92,7 +91,7 @@ def test_digits_evaluation_from_a_checkpoint_folder(tmp_path):
 
 
 @pytest.mark.slow
-def test_image_predictions_for_a_folder_with_and_without_classes(tmp_path, image_folders):  # noqa: F811
+def test_image_predictions_for_a_folder_with_and_without_classes(tmp_path, image_folders):
     run = tmp_path / "run"
     trained = launch([sys.executable, str(IMAGES), "--train_dir", str(image_folders / "train"), "--validation_dir",
                       str(image_folders / "valid"), "--output_dir", str(run), "--num_train_epochs", "6",
@@ -127,8 +126,9 @@ def test_a_recipes_extra_metric_is_logged_and_reported(tmp_path):
     from sklearn.metrics import balanced_accuracy_score
 
     from framework.recipe import run
-    from helpers import read_metrics
     from recipes import digits
+
+    from helpers import read_metrics
 
     recipe = dataclasses.replace(digits.RECIPE, extra_metrics=lambda p: {
         "balanced_accuracy": balanced_accuracy_score(p.labels, p.predictions)})

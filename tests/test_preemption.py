@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from framework.errors import EXIT_PREEMPTED
-from framework.preemption import StopSignal
+from framework.core.errors import EXIT_PREEMPTED
+from framework.train.preemption import StopSignal
+
 from helpers import CONFIGS, DIGITS, REPO, debug_launch, launch, read_json, weights
 
 ACCELERATE = str(Path(sys.executable).with_name("accelerate"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from framework.progress import progress_bar
+from framework.io.progress import progress_bar
 
 
 def test_non_terminal_output_is_plain_rate_limited_lines():

@@ -21,6 +21,7 @@ from datasets import Dataset
 from safetensors.torch import load_file
 
 from framework import TrainingConfig
+
 from helpers import debug_launch, fit_model
 
 N, FEATURES, CLASSES, EPOCHS, SEED, LR = 70, 10, 3, 3, 13, 0.05

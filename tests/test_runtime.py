@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from framework.errors import UserError
-from framework.runtime import Precision, check_process_group, format_banner, resolve_precision
+from framework.core.errors import UserError
+from framework.core.runtime import Precision, check_process_group, format_banner, resolve_precision
 
 
 @pytest.mark.parametrize("flag,launcher,cuda,requested,effective", [
@@ -14,7 +14,7 @@ from framework.runtime import Precision, check_process_group, format_banner, res
     (None, "bf16", True, "bf16", "bf16"),     # launcher config used when no flag
     ("no", "fp16", True, "no", "no"),         # the flag wins over the launcher
     ("bf16", None, False, "bf16", "bf16"),    # bf16 autocast works on CPU
-    ("fp16", None, False, "fp16", "fp16"),    # fp16 runs on a CPU too (framework.runtime.enable_cpu_fp16)
+    ("fp16", None, False, "fp16", "fp16"),    # fp16 runs on a CPU too (framework.core.runtime.enable_cpu_fp16)
     (None, "fp16", False, "fp16", "fp16"),
 ])
 def test_resolve_precision(flag, launcher, cuda, requested, effective):

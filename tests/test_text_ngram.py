@@ -16,12 +16,11 @@ import numpy as np
 import pytest
 import torch
 
-from framework.errors import run_main
-from framework.text_features import (NgramFeatures, char_ngrams, inverse_document_frequency, parse_char_ngrams,
-                                     train_tokenizer)
-from framework.text_models import NgramClassifier
-from helpers import REPO, accelerate_launch, max_abs_diff, read_json, weights
-from test_text_recipe import TEXT, text_files  # noqa: F401 (fixture)
+from framework.core.errors import run_main
+
+from helpers import REPO, TEXT, accelerate_launch, max_abs_diff, read_json, weights
+from text.features import NgramFeatures, char_ngrams, inverse_document_frequency, parse_char_ngrams, train_tokenizer
+from text.models import NgramClassifier
 
 CORPUS = ["The quick brown fox jumps over the lazy dog.", "Return the value of x; raise ValueError if x < 0.",
           "a b", "Ünïcode ﬁne text, with ligature", "os.path.join(a, b) joins paths", "fox fox fox dog"]
@@ -83,12 +82,12 @@ def test_features_are_the_same_in_another_process():
     here = NgramFeatures(train_tokenizer(CORPUS, 200), 1000, (2, 5))(CORPUS)
     import json
 
-    code = ("import json, sys; from framework.text_features import NgramFeatures, train_tokenizer;"
+    code = ("import json, sys; from text.features import NgramFeatures, train_tokenizer;"
             f"corpus = json.loads({json.dumps(CORPUS)!r});"
             "print(json.dumps(NgramFeatures(train_tokenizer(corpus, 200), 1000, (2, 5))(corpus)))")
     for seed in ("1", "2"):
-        out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True,
-                             env={**os.environ, "PYTHONHASHSEED": seed})
+        out = subprocess.run([sys.executable, "-c", code], cwd=REPO / "recipes", capture_output=True, text=True,
+                             check=True, env={**os.environ, "PYTHONHASHSEED": seed})
         assert json.loads(out.stdout) == here
 
 
@@ -126,7 +125,7 @@ def test_bad_text_model_flags_are_refused(tmp_path, capsys, argv, message):
     assert not (tmp_path / "o").exists()
 
 
-def test_gradient_checkpointing_is_a_noted_no_op_for_the_ngram_model(tmp_path, capsys, text_files):  # noqa: F811
+def test_gradient_checkpointing_is_a_noted_no_op_for_the_ngram_model(tmp_path, capsys, text_files):
     from recipes import text_classification
 
     args = ["--train_file", str(text_files / "train.csv"), "--validation_file", str(text_files / "valid.csv"),
@@ -139,7 +138,7 @@ def test_gradient_checkpointing_is_a_noted_no_op_for_the_ngram_model(tmp_path, c
 
 
 def test_defaults_follow_the_model_and_a_given_flag_wins():
-    from framework.config import parse_config
+    from framework.core.config import parse_config
     from recipes.text_classification import TextConfig
 
     ngram = parse_config(TextConfig, ["--train_file", "x.csv"])
@@ -158,7 +157,7 @@ EXACT = ["--max_steps", "12", "--mixed_precision", "no", "--baseline", "false", 
 
 
 @pytest.mark.slow
-def test_ngram_accumulation_on_two_processes_equals_the_big_batch(tmp_path, text_files):  # noqa: F811
+def test_ngram_accumulation_on_two_processes_equals_the_big_batch(tmp_path, text_files):
     from recipes import text_classification
 
     data = ["--train_file", str(text_files / "train.csv"), "--validation_file", str(text_files / "valid.csv")]
@@ -172,7 +171,7 @@ def test_ngram_accumulation_on_two_processes_equals_the_big_batch(tmp_path, text
     assert (tmp_path / "one" / "tokenizer.json").read_bytes() == (tmp_path / "two" / "tokenizer.json").read_bytes()
 
 
-def test_ngram_run_resumes_bitwise(tmp_path, text_files):  # noqa: F811
+def test_ngram_run_resumes_bitwise(tmp_path, text_files):
     from recipes import text_classification
 
     args = ["--train_file", str(text_files / "train.csv"), "--validation_file", str(text_files / "valid.csv"),

@@ -3,45 +3,12 @@
 from __future__ import annotations
 
 import csv
-import random
-from pathlib import Path
 
 import pytest
 
-from framework.errors import run_main
-from helpers import REPO, accelerate_launch, read_json
+from framework.core.errors import run_main
 
-TEXT = REPO / "recipes" / "text_classification.py"
-TOPICS = {
-    "sports": ["match", "goal", "team", "coach", "league", "score", "player", "season"],
-    "food": ["recipe", "bread", "soup", "spicy", "oven", "flavor", "dinner", "sauce"],
-    "tech": ["software", "chip", "laptop", "network", "code", "server", "battery", "app"],
-}
-FILLER = ["the", "a", "today", "was", "really", "new", "about", "very", "some", "people", "said", "and", "this",
-          "week", "good", "with", "for", "our", "big", "more"]
-
-
-def _write_split(path: Path, rows: int, seed: int) -> None:
-    rng = random.Random(seed)
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["text", "label"])
-        for _ in range(rows):
-            topic = rng.choice(sorted(TOPICS))
-            words = rng.choices(FILLER, k=rng.randint(4, 12)) + rng.sample(TOPICS[topic], 2)
-            rng.shuffle(words)
-            writer.writerow([" ".join(words).capitalize() + ".", topic])
-
-
-@pytest.fixture(scope="module")
-def text_files(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("text_data")
-    _write_split(folder / "train.csv", 600, seed=1)
-    _write_split(folder / "valid.csv", 150, seed=2)
-    return folder
-
-
-ARGS = ["--num_train_epochs", "4", "--per_device_train_batch_size", "16", "--d_model", "64", "--max_length", "32"]
+from helpers import FILLER, TEXT, TEXT_ARGS, TOPICS, accelerate_launch, read_json
 
 
 @pytest.mark.slow
@@ -49,7 +16,7 @@ ARGS = ["--num_train_epochs", "4", "--per_device_train_batch_size", "16", "--d_m
 def test_text_recipe_learns_generated_topics(tmp_path, text_files, launch_config, world_size):
     result = accelerate_launch(launch_config, TEXT, "--train_file", str(text_files / "train.csv"),
                                "--validation_file", str(text_files / "valid.csv"), "--output_dir", str(tmp_path),
-                               *ARGS)
+                               *TEXT_ARGS)
     assert result.returncode == 0, result.stderr[-3000:]
     report = read_json(tmp_path / "report.json")
     assert report["accuracy"] >= 0.9

@@ -31,7 +31,7 @@ def test_missing_tracker_package_is_an_error_not_silence(tmp_path, capsys):
     # Accelerate itself drops a requested tracker whose package is missing, with only a debug log.
     from accelerate.tracking import get_available_trackers
 
-    from framework.config import TRACKERS
+    from framework.core.config import TRACKERS
 
     installed = {str(t) for t in get_available_trackers()}
     missing = next((t for t in TRACKERS if t not in installed), None)

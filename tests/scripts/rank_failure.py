@@ -6,7 +6,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from framework.errors import run_main  # noqa: E402
+from framework.core.errors import run_main  # noqa: E402
 from recipes import digits  # noqa: E402
 
 

@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import torch
 
-from framework.errors import UserError
+from framework.core.errors import UserError
 
 CONFIRM_STEPS = 3
 
@@ -161,9 +161,9 @@ def accumulation_for(effective_batch: int, micro_batch: int, num_processes: int)
 def _search_micro_batch(accelerator: Any, model: torch.nn.Module, optimizer: Any, train_data: Any,
                         loss_fn: Callable) -> tuple[int, list[tuple[int, bool]]]:
     """Search the micro-batch on copies of the longest training sample; the RNG streams are left as they were."""
-    from framework.checkpoint import capture_rng_state, restore_rng_state
-    from framework.data import largest_sample_index, to_device
-    from framework.evaluation import split_batch
+    from framework.core.rng import capture_rng_state, restore_rng_state
+    from framework.data.loaders import largest_sample_index, to_device
+    from framework.evaluate.evaluation import split_batch
 
     plan = train_data.plan
     largest = largest_sample_index(train_data.loader.dataset.dataset)
@@ -186,9 +186,9 @@ def _search_micro_batch(accelerator: Any, model: torch.nn.Module, optimizer: Any
 def _search_eval_batch(accelerator: Any, model: torch.nn.Module, optimizer: Any, eval_loader: Any,
                        limit: int) -> tuple[int, list[tuple[int, bool]]]:
     """The largest evaluation forward batch (up to `limit`) that fits beside training."""
-    from framework.checkpoint import capture_rng_state, restore_rng_state
-    from framework.data import largest_sample_index, to_device
-    from framework.evaluation import split_batch
+    from framework.core.rng import capture_rng_state, restore_rng_state
+    from framework.data.loaders import largest_sample_index, to_device
+    from framework.evaluate.evaluation import split_batch
 
     samples, collate = eval_loader.dataset, eval_loader.collate_fn
     largest = largest_sample_index(samples)
@@ -214,7 +214,7 @@ def choose_batch_sizes(accelerator: Any, config: Any, model: torch.nn.Module, op
                        eval_loader: Any, loss_fn: Callable, state: Any) -> None:
     """--auto_find_batch_size: search (or reuse from the checkpoint in `state`) the micro-batch and the
     evaluation batch; re-cut the training windows into the chosen micro-batch and say what was chosen."""
-    from framework.runtime import say
+    from framework.core.runtime import say
 
     tries: list[tuple[int, bool]] = []
     if not state.micro_batch:

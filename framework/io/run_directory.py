@@ -10,7 +10,6 @@ renamed, so a reader never sees half a file; files get the user's umask.
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -19,49 +18,14 @@ from typing import Any, Callable, Optional
 
 import yaml
 
-from framework.errors import UserError
+from framework.core.errors import UserError
+from framework.io.files import json_safe, write_atomic
 
 FINISHED_MARKER = "summary.json"
 # What a run leaves in output_dir; --overwrite_output_dir removes these (and nothing else) before a new run.
 RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "config.yaml", "report.json", "report.txt", FINISHED_MARKER,
                "model.safetensors", "loss.png", "confusion_matrix.png", "best", "labels.json", "predictions.csv",
                "test_report.json", "test_report.txt")
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def umask_mode(path: Path | str) -> None:
-    """Give a file the mode the user's umask asks for (0644 under 022); for writers that create 0600
-    files (tempfile.mkstemp, safetensors), which teammates on a shared filesystem could not read."""
-    os.chmod(path, 0o666 & ~_umask())
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file in the same folder and a rename (mode from the umask)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp creates 0600; teammates on a shared filesystem must read it
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _json_safe(value: Any) -> Any:
-    """Replace NaN/inf (not valid JSON) by None, recursively."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
 
 
 class RunDirectory:
@@ -79,7 +43,7 @@ class RunDirectory:
     def for_run(cls, config: Any, accelerator: Any) -> "RunDirectory":
         """Claim `config.output_dir` for this run: --overwrite_output_dir and --resume_from_checkpoint decide
         whether a finished run there may be continued or replaced (see `claim`)."""
-        from framework.checkpoint import list_checkpoints
+        from framework.io.checkpoint import list_checkpoints
 
         run_dir = cls(config.output_dir, accelerator.is_main_process)
         spec = config.resume_from_checkpoint
@@ -94,7 +58,7 @@ class RunDirectory:
         Raises `UserError` on a file in the way, an unwritable location, or an earlier run
         (finished, or with checkpoints) unless `overwrite` or `resuming`.
         """
-        from framework.checkpoint import list_checkpoints
+        from framework.io.checkpoint import list_checkpoints
 
         where = str(self.path)
         if self.path.exists() and not self.path.is_dir():
@@ -177,17 +141,23 @@ class RunDirectory:
         """Append one JSON line to metrics.jsonl."""
         if self.is_main:
             with open(self.path / "metrics.jsonl", "a") as handle:
-                handle.write(json.dumps(_json_safe(record)) + "\n")
+                handle.write(json.dumps(json_safe(record)) + "\n")
 
     def write_json(self, name: str, data: dict[str, Any]) -> None:
         """Write `name` (e.g. report.json) atomically."""
         if self.is_main:
-            write_atomic(self.path / name, json.dumps(_json_safe(data), indent=2) + "\n")
+            write_atomic(self.path / name, json.dumps(json_safe(data), indent=2) + "\n")
 
     def records(self) -> list[dict[str, Any]]:
         """The lines of metrics.jsonl written so far."""
         text = (self.path / "metrics.jsonl").read_text() if self.is_main else ""
         return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+    def write_report(self, report: Any, name: str = "report") -> None:
+        """`<name>.json` (the report's metrics) and `<name>.txt` (its text), as training, evaluation-only
+        and test runs write them."""
+        self.write_json(f"{name}.json", report.metrics)
+        self.write_text(f"{name}.txt", report.text)
 
     def write_text(self, name: str, text: str) -> None:
         """Write a text file (e.g. report.txt) atomically."""

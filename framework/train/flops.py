@@ -30,8 +30,8 @@ def training_flops_per_sample(model: torch.nn.Module, batch: dict[str, Any],
                               loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Optional[float]:
     """FLOPs of forward + backward for one sample of `batch` (inputs plus `labels`, on the model's device);
     None when even that runs out of memory."""
-    from framework.checkpoint import capture_rng_state, restore_rng_state
-    from framework.evaluation import split_batch
+    from framework.core.rng import capture_rng_state, restore_rng_state
+    from framework.evaluate.evaluation import split_batch
 
     inputs, labels = split_batch(batch)
     rng = capture_rng_state()
@@ -54,7 +54,7 @@ def meta_flops_per_sample(build_model: Callable[[], torch.nn.Module], batch: dic
                           loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Optional[float]:
     """Training FLOPs per sample of the model `build_model()` makes, on `batch`, counted on the meta device;
     None for a model that cannot run there (data-dependent control flow, say)."""
-    from framework.checkpoint import capture_rng_state, restore_rng_state
+    from framework.core.rng import capture_rng_state, restore_rng_state
 
     rng = capture_rng_state()
     try:

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from sklearn.metrics import classification_report, confusion_matrix
 
-from framework.progress import progress_bar
+from framework.io.progress import progress_bar
 
 
 @dataclass

@@ -21,7 +21,7 @@ from typing import Any, Optional
 
 import yaml
 
-from framework.errors import ConfigError
+from framework.core.errors import ConfigError
 
 PRECISIONS = ("no", "fp16", "bf16")
 OPTIMIZERS = ("adamw", "sgd")
@@ -30,20 +30,62 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 TRACKERS = ("tensorboard", "wandb", "trackio", "comet_ml", "aim", "mlflow", "clearml", "dvclive", "swanlab")
 
 
+def metric_key(name: str) -> str:
+    """`accuracy` or `eval_accuracy` -> `eval_accuracy` (the key in metrics.jsonl)."""
+    return name if name.startswith("eval_") else f"eval_{name}"
+
+
 def flag(text: str, **kwargs: Any) -> Any:
     """A dataclass field with `--help` text: `dropout: float = flag("Dropout before the head.", default=0.1)`."""
     return field(metadata={"help": text}, **kwargs)
 
 
 @dataclass
-class TrainingConfig:
-    """Hyperparameters shared by every recipe (names follow HF `TrainingArguments`)."""
+class OutputFlags:
+    """Where the run writes."""
 
     output_dir: str = flag("Where config, metrics, report, summary and weights are written.", default="outputs/run")
     overwrite_output_dir: bool = flag("Allow writing into an output_dir that holds a finished run.", default=False)
+
+    def check_output(self) -> None:
+        """Raise `InvalidFlag` for the first value of this group outside its allowed range."""
+        require("output_dir", bool(self.output_dir.strip()), "a non-empty path")
+
+
+@dataclass
+class BatchFlags:
+    """How samples are batched: micro-batch, accumulation, the effective batch, and loading."""
+
     per_device_train_batch_size: int = flag("Micro-batch size on each process.", default=32)
     per_device_eval_batch_size: int = flag("Evaluation batch size on each process.", default=128)
     gradient_accumulation_steps: int = flag("Micro-batches accumulated into one optimizer step.", default=1)
+    dataloader_num_workers: int = flag("DataLoader worker processes per training process.", default=0)
+    total_train_batch_size: int = flag(
+        "Effective batch over all processes; 0 means micro-batch x accumulation x processes. When set, "
+        "accumulation follows from it.", default=0)
+    auto_find_batch_size: bool = flag(
+        "Search for the largest micro-batch (up to per_device_train_batch_size) that fits in memory; "
+        "accumulation grows so the effective batch stays the same. The evaluation batch is searched too.",
+        default=False)
+    max_memory_gib: float = flag("Cap this process's CUDA memory (emulates a smaller GPU); 0 = no cap.",
+                                 default=0.0)
+
+    def check_batch(self) -> None:
+        """Raise `InvalidFlag` for the first value of this group outside its allowed range."""
+        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+            require(name, getattr(self, name) >= 1, "an integer >= 1")
+        require("dataloader_num_workers", self.dataloader_num_workers >= 0, "an integer >= 0")
+        require("total_train_batch_size", self.total_train_batch_size >= 0, "an integer >= 0")
+        require("gradient_accumulation_steps", not self.total_train_batch_size or self.gradient_accumulation_steps == 1,
+                "left at 1 when --total_train_batch_size is set (accumulation then follows from it)")
+        require("max_memory_gib", math.isfinite(self.max_memory_gib) and self.max_memory_gib >= 0,
+                "a finite number >= 0")
+
+
+@dataclass
+class OptimizationFlags:
+    """What the optimizer does: its kind and rate, the schedule, the loss, the seed."""
+
     optim: str = flag("Optimizer: adamw (torch's AdamW) or sgd (SGD with --momentum).", default="adamw")
     momentum: float = flag("--optim sgd: momentum, in [0, 1).", default=0.9)
     learning_rate: float = flag("Peak learning rate of the optimizer.", default=1e-3)
@@ -63,30 +105,31 @@ class TrainingConfig:
     label_smoothing: float = flag("Label smoothing of the cross entropy, in [0, 1).", default=0.0)
     max_grad_norm: float = flag("Clip the global gradient norm to this value; 0 disables clipping.", default=1.0)
     seed: int = flag("Seed for model init, data order and dropout.", default=42)
+
+    def check_optimization(self) -> None:
+        """Raise `InvalidFlag` for the first value of this group outside its allowed range."""
+        require("num_train_epochs", self.num_train_epochs >= 1, "an integer >= 1")
+        require("warmup_steps", self.warmup_steps >= 0, "an integer >= 0")
+        require("max_steps", self.max_steps == -1 or self.max_steps >= 1, "-1 (use epochs) or an integer >= 1")
+        require("optim", self.optim in OPTIMIZERS, " or ".join(OPTIMIZERS))
+        require("momentum", math.isfinite(self.momentum) and 0.0 <= self.momentum < 1.0, "a number in [0, 1)")
+        require("learning_rate", math.isfinite(self.learning_rate) and self.learning_rate > 0, "a finite number > 0")
+        for name in ("weight_decay", "max_grad_norm"):
+            value = getattr(self, name)
+            require(name, math.isfinite(value) and value >= 0, "a finite number >= 0")
+        require("warmup_ratio", math.isfinite(self.warmup_ratio) and 0.0 <= self.warmup_ratio < 1.0,
+                "a number in [0, 1)")
+        require("label_smoothing", math.isfinite(self.label_smoothing) and 0.0 <= self.label_smoothing < 1.0,
+                "a number in [0, 1)")
+        require("lr_scheduler_type", self.lr_scheduler_type in SCHEDULERS, "one of " + ", ".join(SCHEDULERS))
+
+
+@dataclass
+class EvaluationFlags:
+    """When to log and evaluate, where metrics go, and which evaluation is the best."""
+
     logging_steps: int = flag("Log loss and lr every N optimizer steps.", default=10)
     eval_steps: int = flag("Also evaluate every N optimizer steps; 0 means only at the end of each epoch.", default=0)
-    mixed_precision: Optional[str] = flag(
-        "no, fp16 or bf16; default: the launcher config's value, else fp16 on CUDA and no on CPU.", default=None
-    )
-    max_consecutive_skipped_steps: int = flag(
-        "Stop when this many fp16 steps in a row are skipped for inf/NaN gradients.", default=50
-    )
-    dataloader_num_workers: int = flag("DataLoader worker processes per training process.", default=0)
-    total_train_batch_size: int = flag(
-        "Effective batch over all processes; 0 means micro-batch x accumulation x processes. When set, "
-        "accumulation follows from it.", default=0)
-    auto_find_batch_size: bool = flag(
-        "Search for the largest micro-batch (up to per_device_train_batch_size) that fits in memory; "
-        "accumulation grows so the effective batch stays the same. The evaluation batch is searched too.",
-        default=False)
-    max_memory_gib: float = flag("Cap this process's CUDA memory (emulates a smaller GPU); 0 = no cap.",
-                                 default=0.0)
-    torch_compile: bool = flag(
-        "Compile the model with torch.compile (TorchInductor) through Accelerate; the first steps are slower.",
-        default=False)
-    torch_compile_mode: Optional[str] = flag(
-        "torch.compile mode: default, reduce-overhead, max-autotune or max-autotune-no-cudagraphs "
-        "(implies --torch_compile).", default=None)
     report_to: str = flag(
         "Experiment trackers beside metrics.jsonl: none, all, or a comma list such as tensorboard,wandb.",
         default="none")
@@ -102,77 +145,21 @@ class TrainingConfig:
         default=0)
     early_stopping_threshold: float = flag(
         "How much the tracked metric must improve to count as an improvement.", default=0.0)
-    gradient_checkpointing: bool = flag(
-        "Recompute each block's activations in the backward pass instead of keeping them: much less activation "
-        "memory (a larger micro-batch fits) for about a third more compute; the math is unchanged.", default=False)
-    do_train: bool = flag("Train (false: only evaluate and/or predict with the model of --model_path).",
-                          default=True)
-    do_eval: bool = flag("Evaluate on the evaluation split (after training, or the --model_path model).",
-                         default=True)
-    do_predict: bool = flag("Write predictions.csv for the recipe's test inputs (--test_file, --test_dir, ...).",
-                            default=False)
-    model_path: str = flag("Start from a trained model: a finished run's output_dir or one of its checkpoint "
-                           "folders (weights, class names, preprocessing and model flags come from it).",
-                           default="")
-    checkpointing_steps: str = flag(
-        "Save a resumable checkpoint every N optimizer steps, or 'epoch', or 'no'.", default="no")
-    save_total_limit: int = flag("Keep only the newest K checkpoints; 0 keeps all.", default=0)
-    resume_from_checkpoint: Optional[str] = flag(
-        "Continue a run: 'auto' (the newest complete checkpoint in output_dir if there is one, else start "
-        "fresh: one command for a first run and every requeue), 'latest' (the newest, which must exist) or a "
-        "checkpoint folder.", default=None)
 
-    def validate(self) -> None:
-        """Raise `ConfigError` for the first value outside its allowed range."""
-        positive = ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
-                    "num_train_epochs", "logging_steps", "max_consecutive_skipped_steps")
-        for name in positive:
-            require(name, getattr(self, name) >= 1, "an integer >= 1")
-        for name in ("warmup_steps", "eval_steps", "dataloader_num_workers"):
-            require(name, getattr(self, name) >= 0, "an integer >= 0")
-        require("max_steps", self.max_steps == -1 or self.max_steps >= 1, "-1 (use epochs) or an integer >= 1")
-        require("optim", self.optim in OPTIMIZERS, " or ".join(OPTIMIZERS))
-        require("momentum", math.isfinite(self.momentum) and 0.0 <= self.momentum < 1.0, "a number in [0, 1)")
-        require("learning_rate", math.isfinite(self.learning_rate) and self.learning_rate > 0, "a finite number > 0")
-        for name in ("weight_decay", "max_grad_norm"):
-            value = getattr(self, name)
-            require(name, math.isfinite(value) and value >= 0, "a finite number >= 0")
-        require("warmup_ratio", math.isfinite(self.warmup_ratio) and 0.0 <= self.warmup_ratio < 1.0,
-                "a number in [0, 1)")
-        require("label_smoothing", math.isfinite(self.label_smoothing) and 0.0 <= self.label_smoothing < 1.0,
-                "a number in [0, 1)")
-        require("lr_scheduler_type", self.lr_scheduler_type in SCHEDULERS, "one of " + ", ".join(SCHEDULERS))
-        require("mixed_precision", self.mixed_precision in (None, *PRECISIONS), "one of " + ", ".join(PRECISIONS))
-        require("output_dir", bool(self.output_dir.strip()), "a non-empty path")
-        require("total_train_batch_size", self.total_train_batch_size >= 0, "an integer >= 0")
-        require("gradient_accumulation_steps", not self.total_train_batch_size or self.gradient_accumulation_steps == 1,
-                "left at 1 when --total_train_batch_size is set (accumulation then follows from it)")
-        require("max_memory_gib", math.isfinite(self.max_memory_gib) and self.max_memory_gib >= 0,
-                "a finite number >= 0")
-        require("torch_compile_mode", self.torch_compile_mode in (None, *COMPILE_MODES),
-                "one of " + ", ".join(COMPILE_MODES))
+    def check_evaluation(self) -> None:
+        """Raise `InvalidFlag` for the first value of this group outside its allowed range."""
+        require("logging_steps", self.logging_steps >= 1, "an integer >= 1")
+        require("eval_steps", self.eval_steps >= 0, "an integer >= 0")
         for name in self.trackers:
             require("report_to", name in TRACKERS, f"none, all, or a comma list of {', '.join(TRACKERS)}",
                     given=name)
-        every = self.checkpointing_steps
-        require("checkpointing_steps", every in ("no", "epoch") or (every.isdigit() and int(every) >= 1),
-                "'no', 'epoch' or an integer >= 1")
-        require("save_total_limit", self.save_total_limit >= 0, "an integer >= 0")
         require("early_stopping_patience", self.early_stopping_patience >= 0, "an integer >= 0")
         require("early_stopping_threshold", math.isfinite(self.early_stopping_threshold) and
                 self.early_stopping_threshold >= 0, "a finite number >= 0")
-        require("do_eval", self.do_eval or not self.do_train,
-                "true when --do_train is true (training evaluates at each epoch end)")
-        require("model_path", self.do_train or bool(self.model_path),
-                "given when --do_train is false (the run to evaluate or predict with)")
-        require("do_predict", self.do_train or self.do_eval or self.do_predict,
-                "true when --do_train and --do_eval are false (there is nothing else to do)")
 
     @property
     def best_metric(self) -> str:
         """The eval_* key tracked for the best model / early stopping, or "" when neither is asked for."""
-        from framework.best_model import metric_key
-
         if self.metric_for_best_model:
             return metric_key(self.metric_for_best_model)
         return "eval_loss" if self.load_best_model_at_end or self.early_stopping_patience else ""
@@ -185,11 +172,100 @@ class TrainingConfig:
             return list(TRACKERS)
         return [] if names == ["none"] else names
 
+
+@dataclass
+class RuntimeFlags:
+    """How the step runs: precision, compilation, activation recomputation."""
+
+    mixed_precision: Optional[str] = flag(
+        "no, fp16 or bf16; default: the launcher config's value, else fp16 on CUDA and no on CPU.", default=None
+    )
+    max_consecutive_skipped_steps: int = flag(
+        "Stop when this many fp16 steps in a row are skipped for inf/NaN gradients.", default=50
+    )
+    torch_compile: bool = flag(
+        "Compile the model with torch.compile (TorchInductor) through Accelerate; the first steps are slower.",
+        default=False)
+    torch_compile_mode: Optional[str] = flag(
+        "torch.compile mode: default, reduce-overhead, max-autotune or max-autotune-no-cudagraphs "
+        "(implies --torch_compile).", default=None)
+    gradient_checkpointing: bool = flag(
+        "Recompute each block's activations in the backward pass instead of keeping them: much less activation "
+        "memory (a larger micro-batch fits) for about a third more compute; the math is unchanged.", default=False)
+
+    def check_runtime(self) -> None:
+        """Raise `InvalidFlag` for the first value of this group outside its allowed range."""
+        require("max_consecutive_skipped_steps", self.max_consecutive_skipped_steps >= 1, "an integer >= 1")
+        require("mixed_precision", self.mixed_precision in (None, *PRECISIONS), "one of " + ", ".join(PRECISIONS))
+        require("torch_compile_mode", self.torch_compile_mode in (None, *COMPILE_MODES),
+                "one of " + ", ".join(COMPILE_MODES))
+
+
+@dataclass
+class CheckpointFlags:
+    """Resumable checkpoints: how often, how many, and where to resume from."""
+
+    checkpointing_steps: str = flag(
+        "Save a resumable checkpoint every N optimizer steps, or 'epoch', or 'no'.", default="no")
+    save_total_limit: int = flag("Keep only the newest K checkpoints; 0 keeps all.", default=0)
+    resume_from_checkpoint: Optional[str] = flag(
+        "Continue a run: 'auto' (the newest complete checkpoint in output_dir if there is one, else start "
+        "fresh: one command for a first run and every requeue), 'latest' (the newest, which must exist) or a "
+        "checkpoint folder.", default=None)
+
+
+    def check_checkpoint(self) -> None:
+        """Raise `InvalidFlag` for the first value of this group outside its allowed range."""
+        every = self.checkpointing_steps
+        require("checkpointing_steps", every in ("no", "epoch") or (every.isdigit() and int(every) >= 1),
+                "'no', 'epoch' or an integer >= 1")
+        require("save_total_limit", self.save_total_limit >= 0, "an integer >= 0")
+
     @property
     def checkpoint_every(self) -> Optional[int | str]:
         """`checkpointing_steps` as an int N, 'epoch', or None when off."""
         every = self.checkpointing_steps
         return None if every == "no" else every if every == "epoch" else int(every)
+
+
+@dataclass
+class TaskFlags:
+    """What the run does: train, evaluate, predict, and with which trained model."""
+
+    do_train: bool = flag("Train (false: only evaluate and/or predict with the model of --model_path).",
+                          default=True)
+    do_eval: bool = flag("Evaluate on the evaluation split (after training, or the --model_path model).",
+                         default=True)
+    do_predict: bool = flag("Write predictions.csv for the recipe's test inputs (--test_file, --test_dir, ...).",
+                            default=False)
+    model_path: str = flag("Start from a trained model: a finished run's output_dir or one of its checkpoint "
+                           "folders (weights, class names, preprocessing and model flags come from it).",
+                           default="")
+
+    def check_task(self) -> None:
+        """Raise `InvalidFlag` for the first value of this group outside its allowed range."""
+        require("do_eval", self.do_eval or not self.do_train,
+                "true when --do_train is true (training evaluates at each epoch end)")
+        require("model_path", self.do_train or bool(self.model_path),
+                "given when --do_train is false (the run to evaluate or predict with)")
+        require("do_predict", self.do_train or self.do_eval or self.do_predict,
+                "true when --do_train and --do_eval are false (there is nothing else to do)")
+
+
+@dataclass
+class TrainingConfig(TaskFlags, CheckpointFlags, RuntimeFlags, EvaluationFlags, OptimizationFlags, BatchFlags, OutputFlags):
+    """Hyperparameters shared by every recipe (names follow HF `TrainingArguments`), in groups that check
+    themselves; a recipe subclasses it with its own fields and `validate` (calling super().validate())."""
+
+    def validate(self) -> None:
+        """Raise `InvalidFlag` (a `ConfigError` once parsed) for the first value outside its allowed range."""
+        self.check_output()
+        self.check_batch()
+        self.check_optimization()
+        self.check_evaluation()
+        self.check_runtime()
+        self.check_checkpoint()
+        self.check_task()
 
 
 _VALUE = object()  # require(): name the flag's whole value
@@ -306,8 +382,9 @@ def format_help(cls: type[TrainingConfig], prog: str) -> str:
     return "\n".join(lines)
 
 
-def parse_config(cls: type[TrainingConfig], argv: Optional[list[str]] = None) -> TrainingConfig:
-    """Build a validated `cls` from defaults < `--config` YAML < CLI flags.
+def parse_config(cls: type[TrainingConfig], argv: Optional[list[str]] = None, validate: bool = True) -> TrainingConfig:
+    """Build a validated `cls` from defaults < `--config` YAML < CLI flags (`validate=False`: the caller
+    validates later with `validate_config`, e.g. after taking flags from a trained model).
 
     `argv` defaults to `sys.argv[1:]`. `--help` prints the flags and exits 0.
     Raises `ConfigError` (one line naming the bad flag) on any bad input.
@@ -356,12 +433,18 @@ def parse_config(cls: type[TrainingConfig], argv: Optional[list[str]] = None) ->
     for name, raw in cli.items():
         values[name] = _convert(name, raw, hints[name])
     config = cls(**values)
+    if validate:
+        validate_config(config)
+    return config
+
+
+def validate_config(config: TrainingConfig) -> None:
+    """`config.validate()`, its first `InvalidFlag` turned into a one-line `ConfigError` with the given value."""
     try:
         config.validate()
     except InvalidFlag as err:
         given = getattr(config, err.name, None) if err.given is _VALUE else err.given
         raise ConfigError(f"{err}, got {given!r}") from None
-    return config
 
 
 def config_to_dict(config: TrainingConfig) -> dict[str, Any]:

@@ -12,9 +12,9 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
-from framework.compilation import check_compile_toolchain, dynamo_plugin
-from framework.config import TrainingConfig
-from framework.errors import UserError
+from framework.core.compilation import check_compile_toolchain, dynamo_plugin
+from framework.core.config import TrainingConfig
+from framework.core.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ def build_accelerator(config: TrainingConfig) -> tuple[Accelerator, Precision]:
                         "use accelerate_configs/cpu_2proc.yaml here")
     launcher = os.environ.get("ACCELERATE_MIXED_PRECISION")
     precision = resolve_precision(config.mixed_precision, launcher if launcher in ("no", "fp16", "bf16") else None, cuda)
-    # Gradient accumulation is done by framework.loop with exact per-sample
+    # Gradient accumulation is done by framework.train.loop with exact per-sample
     # weights, so the Accelerator must not divide losses by N on its own.
     trackers = available_trackers(config.trackers, explicit=config.report_to != "all")
     accelerator = Accelerator(mixed_precision=precision.effective, cpu=not cuda, gradient_accumulation_steps=1,
@@ -90,7 +90,7 @@ def build_accelerator(config: TrainingConfig) -> tuple[Accelerator, Precision]:
         cap_cuda_memory(config.max_memory_gib, accelerator.device)
     set_seed(config.seed)
     if not (accelerator.is_main_process and sys.stderr.isatty()):
-        # datasets' map/cast bars: one set, on a terminal, as for training (see framework.progress)
+        # datasets' map/cast bars: one set, on a terminal, as for training (see framework.io.progress)
         datasets.disable_progress_bars()
     if precision.note:
         say(accelerator, f"note: {precision.note}")

@@ -8,13 +8,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from framework.text_features import PAD_ID
+from text.features import PAD_ID
 
 
 class NgramClassifier(nn.Module):
     """fastText-style, but full rank: a linear classifier over TF-IDF-weighted n-gram features.
 
-    A sample is its distinct feature ids and their counts (framework.text_features).
+    A sample is its distinct feature ids and their counts (text.features).
     Each feature is weighted (1 + ln count) * idf; the word features (ids below
     `char_start`: tokens and word bigrams) and the character n-grams are each scaled
     to unit L2 norm per sample, and the logits are the weighted sum of the features'

@@ -16,7 +16,7 @@ from typing import Any, Optional
 import numpy as np
 from datasets import Dataset, Image
 
-from framework.errors import UserError
+from framework.core.errors import UserError
 
 Problem = tuple[int, str, str]  # (row, file name or row label, reason)
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")

@@ -17,17 +17,12 @@ from typing import Any
 import numpy as np
 from safetensors.torch import load_file, save_file
 
-from framework.errors import UserError
-from framework.evaluation import Report
-from framework.outputs import umask_mode, write_atomic
-from framework.weights import WEIGHTS_FILE, bare_model, model_state_dict
+from framework.core.errors import UserError
+from framework.evaluate.evaluation import Report
+from framework.io.files import umask_mode, write_atomic
+from framework.io.weights import WEIGHTS_FILE, bare_model, model_state_dict
 
 BEST_DIR = "best"
-
-
-def metric_key(name: str) -> str:
-    """`accuracy` or `eval_accuracy` -> `eval_accuracy` (the key in metrics.jsonl)."""
-    return name if name.startswith("eval_") else f"eval_{name}"
 
 
 def improves(value: float, best: float | None, key: str, threshold: float = 0.0) -> bool:

@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 from datasets import ClassLabel, Dataset
 
-from framework.errors import UserError
+from framework.core.errors import UserError
+
 
 def label_name(value: Any) -> str:
     """The class name of one label value: 3 and 3.0 -> "3", "cat" -> "cat", True -> "True"."""

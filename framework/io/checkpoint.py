@@ -17,21 +17,20 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import random
 import re
 import shutil
 import zipfile
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from framework.errors import UserError
-from framework.outputs import umask_mode
-from framework.weights import WEIGHTS_FILE, bare_model, model_state_dict, weights_problem
+from framework.core.errors import UserError
+from framework.core.rng import capture_rng_state, restore_rng_state
+from framework.io.files import umask_mode
+from framework.io.weights import WEIGHTS_FILE, bare_model, model_state_dict, weights_problem
 
 STATE_FILE = "state.json"
 TRAINER_FILE = "trainer.pt"
@@ -129,29 +128,6 @@ def resolve_checkpoint(spec: Optional[str], output_dir: str | Path,
         raise UserError(f"--resume_from_checkpoint {spec!r} is damaged ({problem}); give another checkpoint "
                         f"folder, or 'auto' for the newest undamaged one")
     return path
-
-
-def capture_rng_state() -> dict[str, Any]:
-    """Every RNG this process draws from: Python, NumPy, torch CPU and CUDA."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {
-        "python": random.getstate(),
-        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng_state(state: dict[str, Any]) -> None:
-    """Put back what `capture_rng_state` returned."""
-    random.setstate(state["python"])
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def run_identity(plan: Any, seed: int) -> dict[str, int]:

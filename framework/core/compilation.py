@@ -1,7 +1,7 @@
 """`--torch_compile`: compiling the model with TorchInductor through Accelerate.
 
 Accelerate compiles in `prepare`, last, around the DDP/FSDP wrapper. The
-compiled wrapper prefixes state-dict keys with `_orig_mod.`; `framework.weights`
+compiled wrapper prefixes state-dict keys with `_orig_mod.`; `framework.io.weights`
 saves without it.
 """
 
@@ -12,7 +12,7 @@ from typing import Optional
 from accelerate import Accelerator
 from accelerate.utils import DynamoBackend, TorchDynamoPlugin
 
-from framework.errors import UserError
+from framework.core.errors import UserError
 
 
 def dynamo_plugin(enabled: bool, mode: str) -> Optional[TorchDynamoPlugin]:

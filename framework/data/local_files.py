@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Iterator
 
 from datasets import Dataset, load_dataset
-from datasets.utils import logging as ds_logging
 from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+from datasets.utils import logging as ds_logging
 
-from framework.errors import UserError
+from framework.core.errors import UserError
 
 FORMATS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 

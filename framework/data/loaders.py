@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from framework.errors import UserError
+from framework.core.errors import UserError
 
 Key = tuple[int, float]  # (dataset index, sample weight)
 Augment = Callable[[Any, torch.Generator], Any]  # (one sample, its generator) -> the augmented sample

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from framework.errors import UserError
+from framework.core.errors import UserError
 
 
 def _transformers():

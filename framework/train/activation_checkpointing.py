@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from framework.errors import UserError
+from framework.core.errors import UserError
 
 
 def _checkpointed(forward):

@@ -18,7 +18,7 @@ import torch
 from accelerate import Accelerator
 from safetensors.torch import save_file
 
-from framework.outputs import umask_mode
+from framework.io.files import umask_mode
 
 COMPILED_PREFIX = "_orig_mod."
 WEIGHTS_FILE = "model.safetensors"

@@ -1,0 +1,1 @@
+"""The bottom layer: errors, the config, RNG state, and the Accelerator with its precision."""

@@ -1,0 +1,1 @@
+"""Data: the window plan and loaders, local files, and labels as class names."""

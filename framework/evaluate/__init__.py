@@ -1,0 +1,1 @@
+"""Evaluation: gathered predictions and reports, the best model, the classic baseline."""

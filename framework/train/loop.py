@@ -1,0 +1,368 @@
+"""The training loop: fit = setup -> train (train_epoch: one optimizer step per window) -> finish.
+
+Run-level features (best model, early stopping, periodic checkpoints) are components
+(framework.train.components) that the loop calls at fixed points; the loop itself
+holds only the steps, the evaluations and the stop signal.
+
+Accumulation is exact. Accelerate's `accumulate()` divides every micro-batch
+loss by N, which is only right when every window holds N equal micro-batches
+on every process. Here each sample's loss is weighted by
+1 / (real samples in its optimizer step over all processes): the loss a
+process back-propagates is sum(weight * loss) * P / n_real, because DDP then
+averages the P processes' gradients. Gradients are all-reduced only on the
+last micro-batch of a window (`no_sync` before it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import resource
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import DistributedType
+
+from framework.core.compilation import compile_description
+from framework.core.config import config_to_dict
+from framework.core.errors import Preempted, TrainingDiverged, UserError
+from framework.core.runtime import device_name, format_banner, say
+from framework.data.loaders import Window, to_device
+from framework.evaluate.evaluation import Report, evaluate, split_batch
+from framework.io.checkpoint import checkpoint_root, load_checkpoint, resolve_checkpoint, run_identity
+from framework.io.plots import save_plots
+from framework.io.progress import progress_bar
+from framework.io.weights import save_weights
+from framework.train.batch_search import choose_batch_sizes
+from framework.train.components import Component, default_components, write_checkpoint
+from framework.train.flops import peak_tflops
+from framework.train.optim import total_optimizer_steps
+from framework.train.preemption import StopSignal
+from framework.train.state import LossFn, TrainingRun, TrainState
+
+__all__ = ["FitResult", "LossFn", "NonFiniteLossError", "TrainState", "TrainingRun", "fit", "finish",
+           "per_sample_cross_entropy", "setup", "train", "train_epoch"]
+
+
+class NonFiniteLossError(TrainingDiverged):
+    """Training produced a NaN/inf loss, or too many fp16 steps in a row were skipped (exit code 3)."""
+
+
+def per_sample_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The default loss: cross entropy per sample (no reduction), so the loop can weight samples."""
+    return F.cross_entropy(logits, labels, reduction="none")
+
+
+@dataclass
+class _Running:
+    """Sums since the last log: the weighted loss stays on the device and is read (one sync) every
+    `logging_steps`; the sample count is known on the host from the window plan."""
+
+    loss: torch.Tensor
+    samples: int = 0
+
+
+@dataclass
+class FitResult:
+    """What `fit` returns: the last evaluation report and the summary written to summary.json."""
+
+    report: Report
+    summary: dict[str, Any]
+    state: TrainState = field(default_factory=TrainState)
+    optimizer: Any = None  # the (prepared) optimizer that trained, e.g. to read its settings back
+    model: Any = None  # the (prepared) model that trained
+
+
+def _optimizer_step(ctx: TrainingRun, window: Window, batches: Any, running: _Running) -> bool:
+    """Forward/backward every micro-batch of `window`, then clip and step. Returns whether the step was skipped."""
+    accelerator, model = ctx.accelerator, ctx.model
+    scale = accelerator.num_processes / window.num_real
+    last = len(window.micro_batches) - 1
+    for j, batch in enumerate(batches):
+        batch = to_device(batch, accelerator.device)
+        inputs, labels = split_batch(batch)
+        with contextlib.nullcontext() if j == last else accelerator.no_sync(model):
+            logits = model(**inputs)
+            weighted = (ctx.loss_fn(logits.float(), labels) * batch["weight"]).sum()
+            accelerator.backward(weighted * scale)
+        running.loss += weighted.detach()
+    running.samples += window.num_real
+    if ctx.config.max_grad_norm > 0:
+        _clip_gradients(accelerator, ctx.params, ctx.config.max_grad_norm)
+    skipped = _step_optimizer(ctx)
+    if not skipped:
+        ctx.scheduler.step()
+    ctx.optimizer.zero_grad(set_to_none=True)
+    return skipped
+
+
+def _clip_gradients(accelerator: Accelerator, params: list[torch.nn.Parameter], max_norm: float) -> None:
+    """Clip the global gradient norm, on unscaled fp16 gradients.
+
+    Under DDP (or one process) the gradients are already the same everywhere, so
+    torch's own clipping is exact; Accelerate's version adds a per-parameter DTensor
+    scan each step. Sharded and special backends keep Accelerate's implementation.
+    """
+    if accelerator.distributed_type in (DistributedType.NO, DistributedType.MULTI_GPU, DistributedType.MULTI_CPU):
+        accelerator.unscale_gradients()
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
+    else:
+        accelerator.clip_grad_norm_(params, max_norm)
+
+
+def _step_optimizer(ctx: TrainingRun) -> bool:
+    """Apply the update; returns True when fp16 loss scaling found inf/NaN gradients and skipped it.
+
+    `AcceleratedOptimizer.step` (accelerate 1.15) looks up whether the `lomo_optim`
+    package is installed, through importlib, twice per call: about 0.4 ms per step
+    on the CPU here, the bulk of the gap between a plain Accelerate loop and a raw one.
+    Where it adds nothing (no XLA, no DeepSpeed) the wrapped optimizer is stepped here
+    with the same GradScaler calls.
+    """
+    accelerator, optimizer = ctx.accelerator, ctx.optimizer
+    if accelerator.distributed_type in (DistributedType.XLA, DistributedType.DEEPSPEED):
+        optimizer.step()
+        return optimizer.step_was_skipped
+    inner = getattr(optimizer, "optimizer", optimizer)
+    scaler = accelerator.scaler
+    if scaler is None:
+        inner.step()
+        return False
+    if ctx.loss_scale is None:
+        ctx.loss_scale = scaler.get_scale()
+    scaler.step(inner)  # reads the inf/NaN flags on the host: the one sync fp16 needs per step
+    scaler.update()
+    # The scale backs off exactly when the step was skipped. Reading it right after the
+    # sync above costs next to nothing, and it is the next step's starting scale.
+    previous, ctx.loss_scale = ctx.loss_scale, scaler.get_scale()
+    return ctx.loss_scale < previous
+
+
+def _log_train(ctx: TrainingRun, state: TrainState, running: _Running, lr: float, started: float) -> None:
+    """Reduce the running sums over processes (the one sync per logging interval) and log them."""
+    # A sum is finite exactly when every term was (inf and NaN propagate), so one read checks them all.
+    loss_sum = ctx.accelerator.reduce(running.loss, reduction="sum").item()
+    if not math.isfinite(loss_sum):
+        raise NonFiniteLossError(
+            f"the training loss was NaN or inf in the steps up to step {state.step}; lower --learning_rate, "
+            f"check the data, or use --mixed_precision bf16/no")
+    loss = loss_sum / max(running.samples, 1)
+    epoch = state.epoch + state.window / ctx.train_data.plan.windows_per_epoch
+    elapsed = ctx.train_time + time.perf_counter() - started  # after the reduce above, so the device is synced
+    _log(ctx, {"step": state.step, "epoch": round(epoch, 4), "loss": loss, "lr": lr, "elapsed_s": elapsed})
+    rate = _samples_per_second(ctx, state, elapsed)
+    postfix = {"loss": f"{loss:.4f}", "lr": f"{lr:.2e}", "samples/s": f"{rate:.0f}"}
+    if ctx.flops_per_sample:
+        postfix["TFLOP/s"] = f"{ctx.flops_per_sample * rate / 1e12:.3g}"
+    if state.skipped_steps:
+        postfix["skipped"] = state.skipped_steps
+    ctx.bar.set_postfix(postfix, refresh=False)
+    running.loss.zero_()
+    running.samples = 0
+
+
+def _samples_per_second(ctx: TrainingRun, state: TrainState, seconds: float) -> float:
+    """Training throughput of this process's run (a resumed run counts from its resume)."""
+    return (state.samples_seen - ctx.samples_at_start) / max(seconds, 1e-9)
+
+
+def _log(ctx: TrainingRun, record: dict[str, Any]) -> None:
+    """One metrics.jsonl line, and the same values to the --report_to trackers."""
+    ctx.run_dir.log(record)
+    ctx.accelerator.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
+
+
+def _evaluate(run: TrainingRun, state: TrainState, components: Sequence[Component]) -> None:
+    run.report = evaluate(run.accelerator, run.model, run.eval_loader, run.class_names, run.loss_fn,
+                          forward_batch=state.eval_batch, extra_metrics=run.extra_metrics)
+    state.last_eval_step = state.step
+    epoch = state.epoch + state.window / run.train_data.plan.windows_per_epoch
+    _log(run, {"step": state.step, "epoch": round(epoch, 4), **run.report.summary()})
+    for component in components:
+        component.after_evaluation(run, state)
+
+
+def _stop_reason(components: Sequence[Component], state: TrainState) -> Optional[str]:
+    return next((reason for c in components if (reason := c.stop_reason(state))), None)
+
+
+def train_epoch(run: TrainingRun, state: TrainState, components: Sequence[Component] = ()) -> None:
+    """Train from `state.window` to the end of `state.epoch`, the last planned step, or an agreed stop."""
+    config, accelerator = run.config, run.accelerator
+    running = _Running(torch.zeros((), device=accelerator.device))
+    run.model.train()
+    started = time.perf_counter()
+    for window, batches in run.train_data.epoch(state.epoch, state.window):
+        lr = run.scheduler.get_last_lr()[0]  # the lr this step applies
+        skipped = _optimizer_step(run, window, batches, running)
+        state.step += 1
+        state.window += 1
+        state.samples_seen += window.num_real
+        state.skipped_steps += skipped
+        state.consecutive_skipped = state.consecutive_skipped + 1 if skipped else 0
+        if state.consecutive_skipped > config.max_consecutive_skipped_steps:
+            raise NonFiniteLossError(
+                f"{state.consecutive_skipped} fp16 steps in a row were skipped for inf/NaN gradients "
+                f"(limit --max_consecutive_skipped_steps {config.max_consecutive_skipped_steps})")
+        run.bar.update(1)
+        done = state.step >= run.total_steps
+        if state.step % config.logging_steps == 0 or done:
+            _log_train(run, state, running, lr, started)
+        run.train_time += time.perf_counter() - started  # evaluations and checkpoints are not training time
+        if config.eval_steps and state.step % config.eval_steps == 0:
+            _evaluate(run, state, components)
+            if _stop_reason(components, state):
+                break
+        for component in components:
+            component.after_step(run, state, epoch_end=False)
+        started = time.perf_counter()
+        if done:
+            break
+        if run.stop.agreed():  # every process calls it once per step, so all agree on this step
+            run.stopping = True
+            break
+    if accelerator.device.type == "cuda":
+        torch.cuda.synchronize()
+    run.train_time += time.perf_counter() - started
+
+
+def _stop_with_checkpoint(run: TrainingRun, state: TrainState) -> None:
+    """A stop signal was agreed on: write one complete checkpoint (unless this step has one) and stop."""
+    what = run.stop.received or "a stop signal on another process"
+    if run.accelerator.distributed_type == DistributedType.FSDP:
+        raise Preempted(f"{what} received: stopped after optimizer step {state.step}; FSDP runs cannot "
+                        f"checkpoint yet, so this run cannot be resumed")
+    if run.checkpointed_step != state.step:
+        write_checkpoint(run, state)
+    raise Preempted(f"{what} received: stopped after optimizer step {state.step} of {run.total_steps} and saved "
+                    f"{checkpoint_root(run.config.output_dir) / f'step_{state.step}'}; run the same command with "
+                    f"--resume_from_checkpoint auto to continue")
+
+
+def _flop_rates(run: TrainingRun, state: TrainState) -> dict[str, Optional[float]]:
+    """Model FLOPs per sample, the FLOP rate of the whole job, and MFU against the cards' dense peak."""
+    if not run.flops_per_sample:
+        return {"model_flops_per_sample": None, "model_tflops_per_second": None, "mfu": None}
+    tflops = run.flops_per_sample * _samples_per_second(run, state, run.train_time) / 1e12
+    peak = peak_tflops(device_name(run.accelerator), run.precision.effective)
+    return {"model_flops_per_sample": run.flops_per_sample, "model_tflops_per_second": tflops,
+            "mfu": tflops / (peak * run.accelerator.num_processes) if peak else None}
+
+
+def _peak_memory() -> dict[str, Optional[float]]:
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    return {
+        "peak_memory_mib": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
+        "peak_host_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def setup(run: TrainingRun) -> TrainState:
+    """Plan the steps, resume from a checkpoint, search the batch sizes, start the outputs, print the banner."""
+    accelerator, config = run.accelerator, run.config
+    if accelerator.distributed_type == DistributedType.FSDP and (config.checkpoint_every or
+                                                                 config.resume_from_checkpoint):
+        # The optimizer state is sharded under FSDP and framework.io.checkpoint saves it from the main process.
+        raise UserError("--checkpointing_steps and --resume_from_checkpoint are not supported with FSDP yet; "
+                        "use a DDP config (multi_gpu.yaml) to checkpoint")
+    run.total_steps = total_optimizer_steps(config, run.train_data.plan.windows_per_epoch)
+    run.stop = StopSignal(accelerator.num_processes)
+    run.params = [p for p in run.model.parameters() if p.requires_grad]
+    state = TrainState()
+    path = resolve_checkpoint(config.resume_from_checkpoint, config.output_dir, note=lambda t: say(accelerator, t))
+    if path is not None:
+        state = load_checkpoint(accelerator, path, model=run.model, optimizer=run.optimizer, scheduler=run.scheduler,
+                                identity=run_identity(run.train_data.plan, config.seed), state_type=TrainState)
+        say(accelerator, f"resumed from {path} at optimizer step {state.step}")
+        run.samples_at_start = state.samples_seen
+    if config.auto_find_batch_size:
+        choose_batch_sizes(accelerator, config, run.model, run.optimizer, run.train_data, run.eval_loader,
+                           run.loss_fn, state)
+    resolved = config_to_dict(config) | {"mixed_precision": run.precision.requested}
+    run.run_dir.start(resolved, resume_step=state.step if path is not None else None)
+    # Trackers take flat scalars and strings only (TensorBoard's hparams reject None).
+    accelerator.init_trackers(run.run_dir.path.name or "run",
+                              config={k: "none" if v is None else v for k, v in resolved.items()})
+    plan = run.train_data.plan
+    say(accelerator, format_banner(
+        world_size=accelerator.num_processes, device=device_name(accelerator), precision=run.precision,
+        micro_batch=plan.micro_batch, accumulation=plan.accumulation, effective_batch=plan.effective_batch,
+        steps_per_epoch=plan.windows_per_epoch, total_steps=run.total_steps, train_samples=plan.num_samples,
+        compiled=compile_description(accelerator), data_notes=run.data_notes or None))
+    run.bar = progress_bar(run.total_steps, "train", accelerator.is_main_process, initial=state.step)
+    return state
+
+
+def train(run: TrainingRun, state: TrainState, components: Sequence[Component]) -> None:
+    """Epochs until the planned steps are done, a component asks to stop, or a stop signal is agreed on."""
+    windows = run.train_data.plan.windows_per_epoch
+    while state.step < run.total_steps:
+        run.bar.set_description(f"train epoch {state.epoch + 1}", refresh=False)
+        train_epoch(run, state, components)
+        if state.window >= windows and not run.stopping:
+            state.epoch, state.window = state.epoch + 1, 0
+            if state.last_eval_step != state.step:
+                _evaluate(run, state, components)
+            for component in components:
+                component.after_step(run, state, epoch_end=True)
+        if run.stopping:
+            _stop_with_checkpoint(run, state)
+        reason = _stop_reason(components, state)
+        if reason:
+            say(run.accelerator, f"{reason}; stopped at step {state.step} of {run.total_steps}")
+            break
+
+
+def finish(run: TrainingRun, state: TrainState, components: Sequence[Component]) -> FitResult:
+    """The final evaluation, the components' last word, then weights, reports, plots and summary.json."""
+    accelerator, plan = run.accelerator, run.train_data.plan
+    if state.last_eval_step != state.step or run.report is None:
+        _evaluate(run, state, components)
+    for component in components:
+        component.finish(run, state)
+    say(accelerator, run.report.text)
+    save_weights(accelerator, run.model, run.run_dir.path)
+    run.run_dir.write_report(run.report)
+    if accelerator.is_main_process:
+        note = save_plots(run.run_dir.path, run.run_dir.records(), run.report.confusion, run.class_names)
+        if note:
+            say(accelerator, note)
+    summary = {
+        "world_size": accelerator.num_processes, "device": device_name(accelerator),
+        "mixed_precision": run.precision.effective, "mixed_precision_requested": run.precision.requested,
+        "per_device_train_batch_size": plan.micro_batch, "gradient_accumulation_steps": plan.accumulation,
+        "effective_batch_size": plan.effective_batch, "optimizer_steps": state.step,
+        "skipped_fp16_steps": state.skipped_steps, "train_samples": state.samples_seen,
+        "train_samples_per_second": _samples_per_second(run, state, run.train_time),
+        "train_time_s": run.train_time, "wall_time_s": time.perf_counter() - run.started,
+        "eval_accuracy": run.report.metrics["accuracy"], "auto_micro_batch": state.micro_batch or None,
+        "auto_eval_batch": state.eval_batch or None, "torch_compile": compile_description(accelerator),
+        **_flop_rates(run, state), "gradient_checkpointing": run.config.gradient_checkpointing,
+        **{k: v for c in components for k, v in c.summary(state).items()}, **_peak_memory(), **run.data_notes,
+    }
+    run.run_dir.write_json("summary.json", summary)
+    accelerator.wait_for_everyone()
+    return FitResult(run.report, summary, state, run.optimizer, run.model)
+
+
+def fit(run: TrainingRun, components: Optional[Sequence[Component]] = None) -> FitResult:
+    """Train to the planned number of steps, evaluating at each epoch end (and every eval_steps).
+
+    With `--resume_from_checkpoint` it first restores the checkpoint and continues at the
+    exact sample where it stopped. Writes config.yaml, metrics.jsonl, checkpoints/,
+    report.json/report.txt, model.safetensors, the plots and, last, summary.json.
+    `components` default to `default_components(run.config)`.
+    """
+    run.started = time.perf_counter()
+    components = default_components(run.config) if components is None else components
+    state = setup(run)
+    try:
+        with run.stop:
+            train(run, state, components)
+    finally:
+        run.bar.close()
+    return finish(run, state, components)
