@@ -148,9 +148,11 @@ def test_defaults_follow_the_model_and_a_given_flag_wins():
     assert (ngram.optim, ngram.learning_rate, ngram.num_train_epochs) == ("sgd", 5.0, 20)
     assert (transformer.optim, transformer.learning_rate, transformer.num_train_epochs) == ("adamw", 1e-3, 5)
     assert (given.optim, given.learning_rate, given.num_train_epochs) == ("adamw", 0.3, 2)
-    ngram.model = "transformer"  # what --model_path does when it adopts a transformer run
-    ngram.validate()
-    assert (ngram.optim, ngram.learning_rate, ngram.num_train_epochs) == ("adamw", 1e-3, 5)
+    # --model_path adopts the trained run's --model before the runner validates: the defaults follow it
+    adopted = parse_config(TextConfig, ["--train_file", "x.csv"], validate=False)
+    adopted.model = "transformer"
+    adopted.validate()
+    assert (adopted.optim, adopted.learning_rate, adopted.num_train_epochs) == ("adamw", 1e-3, 5)
 
 
 EXACT = ["--max_steps", "12", "--mixed_precision", "no", "--baseline", "false", "--seed", "3", "--logging_steps", "1"]
