@@ -25,8 +25,10 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
+from accelerate import Accelerator
 from torch.utils.data import DataLoader, Dataset, default_collate
 
+from framework.core.config import TrainingConfig
 from framework.core.errors import UserError
 
 Key = tuple[int, float]  # (dataset index, sample weight)
@@ -197,8 +199,9 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
-def build_train_data(dataset: Sequence, config: Any, accelerator: Any, collate_fn: Optional[Callable] = None,
-                     shuffle: bool = True, augment: Optional[Augment] = None) -> TrainData:
+def build_train_data(dataset: Sequence, config: TrainingConfig, accelerator: Accelerator,
+                     collate_fn: Optional[Callable] = None, shuffle: bool = True,
+                     augment: Optional[Augment] = None) -> TrainData:
     """Windowed training data for this process, from the config's batch size, accumulation and seed.
 
     With `--total_train_batch_size` the effective batch is that number and accumulation follows from it.
@@ -215,7 +218,7 @@ def build_train_data(dataset: Sequence, config: Any, accelerator: Any, collate_f
                      pin_memory=accelerator.device.type == "cuda", augment=augment)
 
 
-def build_eval_loader(dataset: Sequence, config: Any, accelerator: Any,
+def build_eval_loader(dataset: Sequence, config: TrainingConfig, accelerator: Accelerator,
                       collate_fn: Optional[Callable] = None) -> DataLoader:
     """An evaluation DataLoader, prepared so that `gather_for_metrics` returns each sample exactly once."""
     if len(dataset) == 0:

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+import torch
+from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 
 from framework.core.errors import UserError
@@ -41,7 +42,8 @@ def metric_value(report: Report, key: str) -> float:
     return float(summary[key])
 
 
-def save_best(accelerator: Any, model: Any, report: Report, output_dir: str, step: int, key: str) -> None:
+def save_best(accelerator: Accelerator, model: torch.nn.Module, report: Report, output_dir: str, step: int,
+              key: str) -> None:
     """Write the weights and report of the evaluation at `step` to output_dir/best (call on every process)."""
     state = model_state_dict(accelerator, model)  # a collective under FSDP
     if accelerator.is_main_process:
@@ -58,7 +60,7 @@ def save_best(accelerator: Any, model: Any, report: Report, output_dir: str, ste
     accelerator.wait_for_everyone()
 
 
-def load_best(accelerator: Any, model: Any, output_dir: str) -> tuple[Report, int]:
+def load_best(accelerator: Accelerator, model: torch.nn.Module, output_dir: str) -> tuple[Report, int]:
     """Put the best evaluation's weights into `model`; return its report and step."""
     folder = Path(output_dir) / BEST_DIR
     record = json.loads((folder / "report.json").read_text())

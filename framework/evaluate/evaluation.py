@@ -7,6 +7,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
+from accelerate import Accelerator
 from sklearn.metrics import classification_report, confusion_matrix
 
 from framework.io.progress import progress_bar
@@ -62,7 +63,7 @@ def forward_in_chunks(model: torch.nn.Module, inputs: dict[str, Any], chunk: int
 
 
 @torch.no_grad()
-def predict(accelerator: Any, model: torch.nn.Module, loader: Any,
+def predict(accelerator: Accelerator, model: torch.nn.Module, loader: Any,
             loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], show_progress: bool = True,
             forward_batch: int = 0) -> Predictions:
     """Run `model` over a prepared `loader` and gather predictions, labels and per-sample losses.
@@ -107,7 +108,7 @@ def build_report(predictions: Predictions, class_names: Sequence[str],
     return Report(text, metrics, float(predictions.losses.mean()), confusion, extra)
 
 
-def evaluate(accelerator: Any, model: torch.nn.Module, loader: Any, class_names: Sequence[str],
+def evaluate(accelerator: Accelerator, model: torch.nn.Module, loader: Any, class_names: Sequence[str],
              loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], forward_batch: int = 0,
              extra_metrics: Optional[ExtraMetrics] = None) -> Report:
     """Predict on every process, gather, and build the report (the same on every process)."""
@@ -116,7 +117,7 @@ def evaluate(accelerator: Any, model: torch.nn.Module, loader: Any, class_names:
 
 
 @torch.no_grad()
-def predict_probabilities(accelerator: Any, model: torch.nn.Module, loader: Any) -> tuple[np.ndarray, np.ndarray]:
+def predict_probabilities(accelerator: Accelerator, model: torch.nn.Module, loader: Any) -> tuple[np.ndarray, np.ndarray]:
     """Class probabilities (softmax of the logits) and labels (-1 where unknown) of every sample of a
     prepared `loader`, gathered from every process in dataset order, each sample exactly once."""
     was_training = model.training

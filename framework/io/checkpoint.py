@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
+from accelerate import Accelerator
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -144,8 +145,8 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def save_checkpoint(accelerator: Any, output_dir: str | Path, *, model: Any, optimizer: Any, scheduler: Any,
-                    state: Any, identity: dict[str, int], save_total_limit: int = 0) -> Path:
+def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, *, model: torch.nn.Module, optimizer: Any,
+                    scheduler: Any, state: Any, identity: dict[str, int], save_total_limit: int = 0) -> Path:
     """Write `checkpoints/step_<state.step>` atomically on every process; returns its path."""
     root = checkpoint_root(output_dir)
     final = root / f"step_{state.step}"
@@ -195,7 +196,7 @@ def _check_model_shapes(path: Path, model_state: dict[str, torch.Tensor]) -> Non
                         f"{saved.get(name, 'absent')} there and {current.get(name, 'absent')} here")
 
 
-def load_checkpoint(accelerator: Any, path: Path, *, model: Any, optimizer: Any, scheduler: Any,
+def load_checkpoint(accelerator: Accelerator, path: Path, *, model: torch.nn.Module, optimizer: Any, scheduler: Any,
                     identity: dict[str, int], state_type: type) -> Any:
     """Restore model, optimizer, scheduler, scaler and RNGs from `path`; returns the saved train state.
 

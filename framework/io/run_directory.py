@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import yaml
+from accelerate import Accelerator
 
+from framework.core.config import TrainingConfig
 from framework.core.errors import UserError
 from framework.io.files import json_safe, write_atomic
 
@@ -40,7 +42,7 @@ class RunDirectory:
         self.recipe_name = ""  # written first into config.yaml (`recipe:`), so --model_path can check it
 
     @classmethod
-    def for_run(cls, config: Any, accelerator: Any) -> "RunDirectory":
+    def for_run(cls, config: TrainingConfig, accelerator: Accelerator) -> "RunDirectory":
         """Claim `config.output_dir` for this run: --overwrite_output_dir and --resume_from_checkpoint decide
         whether a finished run there may be continued or replaced (see `claim`)."""
         from framework.io.checkpoint import list_checkpoints

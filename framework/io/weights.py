@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 from accelerate import Accelerator
@@ -24,7 +24,7 @@ COMPILED_PREFIX = "_orig_mod."
 WEIGHTS_FILE = "model.safetensors"
 
 
-def model_state_dict(accelerator: Accelerator, model: Any) -> dict[str, torch.Tensor]:
+def model_state_dict(accelerator: Accelerator, model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The full model state, with the keys of the uncompiled, unwrapped model.
 
     Call it on every process: under FSDP gathering the state is a collective.
@@ -44,12 +44,12 @@ def model_state_dict(accelerator: Accelerator, model: Any) -> dict[str, torch.Te
     return clean
 
 
-def bare_model(accelerator: Accelerator, model: Any) -> torch.nn.Module:
+def bare_model(accelerator: Accelerator, model: torch.nn.Module) -> torch.nn.Module:
     """The user's module inside the DDP and torch.compile wrappers (it shares their parameters)."""
     return accelerator.unwrap_model(model, keep_torch_compile=False)
 
 
-def save_weights(accelerator: Accelerator, model: Any, directory: str | Path) -> Path:
+def save_weights(accelerator: Accelerator, model: torch.nn.Module, directory: str | Path) -> Path:
     """Write `directory/model.safetensors` from the main process, atomically; call it on every process."""
     state = model_state_dict(accelerator, model)  # a collective under FSDP
     path = Path(directory) / WEIGHTS_FILE

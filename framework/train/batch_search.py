@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
+from accelerate import Accelerator
 
+from framework.core.config import TrainingConfig
 from framework.core.errors import UserError
 
 CONFIRM_STEPS = 3
@@ -89,7 +91,7 @@ def _optimizer_state_reserve(model: torch.nn.Module, optimizer: Any) -> Any:
     return torch.empty(floats, dtype=torch.float32, device=params[0].device)
 
 
-def probe_micro_batch(accelerator: Any, model: torch.nn.Module, optimizer: Any,
+def probe_micro_batch(accelerator: Accelerator, model: torch.nn.Module, optimizer: Any,
                       make_batch: Callable[[int], dict[str, Any]],
                       step: Callable[[dict[str, Any]], torch.Tensor]) -> Callable[[int], bool]:
     """A `fits(n)` for `largest_fitting`: CONFIRM_STEPS forward/backward passes of n samples on every rank.
@@ -115,7 +117,7 @@ def probe_micro_batch(accelerator: Any, model: torch.nn.Module, optimizer: Any,
     return fits
 
 
-def probe_eval_batch(accelerator: Any, model: torch.nn.Module, optimizer: Any,
+def probe_eval_batch(accelerator: Accelerator, model: torch.nn.Module, optimizer: Any,
                      make_batch: Callable[[int], dict[str, Any]],
                      forward: Callable[[dict[str, Any]], torch.Tensor]) -> Callable[[int], bool]:
     """A `fits(n)` for evaluation: CONFIRM_STEPS forward passes of n samples in eval mode, without gradients.
@@ -142,7 +144,7 @@ def probe_eval_batch(accelerator: Any, model: torch.nn.Module, optimizer: Any,
     return fits
 
 
-def _fits_everywhere(accelerator: Any, ok: bool) -> bool:
+def _fits_everywhere(accelerator: Accelerator, ok: bool) -> bool:
     # A size fits only where it fits on every process: the minimum over ranks. torch's MIN, not
     # Accelerate's reduce: before accelerate 1.14 any reduction other than "mean" was a sum.
     flag = torch.tensor(1 if ok else 0, dtype=torch.int32, device=accelerator.device)
@@ -158,7 +160,7 @@ def accumulation_for(effective_batch: int, micro_batch: int, num_processes: int)
 
 # The loop's side of the search: probes built from the run's own data, model and optimizer.
 
-def _search_micro_batch(accelerator: Any, model: torch.nn.Module, optimizer: Any, train_data: Any,
+def _search_micro_batch(accelerator: Accelerator, model: torch.nn.Module, optimizer: Any, train_data: Any,
                         loss_fn: Callable) -> tuple[int, list[tuple[int, bool]]]:
     """Search the micro-batch on copies of the longest training sample; the RNG streams are left as they were."""
     from framework.core.rng import capture_rng_state, restore_rng_state
@@ -183,7 +185,7 @@ def _search_micro_batch(accelerator: Any, model: torch.nn.Module, optimizer: Any
     return result.micro_batch, result.tries
 
 
-def _search_eval_batch(accelerator: Any, model: torch.nn.Module, optimizer: Any, eval_loader: Any,
+def _search_eval_batch(accelerator: Accelerator, model: torch.nn.Module, optimizer: Any, eval_loader: Any,
                        limit: int) -> tuple[int, list[tuple[int, bool]]]:
     """The largest evaluation forward batch (up to `limit`) that fits beside training."""
     from framework.core.rng import capture_rng_state, restore_rng_state
@@ -210,8 +212,8 @@ def _describe_tries(tries: list[tuple[int, bool]]) -> str:
     return ", ".join(f"{n} {'fits' if ok else 'out of memory'}" for n, ok in tries) or "reused from checkpoint"
 
 
-def choose_batch_sizes(accelerator: Any, config: Any, model: torch.nn.Module, optimizer: Any, train_data: Any,
-                       eval_loader: Any, loss_fn: Callable, state: Any) -> None:
+def choose_batch_sizes(accelerator: Accelerator, config: TrainingConfig, model: torch.nn.Module, optimizer: Any,
+                       train_data: Any, eval_loader: Any, loss_fn: Callable, state: Any) -> None:
     """--auto_find_batch_size: search (or reuse from the checkpoint in `state`) the micro-batch and the
     evaluation batch; re-cut the training windows into the chosen micro-batch and say what was chosen."""
     from framework.core.runtime import say
