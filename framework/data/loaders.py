@@ -20,6 +20,7 @@ whichever DataLoader worker loads it, and after a resume.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional, Sequence
 
@@ -163,6 +164,7 @@ class TrainData:
     def __init__(self, dataset: Any, plan: WindowPlan, collate_fn: Optional[Callable] = None,
                  num_workers: int = 0, pin_memory: bool = False, augment: Optional[Augment] = None):
         self.plan = plan
+        self.wait_seconds = 0.0  # time spent waiting for micro-batches (framework.train.loop: data_wait_share)
         self._sampler = _WindowBatchSampler(plan)
         # Its own generator: a DataLoader draws a base seed each time an iterator starts, and
         # drawing it from the global RNG would shift the dropout stream of a resumed run.
@@ -191,7 +193,18 @@ class TrainData:
         self._sampler.epoch, self._sampler.start = epoch, start
         batches = iter(self.loader)
         for window in self.plan.windows(epoch, start):
-            yield window, (next(batches) for _ in window.micro_batches)
+            yield window, (self._next_timed(batches) for _ in window.micro_batches)
+
+    def _next_timed(self, batches: Iterator[dict[str, Any]]) -> dict[str, Any]:
+        """The next micro-batch; the time spent waiting for it is added to `wait_seconds`.
+
+        On a GPU the step runs asynchronously, so this is the time the device may sit idle for
+        data; on a CPU it is the time spent loading, collating and augmenting.
+        """
+        started = time.perf_counter()
+        batch = next(batches)
+        self.wait_seconds += time.perf_counter() - started
+        return batch
 
 
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:

@@ -261,6 +261,22 @@ def _peak_memory() -> dict[str, Optional[float]]:
     }
 
 
+DATA_BOUND_SHARE = 0.25  # above this share of the training time spent waiting for data, say so
+
+
+def _data_wait_share(run: TrainingRun) -> Optional[float]:
+    """The share of this process's training time spent waiting for micro-batches, with one note when it is large."""
+    if run.train_time <= 0:
+        return None
+    share = min(run.train_data.wait_seconds / run.train_time, 1.0)
+    if share > DATA_BOUND_SHARE:
+        workers = run.config.dataloader_num_workers
+        say(run.accelerator, f"note: {share:.0%} of the training time went to waiting for data (the run is "
+                             f"data-bound): try more --dataloader_num_workers (now {workers}), a cheaper "
+                             f"augmentation or collate function, or data prepared in advance")
+    return share
+
+
 def setup(run: TrainingRun) -> TrainState:
     """Plan the steps, resume from a checkpoint, search the batch sizes, start the outputs, print the banner."""
     accelerator, config = run.accelerator, run.config
@@ -344,6 +360,7 @@ def finish(run: TrainingRun, state: TrainState, components: Sequence[Component])
         **_flop_rates(run, state), "gradient_checkpointing": run.config.gradient_checkpointing,
         **{k: v for c in components for k, v in c.summary(state).items()}, **_peak_memory(), **run.data_notes,
     }
+    summary["data_wait_share"] = _data_wait_share(run)
     run.run_dir.write_json("summary.json", summary)
     accelerator.wait_for_everyone()
     return FitResult(run.report, summary, state, run.optimizer, run.model)

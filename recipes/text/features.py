@@ -21,7 +21,6 @@ scaled to unit norm by the model, as a scikit-learn union of two TF-IDF vectoriz
 from __future__ import annotations
 
 import zlib
-from collections import Counter
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -29,6 +28,7 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
 PAD, UNK = "[PAD]", "[UNK]"
 PAD_ID = 0  # [PAD] is trained first: id 0 (padding; never a feature)
+WORD_CACHE_LIMIT = 1_000_000  # distinct words whose character n-gram ids are kept (about 0.5 GB at most)
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Tokenizer:
@@ -89,6 +89,7 @@ class NgramFeatures:
     def __init__(self, tokenizer: Tokenizer, buckets: int, char_ngrams: tuple[int, int]):
         self.tokenizer, self.buckets, self.char_ngrams = tokenizer, buckets, char_ngrams
         self.vocab_size = tokenizer.get_vocab_size()
+        self._word_cache: dict[str, list[int]] = {}
 
     @property
     def num_features(self) -> int:
@@ -100,25 +101,38 @@ class NgramFeatures:
         """The first character n-gram id: ids below are word features (tokens, bigrams)."""
         return self.vocab_size + self.buckets
 
+    def _word_ngram_ids(self, word: str) -> list[int]:
+        """The character n-gram ids of one whitespace-separated word, computed once per distinct word.
+
+        Words repeat (a corpus has far fewer distinct words than occurrences), so the hashing is
+        cached per word, up to WORD_CACHE_LIMIT words; the ids are the same as without the cache.
+        """
+        ids = self._word_cache.get(word)
+        if ids is None:
+            low, high = self.char_ngrams
+            base = self.vocab_size + self.buckets
+            ids = [base + _slot(gram, self.buckets) for gram in char_ngrams(word, low, high)]
+            if len(self._word_cache) < WORD_CACHE_LIMIT:
+                self._word_cache[word] = ids
+        return ids
+
     def _hashed(self, text: str) -> list[int]:
         normalized = self.tokenizer.normalizer.normalize_str(text)
         words = [word for word, _ in self.tokenizer.pre_tokenizer.pre_tokenize_str(normalized)]
-        bigram_base, char_base = self.vocab_size, self.vocab_size + self.buckets
+        bigram_base = self.vocab_size
         ids = [bigram_base + _slot(f"{a} {b}", self.buckets) for a, b in zip(words, words[1:])]
-        low, high = self.char_ngrams
-        if low:
-            ids.extend(char_base + _slot(gram, self.buckets) for gram in char_ngrams(normalized, low, high))
+        if self.char_ngrams[0]:
+            for word in normalized.split():
+                ids.extend(self._word_ngram_ids(word))
         return ids
 
     def __call__(self, texts: Sequence[str]) -> dict[str, list[list[int]]]:
         """{"input_ids": distinct feature ids of each text (ascending), "counts": how often each occurs}."""
         ids, counts = [], []
         for tokens, text in zip(token_ids(self.tokenizer, texts), texts):
-            tally = Counter(tokens)
-            tally.update(self._hashed(text))
-            keys = sorted(tally)
-            ids.append(keys)
-            counts.append([tally[k] for k in keys])
+            keys, tally = np.unique(np.array(tokens + self._hashed(text), dtype=np.int64), return_counts=True)
+            ids.append(keys.tolist())  # ascending
+            counts.append(tally.tolist())
         return {"input_ids": ids, "counts": counts}
 
 
