@@ -35,6 +35,7 @@ import csv
 import dataclasses
 import io
 import json
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -263,7 +264,7 @@ def default_loss(config: TrainingConfig, data: RecipeData) -> LossFn:
 
 def _train(recipe: Recipe, config: TrainingConfig, accelerator: Accelerator, precision: Precision,
            run_dir: RunDirectory, data: RecipeData, model: torch.nn.Module, eval_loader: Any,
-           loss_fn: LossFn) -> FitResult:
+           loss_fn: LossFn, preparation_s: float) -> FitResult:
     """Loaders, FLOPs, optimizer and schedule, the baseline; then fit."""
     train_data = build_train_data(data.train, config, accelerator, data.collate_fn, augment=data.augment)
     flops = None
@@ -279,8 +280,8 @@ def _train(recipe: Recipe, config: TrainingConfig, accelerator: Accelerator, pre
         notes.update(data.baseline())
     components = default_components(config) + (recipe.components(config) if recipe.components else [])
     result = fit(TrainingRun(accelerator, config, model, optimizer, scheduler, train_data, eval_loader,
-                             data.class_names, precision, run_dir, loss_fn, recipe.extra_metrics, flops, notes),
-                 components)
+                             data.class_names, precision, run_dir, loss_fn, recipe.extra_metrics, flops, notes,
+                             preparation_s), components)
     if "baseline_accuracy" in notes:
         say(accelerator, f"baseline (scikit-learn, same split): accuracy {notes['baseline_accuracy']:.4f}, "
                          f"macro F1 {notes['baseline_macro_f1']:.4f}; this model: accuracy "
@@ -308,7 +309,9 @@ def run(recipe: Recipe, argv: Optional[list[str]] = None, *, config: Optional[Tr
     run_dir = RunDirectory.for_run(config, accelerator)
     resolve_checkpoint(config.resume_from_checkpoint, config.output_dir)  # a damaged one stops before data loads
     run_dir.recipe_name = recipe.name
+    preparing = time.perf_counter()
     data, model = _data_and_model(recipe, config, accelerator, trained)
+    preparation_s = time.perf_counter() - preparing
     loss_fn = (recipe.loss or default_loss)(config, data)
     eval_loader = build_eval_loader(data.eval, config, accelerator, data.collate_fn) if config.do_eval else None
 
@@ -320,7 +323,8 @@ def run(recipe: Recipe, argv: Optional[list[str]] = None, *, config: Optional[Tr
     run_dir.on_start.append(write_model_files)
     result = None
     if config.do_train:
-        result = _train(recipe, config, accelerator, precision, run_dir, data, model, eval_loader, loss_fn)
+        result = _train(recipe, config, accelerator, precision, run_dir, data, model, eval_loader, loss_fn,
+                        preparation_s)
         model = result.model
         if accelerator.is_main_process and recipe.export:
             recipe.export(config, bare_model(accelerator, model), data, run_dir.path)

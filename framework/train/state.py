@@ -63,6 +63,7 @@ class TrainingRun:
     extra_metrics: Optional[ExtraMetrics] = None
     flops_per_sample: Optional[float] = None  # model FLOPs of one sample's forward and backward
     data_notes: dict[str, Any] = field(default_factory=dict)  # into the banner and summary.json
+    preparation_s: Optional[float] = None  # loading and preparing the data and the model, before fit
     # running values
     total_steps: int = 0
     stop: Any = None  # framework.train.preemption.StopSignal
