@@ -48,7 +48,7 @@ from accelerate import Accelerator
 from safetensors.torch import load_file
 
 from framework.core.config import TrainingConfig, config_to_dict, parse_config, validate_config
-from framework.core.errors import UserError
+from framework.core.errors import FlagError, UserError
 from framework.core.runtime import Precision, build_accelerator, say
 from framework.data.loaders import Augment, build_eval_loader, build_train_data
 from framework.evaluate.evaluation import ExtraMetrics, build_report, evaluate, predict_probabilities
@@ -113,15 +113,15 @@ class TrainedModel:
 def _read_run_file(path: Path, model_path: str, parse: Callable[[str], Any], kind: type, what: str) -> Any:
     """A run's config.yaml or labels.json, parsed; one line naming the file when it is missing or damaged."""
     if not path.is_file():
-        raise UserError(f"--model_path {model_path!r}: {path} is missing (a run of an older version, or not a "
+        raise FlagError("model_path", f"{model_path!r}: {path} is missing (a run of an older version, or not a "
                         f"run folder)")
     try:
         value = parse(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"--model_path {model_path!r}: {path} is damaged ({reason}); train the run again") from None
+        raise FlagError("model_path", f"{model_path!r}: {path} is damaged ({reason}); train the run again") from None
     if not isinstance(value, kind):
-        raise UserError(f"--model_path {model_path!r}: {path} does not hold {what}; train the run again")
+        raise FlagError("model_path", f"{model_path!r}: {path} does not hold {what}; train the run again")
     return value
 
 
@@ -130,16 +130,16 @@ def load_trained_model(path: str, recipe_name: str = "") -> TrainedModel:
     checked (present, readable, made by this recipe) before anything is loaded."""
     folder = Path(path)
     if not (folder / WEIGHTS_FILE).is_file():
-        raise UserError(f"--model_path {path!r} holds no {WEIGHTS_FILE} (give a finished run's output_dir "
+        raise FlagError("model_path", f"{path!r} holds no {WEIGHTS_FILE} (give a finished run's output_dir "
                         f"or a checkpoint folder)")
     problem = weights_problem(folder / WEIGHTS_FILE)
     if problem:
-        raise UserError(f"--model_path {path!r}: {problem}; give another run or checkpoint folder")
+        raise FlagError("model_path", f"{path!r}: {problem}; give another run or checkpoint folder")
     run_dir = folder.parent.parent if (folder / STATE_FILE).is_file() else folder
     config = _read_run_file(run_dir / "config.yaml", path, yaml.safe_load, dict, "a run's config")
     trained_with = config.get("recipe")
     if recipe_name and trained_with and trained_with != recipe_name:
-        raise UserError(f"--model_path {path!r} is a run of the {trained_with} recipe; this is {recipe_name} "
+        raise FlagError("model_path", f"{path!r} is a run of the {trained_with} recipe; this is {recipe_name} "
                         f"(use recipes/{trained_with}.py with it, or a run of this recipe)")
     names = _read_run_file(run_dir / LABELS_FILE, path, json.loads, list, "a list of class names")
     return TrainedModel(run_dir, folder / WEIGHTS_FILE, config, [str(n) for n in names])
@@ -155,7 +155,7 @@ def adopt_model_flags(config: TrainingConfig, trained: TrainedModel, names: tupl
         if current == defaults[name]:
             setattr(config, name, saved)
         elif current != saved:
-            raise UserError(f"--{name} {current} conflicts with the model of --model_path "
+            raise FlagError(name, f"{current} conflicts with the model of --model_path "
                             f"{str(trained.run_dir)!r} (trained with {name} {saved})")
 
 
@@ -169,7 +169,7 @@ def _load_weights(model: torch.nn.Module, trained: TrainedModel) -> None:
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
-        raise UserError(f"--model_path {str(trained.weights)!r} does not fit this model "
+        raise FlagError("model_path", f"{str(trained.weights)!r} does not fit this model "
                         f"({str(err).strip().splitlines()[-1].strip()})") from None
 
 
@@ -186,7 +186,7 @@ def check_best_metric(key: str, extra_metrics: Optional[ExtraMetrics]) -> None:
             warnings.simplefilter("ignore")
             names |= {f"eval_{name}" for name in extra_metrics(two)}
     if key not in names:
-        raise UserError(f"--metric_for_best_model {key!r} is not an evaluation metric; there are: "
+        raise FlagError("metric_for_best_model", f"{key!r} is not an evaluation metric; there are: "
                         f"{', '.join(sorted(names))}")
 
 
@@ -230,7 +230,7 @@ def _trained_model(recipe: Recipe, config: TrainingConfig) -> Optional[TrainedMo
     trained = load_trained_model(config.model_path, recipe.name)
     adopt_model_flags(config, trained, recipe.model_flags)
     if Path(config.output_dir).resolve() == trained.run_dir.resolve():
-        raise UserError(f"--output_dir {config.output_dir!r} is the run of --model_path; write this run's "
+        raise FlagError("output_dir", f"{config.output_dir!r} is the run of --model_path; write this run's "
                         f"outputs to another --output_dir")
     return trained
 
@@ -359,7 +359,7 @@ def _predict(accelerator, config, model, data: RecipeData, run_dir: RunDirectory
              recipe_extra_metrics: Optional[ExtraMetrics]) -> None:
     """predictions.csv in input order (each input once over N processes); a test report when labelled."""
     if data.test is None:
-        raise UserError("--do_predict needs test inputs (this recipe's --test_file / --test_dir)")
+        raise FlagError("do_predict", "needs test inputs (this recipe's --test_file / --test_dir)")
     loader = build_eval_loader(data.test, config, accelerator, data.collate_fn)
     probabilities, labels = predict_probabilities(accelerator, model, loader)
     ids = data.test_ids if data.test_ids is not None else list(range(len(probabilities)))

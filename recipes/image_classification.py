@@ -30,7 +30,7 @@ from torch import nn
 
 from framework import TrainingConfig, run_main
 from framework.core.config import flag, require
-from framework.core.errors import UserError
+from framework.core.errors import FlagError, UserError
 from framework.data.hub import load_hub_splits
 from framework.data.labels import class_names_from, to_class_ids
 from framework.data.local_files import quiet_datasets
@@ -118,7 +118,7 @@ def image_column_of(dataset: Dataset, wanted: str) -> str:
     """`wanted`, or the first column whose feature is an Image."""
     if wanted:
         if wanted not in dataset.column_names:
-            raise UserError(f"--image_column {wanted!r} is not a column ({', '.join(dataset.column_names)})")
+            raise FlagError("image_column", f"{wanted!r} is not a column ({', '.join(dataset.column_names)})")
         return wanted
     for name, feature in dataset.features.items():
         if type(feature).__name__ == "Image":

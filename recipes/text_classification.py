@@ -34,7 +34,7 @@ from torch import nn
 
 from framework import TrainingConfig, run_main
 from framework.core.config import flag, require
-from framework.core.errors import UserError
+from framework.core.errors import FlagError, UserError
 from framework.data.hub import load_hub_splits
 from framework.data.labels import class_names_from, to_class_ids
 from framework.data.local_files import check_complete_rows, load_local_file
@@ -163,7 +163,7 @@ def load_splits(config: TextConfig) -> tuple[Dataset | None, Dataset | None]:
                                 f"(columns: {', '.join(split.column_names)}; set --{name}_column)")
     if config.do_eval and not config.validation_file:
         if len(train) < 2:
-            raise UserError(f"--train_file {config.train_file!r} holds {len(train)} row: too few to hold 10% out for "
+            raise FlagError("train_file", f"{config.train_file!r} holds {len(train)} row: too few to hold 10% out for "
                             f"evaluation; give --validation_file, or --do_eval false")
         split = train.train_test_split(test_size=0.1, seed=0)
         train, evaluation = split["train"], split["test"]
@@ -188,7 +188,7 @@ def build_tokenizer(config: TextConfig, train: Dataset | None, trained=None):
             return load_tokenizer(str(trained.run_dir))
         saved = trained.run_dir / TOKENIZER_FILE
         if not saved.is_file():
-            raise UserError(f"--model_path {str(trained.run_dir)!r} has no {TOKENIZER_FILE} (a run of an older "
+            raise FlagError("model_path", f"{str(trained.run_dir)!r} has no {TOKENIZER_FILE} (a run of an older "
                             f"version of this recipe: train it again)")
         return Tokenizer.from_file(str(saved))
     if config.model_name_or_path:

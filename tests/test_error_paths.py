@@ -68,3 +68,20 @@ def test_a_deepspeed_launch_is_refused_with_one_line(tmp_path):
     assert result.returncode == 2 and len(lines) == 1
     assert lines[0].startswith("error: DeepSpeed launcher configs are not supported")
     assert "multi_gpu.yaml" in lines[0] and not (tmp_path / "out").exists()
+
+
+def test_the_library_speaks_python_and_the_command_line_speaks_flags(tmp_path, capsys):
+    from framework.core.errors import FlagError, run_main
+    from framework.io.checkpoint import resolve_checkpoint
+
+    missing = str(tmp_path / "nope")
+    try:
+        resolve_checkpoint(missing, tmp_path)
+    except FlagError as err:
+        assert (err.field, str(err)) == ("resume_from_checkpoint", f"resume_from_checkpoint: {err.problem}")
+        assert err.problem.startswith(f"{missing!r} does not exist")
+    else:
+        raise AssertionError("no FlagError")
+    assert run_main(lambda: resolve_checkpoint(missing, tmp_path)) == 2
+    assert capsys.readouterr().err == f"error: --resume_from_checkpoint {missing!r} does not exist (give a " \
+                                      f"checkpoint folder, 'latest' or 'auto')\n"

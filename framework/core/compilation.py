@@ -12,7 +12,7 @@ from typing import Optional
 from accelerate import Accelerator
 from accelerate.utils import DynamoBackend, TorchDynamoPlugin
 
-from framework.core.errors import UserError
+from framework.core.errors import FlagError
 
 
 def dynamo_plugin(enabled: bool, mode: str) -> Optional[TorchDynamoPlugin]:
@@ -38,7 +38,7 @@ def _check_inductor_toolchain(cuda: bool) -> None:
         except ImportError:  # the private helper moved: let torch.compile report it
             return
         if not has_triton():
-            raise UserError("--torch_compile on CUDA needs Triton (pip install triton), which this torch lacks; "
+            raise FlagError("torch_compile", "on CUDA needs Triton (pip install triton), which this torch lacks; "
                             "leave out --torch_compile")
         return
     try:
@@ -51,7 +51,7 @@ def _check_inductor_toolchain(cuda: bool) -> None:
     except Exception:  # torch raises its own InvalidCxxCompiler
         tried = ", ".join(c for c in inductor_config.cpp.cxx if c) if isinstance(inductor_config.cpp.cxx, tuple) \
             else str(inductor_config.cpp.cxx)
-        raise UserError(f"--torch_compile on a CPU needs a C++ compiler for TorchInductor and none works here "
+        raise FlagError("torch_compile", f"on a CPU needs a C++ compiler for TorchInductor and none works here "
                         f"(tried {tried}): install g++ or point CXX at one, or leave out --torch_compile") from None
 
 

@@ -36,6 +36,23 @@ class ConfigError(UserError):
     """A bad flag, config file key or value."""
 
 
+class FlagError(UserError):
+    """A problem with the value of one setting, as the library sees it: `field` (the config field) and
+    `problem` (what is wrong with the value, and what is allowed).
+
+    In Python it reads `field: problem`; the command line (`run_main`) shows it as the flag the
+    user typed: `--field problem`.
+    """
+
+    def __init__(self, field: str, problem: str):
+        self.field, self.problem = field, problem
+        super().__init__(f"{field}: {problem}" if not problem.startswith(":") else f"{field}{problem}")
+
+    def as_flag(self) -> str:
+        """The message worded for the command line: `--field problem`."""
+        return f"--{self.field}{'' if self.problem.startswith(':') else ' '}{self.problem}"
+
+
 class TrainingDiverged(RunStopped):
     """Training produced a NaN/inf loss, or too many fp16 steps in a row were skipped."""
 
@@ -60,6 +77,7 @@ def run_main(main: Callable[[], object]) -> int:
         main()
     except RunStopped as err:
         if os.environ.get("RANK", "0") == "0":
-            print(f"{err.prefix}: {err}", file=sys.stderr, flush=True)
+            text = err.as_flag() if isinstance(err, FlagError) else str(err)
+            print(f"{err.prefix}: {text}", file=sys.stderr, flush=True)
         return err.exit_code
     return 0

@@ -14,7 +14,7 @@ from accelerate.utils import set_seed
 
 from framework.core.compilation import check_compile_toolchain, dynamo_plugin
 from framework.core.config import TrainingConfig
-from framework.core.errors import UserError
+from framework.core.errors import FlagError, UserError
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,7 @@ def available_trackers(names: list[str], explicit: bool) -> list[str]:
     installed = {str(t) for t in get_available_trackers()}
     missing = [n for n in names if n not in installed]
     if missing and explicit:
-        raise UserError(f"--report_to {missing[0]}: the {missing[0]} package is not installed "
+        raise FlagError("report_to", f"{missing[0]}: the {missing[0]} package is not installed "
                         f"(pip install {missing[0]}), or leave it out of --report_to")
     return [n for n in names if n in installed]
 
@@ -116,10 +116,10 @@ def available_trackers(names: list[str], explicit: bool) -> list[str]:
 def cap_cuda_memory(gib: float, device: torch.device) -> None:
     """Let this process allocate at most `gib` GiB of CUDA memory (`--max_memory_gib`)."""
     if device.type != "cuda":
-        raise UserError(f"--max_memory_gib needs a CUDA device; this run is on {device.type}")
+        raise FlagError("max_memory_gib", f"needs a CUDA device; this run is on {device.type}")
     total = torch.cuda.get_device_properties(device).total_memory
     if gib * 2**30 >= total:
-        raise UserError(f"--max_memory_gib {gib} is not below this GPU's {total / 2**30:.1f} GiB")
+        raise FlagError("max_memory_gib", f"{gib} is not below this GPU's {total / 2**30:.1f} GiB")
     torch.cuda.set_per_process_memory_fraction(gib * 2**30 / total, device)
 
 

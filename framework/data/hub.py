@@ -6,7 +6,7 @@ from typing import Any, Optional
 
 from datasets import load_dataset
 
-from framework.core.errors import UserError
+from framework.core.errors import FlagError
 
 EVALUATION_SPLITS = ("validation", "test")
 
@@ -18,7 +18,7 @@ def load_hub_splits(name: str, config_name: str = "", *, train: bool = True,
     data = load_dataset(name, config_name or None)
     evaluation = next((data[s] for s in EVALUATION_SPLITS if s in data), None)
     if evaluation is None and evaluate:
-        raise UserError(f"--dataset_name {name!r} has no {' or '.join(EVALUATION_SPLITS)} split")
+        raise FlagError("dataset_name", f"{name!r} has no {' or '.join(EVALUATION_SPLITS)} split")
     if train and "train" not in data:
-        raise UserError(f"--dataset_name {name!r} has no train split (splits: {', '.join(data)})")
+        raise FlagError("dataset_name", f"{name!r} has no train split (splits: {', '.join(data)})")
     return (data["train"] if train else None), (evaluation if evaluate else None)

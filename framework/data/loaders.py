@@ -30,7 +30,7 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from framework.core.config import TrainingConfig
-from framework.core.errors import UserError
+from framework.core.errors import FlagError, UserError
 
 Key = tuple[int, float]  # (dataset index, sample weight)
 Augment = Callable[[Any, torch.Generator], Any]  # (one sample, its generator) -> the augmented sample
@@ -223,7 +223,7 @@ def build_train_data(dataset: Sequence, config: TrainingConfig, accelerator: Acc
     """
     total = config.total_train_batch_size
     if total and total < accelerator.num_processes:
-        raise UserError(f"--total_train_batch_size {total} is smaller than the {accelerator.num_processes} processes")
+        raise FlagError("total_train_batch_size", f"{total} is smaller than the {accelerator.num_processes} processes")
     plan = WindowPlan(len(dataset), config.per_device_train_batch_size, config.gradient_accumulation_steps,
                       accelerator.num_processes, accelerator.process_index, config.seed, shuffle,
                       effective_batch=total)

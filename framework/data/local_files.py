@@ -10,7 +10,7 @@ from datasets import Dataset, load_dataset
 from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 from datasets.utils import logging as ds_logging
 
-from framework.core.errors import UserError
+from framework.core.errors import FlagError
 
 FORMATS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
@@ -42,21 +42,21 @@ def load_local_file(path: str, flag: str) -> Dataset:
     """One local file as a `datasets.Dataset`; `flag` names the CLI flag that gave the path (for errors)."""
     file = Path(path)
     if file.is_dir():
-        raise UserError(f"{flag} {path!r} is a directory; give one {'/'.join(FORMATS)} file")
+        raise FlagError(flag.lstrip("-"), f"{path!r} is a directory; give one {'/'.join(FORMATS)} file")
     if not file.is_file():
-        raise UserError(f"{flag} {path!r} does not exist")
+        raise FlagError(flag.lstrip("-"), f"{path!r} does not exist")
     kind = FORMATS.get(file.suffix.lower())
     if kind is None:
-        raise UserError(f"{flag} {path!r} has an unsupported extension (allowed: {', '.join(FORMATS)})")
+        raise FlagError(flag.lstrip("-"), f"{path!r} has an unsupported extension (allowed: {', '.join(FORMATS)})")
     try:
         with quiet_datasets():
             dataset = load_dataset(kind, data_files=str(file), split="train")
     except Exception as err:  # datasets raises several types for unreadable files
         if "corresponds to no data" in str(err):  # what datasets says of a file without rows
-            raise UserError(f"{flag} {path!r} holds no rows") from None
-        raise UserError(f"{flag} {path!r} could not be read as {kind}: {_root_cause(err)}") from None
+            raise FlagError(flag.lstrip("-"), f"{path!r} holds no rows") from None
+        raise FlagError(flag.lstrip("-"), f"{path!r} could not be read as {kind}: {_root_cause(err)}") from None
     if len(dataset) == 0:
-        raise UserError(f"{flag} {path!r} holds no rows")
+        raise FlagError(flag.lstrip("-"), f"{path!r} holds no rows")
     return dataset
 
 
@@ -68,11 +68,6 @@ def _row_name(path: str, row: int) -> str:
     if suffix == ".jsonl":
         return f"line {row + 1}"
     return f"record {row + 1}"
-
-
-def row_namer(path: str, flag: str):
-    """A function naming row `i` of the file given with `flag` as a person finds it (for label errors)."""
-    return lambda row: f"{flag} {path!r} {_row_name(path, row)}"
 
 
 def _kind(arrow_type) -> str:
@@ -107,7 +102,7 @@ def check_complete_rows(dataset: Dataset, columns: list[str], path: str, flag: s
     table = dataset.with_format("arrow")[:]
     kinds = {name: _kind(table[name].type) for name in columns if name in table.column_names}
     if len(table) == 1 and table.column_names and all(_kind(t) == "a list" for t in table.schema.types):
-        raise UserError(f"{flag} {path!r} holds one object whose values are lists (column-oriented JSON); write "
+        raise FlagError(flag.lstrip("-"), f"{path!r} holds one object whose values are lists (column-oriented JSON); write "
                         f"one object per row (JSON Lines, or a JSON list of objects)")
     for column in columns:
         if column not in table.column_names:
@@ -119,17 +114,17 @@ def check_complete_rows(dataset: Dataset, columns: list[str], path: str, flag: s
         rows = pc.indices_nonzero(missing.fill_null(True)).to_pylist()
         if rows:
             more = f" (and {len(rows) - 1} more rows)" if len(rows) > 1 else ""
-            raise UserError(f"{flag} {path!r} {_row_name(path, rows[0])} has no {column!r} value{more}")
+            raise FlagError(flag.lstrip("-"), f"{path!r} {_row_name(path, rows[0])} has no {column!r} value{more}")
         wrong = (kinds[column] != "a string") if column in text_columns else kinds[column] in ("a list", "an object")
         if wrong:
             want = "the text must be a string" if column in text_columns else \
                 "a label must be one value (a class name or number)"
-            raise UserError(f"{flag} {path!r} {_row_name(path, 0)} has {column!r} {_shown(values[0].as_py())} "
+            raise FlagError(flag.lstrip("-"), f"{path!r} {_row_name(path, 0)} has {column!r} {_shown(values[0].as_py())} "
                             f"({kinds[column]}); {want}")
         if column not in text_columns and pa.types.is_floating(values.type):
             fractional = pc.not_equal(values, pc.round(values)).fill_null(False)
             rows = pc.indices_nonzero(pc.or_(fractional, pc.is_nan(values).fill_null(False))).to_pylist()
             if rows:
-                raise UserError(f"{flag} {path!r} {_row_name(path, rows[0])} has {column!r} "
+                raise FlagError(flag.lstrip("-"), f"{path!r} {_row_name(path, rows[0])} has {column!r} "
                                 f"{values[rows[0]].as_py()!r}, not a whole number: labels are class names, and "
                                 f"fractional values are a regression target, not classes")

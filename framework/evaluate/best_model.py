@@ -18,7 +18,7 @@ import torch
 from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 
-from framework.core.errors import UserError
+from framework.core.errors import FlagError
 from framework.evaluate.evaluation import Report
 from framework.io.files import umask_mode, write_atomic
 from framework.io.weights import WEIGHTS_FILE, bare_model, model_state_dict
@@ -37,7 +37,7 @@ def metric_value(report: Report, key: str) -> float:
     """The tracked metric of an evaluation, or a one-line error naming the metrics there are."""
     summary = report.summary()
     if key not in summary:
-        raise UserError(f"--metric_for_best_model {key!r} is not an evaluation metric; there are: "
+        raise FlagError("metric_for_best_model", f"{key!r} is not an evaluation metric; there are: "
                         f"{', '.join(sorted(summary))}")
     return float(summary[key])
 

@@ -28,7 +28,7 @@ from accelerate import Accelerator
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from framework.core.errors import UserError
+from framework.core.errors import FlagError, UserError
 from framework.core.rng import capture_rng_state, restore_rng_state
 from framework.io.files import umask_mode
 from framework.io.weights import WEIGHTS_FILE, bare_model, model_state_dict, weights_problem
@@ -111,22 +111,22 @@ def resolve_checkpoint(spec: Optional[str], output_dir: str | Path,
     if spec == "latest":
         found = list_checkpoints(output_dir)
         if not found:
-            raise UserError(f"--resume_from_checkpoint latest: no complete checkpoint in {checkpoint_root(output_dir)}")
+            raise FlagError("resume_from_checkpoint", f"latest: no complete checkpoint in {checkpoint_root(output_dir)}")
         problem = checkpoint_problem(found[-1])
         if problem:
-            raise UserError(f"--resume_from_checkpoint latest: the newest checkpoint {str(found[-1])!r} is damaged "
+            raise FlagError("resume_from_checkpoint", f"latest: the newest checkpoint {str(found[-1])!r} is damaged "
                             f"({problem}); use --resume_from_checkpoint auto to resume from the newest undamaged "
                             f"one, or remove it")
         return found[-1]
     path = Path(spec)
     if not path.is_dir():
-        raise UserError(f"--resume_from_checkpoint {spec!r} does not exist (give a checkpoint folder, 'latest' "
+        raise FlagError("resume_from_checkpoint", f"{spec!r} does not exist (give a checkpoint folder, 'latest' "
                         f"or 'auto')")
     if not (path / STATE_FILE).is_file() or not (path / WEIGHTS_FILE).is_file():
-        raise UserError(f"--resume_from_checkpoint {spec!r} is incomplete (no {STATE_FILE} or {WEIGHTS_FILE})")
+        raise FlagError("resume_from_checkpoint", f"{spec!r} is incomplete (no {STATE_FILE} or {WEIGHTS_FILE})")
     problem = checkpoint_problem(path)
     if problem:
-        raise UserError(f"--resume_from_checkpoint {spec!r} is damaged ({problem}); give another checkpoint "
+        raise FlagError("resume_from_checkpoint", f"{spec!r} is damaged ({problem}); give another checkpoint "
                         f"folder, or 'auto' for the newest undamaged one")
     return path
 

@@ -20,7 +20,7 @@ import yaml
 from accelerate import Accelerator
 
 from framework.core.config import TrainingConfig
-from framework.core.errors import UserError
+from framework.core.errors import FlagError
 from framework.io.files import json_safe, write_atomic
 
 FINISHED_MARKER = "summary.json"
@@ -64,20 +64,20 @@ class RunDirectory:
 
         where = str(self.path)
         if self.path.exists() and not self.path.is_dir():
-            raise UserError(f"--output_dir {where!r} exists and is not a directory")
+            raise FlagError("output_dir", f"{where!r} exists and is not a directory")
         existing = self.path
         while not existing.exists():
             existing = existing.parent
         if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-            raise UserError(f"--output_dir {where!r} is not writable ({str(existing)!r} is "
+            raise FlagError("output_dir", f"{where!r} is not writable ({str(existing)!r} is "
                             f"{'not a directory' if not existing.is_dir() else 'read-only'})")
         if overwrite or resuming:
             return
         if (self.path / FINISHED_MARKER).exists():
-            raise UserError(f"--output_dir {where!r} holds a finished run; pass --overwrite_output_dir "
+            raise FlagError("output_dir", f"{where!r} holds a finished run; pass --overwrite_output_dir "
                             f"true to replace it, --resume_from_checkpoint to continue it, or another --output_dir")
         if list_checkpoints(self.path):
-            raise UserError(f"--output_dir {where!r} holds checkpoints of an unfinished run; pass "
+            raise FlagError("output_dir", f"{where!r} holds checkpoints of an unfinished run; pass "
                             f"--resume_from_checkpoint auto to continue it, --overwrite_output_dir true to "
                             f"replace it, or another --output_dir")
 
@@ -94,7 +94,7 @@ class RunDirectory:
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            raise UserError(f"--output_dir {str(self.path)!r} is not writable ({err.strerror})") from None
+            raise FlagError("output_dir", f"{str(self.path)!r} is not writable ({err.strerror})") from None
         if resume_step is None:
             self._remove_earlier_run()
         if self.recipe_name:
@@ -130,7 +130,7 @@ class RunDirectory:
                 for done in reversed(moved):
                     os.rename(trash / done.name, done)
                 trash.rmdir()
-                raise UserError(f"--overwrite_output_dir: the earlier run in {str(self.path)!r} cannot be replaced: "
+                raise FlagError("overwrite_output_dir", f": the earlier run in {str(self.path)!r} cannot be replaced: "
                                 f"{old.name} cannot be moved ({err.strerror}); nothing of it was changed") from None
             moved.append(old)
         try:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from framework.core.errors import UserError
+from framework.core.errors import FlagError
 
 
 def _checkpointed(forward):
@@ -35,7 +35,7 @@ def enable_gradient_checkpointing(model: torch.nn.Module) -> int:
         inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         return sum(1 for m in inner.modules() if getattr(m, "gradient_checkpointing", False))
     if not hasattr(model, "checkpoint_blocks"):
-        raise UserError(f"--gradient_checkpointing: the model {type(model).__name__} names no blocks to checkpoint "
+        raise FlagError("gradient_checkpointing", f": the model {type(model).__name__} names no blocks to checkpoint "
                         f"(give it a checkpoint_blocks() method)")
     blocks = list(model.checkpoint_blocks())
     for block in blocks:

@@ -22,7 +22,7 @@ import torch
 from accelerate import Accelerator
 
 from framework.core.config import TrainingConfig
-from framework.core.errors import UserError
+from framework.core.errors import FlagError
 
 CONFIRM_STEPS = 3
 
@@ -58,7 +58,7 @@ def largest_fitting(fits: Callable[[int], bool], start: int, what: str = "micro-
         else:
             failed = middle
     if ran == 0:
-        raise UserError(f"--auto_find_batch_size: even a {what} of 1 runs out of memory")
+        raise FlagError("auto_find_batch_size", f": even a {what} of 1 runs out of memory")
     return SearchResult(ran, tries)
 
 

@@ -29,7 +29,7 @@ from accelerate.utils import DistributedType
 
 from framework.core.compilation import compile_description
 from framework.core.config import config_to_dict
-from framework.core.errors import Preempted, TrainingDiverged, UserError
+from framework.core.errors import FlagError, Preempted, TrainingDiverged
 from framework.core.runtime import device_name, format_banner, say
 from framework.data.loaders import Window, to_device
 from framework.evaluate.evaluation import Report, evaluate, split_batch
@@ -283,7 +283,7 @@ def setup(run: TrainingRun) -> TrainState:
     if accelerator.distributed_type == DistributedType.FSDP and (config.checkpoint_every or
                                                                  config.resume_from_checkpoint):
         # The optimizer state is sharded under FSDP and framework.io.checkpoint saves it from the main process.
-        raise UserError("--checkpointing_steps and --resume_from_checkpoint are not supported with FSDP yet; "
+        raise FlagError("checkpointing_steps", "and --resume_from_checkpoint are not supported with FSDP yet; "
                         "use a DDP config (multi_gpu.yaml) to checkpoint")
     run.total_steps = total_optimizer_steps(config, run.train_data.plan.windows_per_epoch)
     run.stop = StopSignal(accelerator.num_processes)

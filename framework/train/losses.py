@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from framework.core.errors import UserError
+from framework.core.errors import FlagError
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -27,14 +27,14 @@ def class_weights_from(spec: str, labels: Optional[np.ndarray], num_classes: int
     if spec == "balanced":
         counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes)
         if (counts == 0).any():
-            raise UserError(f"--class_weights balanced: class {int(np.argmin(counts))} has no training sample")
+            raise FlagError("class_weights", f"balanced: class {int(np.argmin(counts))} has no training sample")
         return torch.tensor(len(labels) / (num_classes * counts), dtype=torch.float32)
     try:
         weights = [float(w) for w in spec.split(",")]
     except ValueError:
-        raise UserError(f"--class_weights must be 'balanced' or a comma list of numbers, got {spec!r}") from None
+        raise FlagError("class_weights", f"must be 'balanced' or a comma list of numbers, got {spec!r}") from None
     if len(weights) != num_classes or any(not np.isfinite(w) or w < 0 for w in weights):
-        raise UserError(f"--class_weights needs {num_classes} finite numbers >= 0 (one per class), got {spec!r}")
+        raise FlagError("class_weights", f"needs {num_classes} finite numbers >= 0 (one per class), got {spec!r}")
     return torch.tensor(weights, dtype=torch.float32)
 
 

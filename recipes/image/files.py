@@ -16,7 +16,7 @@ from typing import Any, Optional
 import numpy as np
 from datasets import Dataset, Image
 
-from framework.core.errors import UserError
+from framework.core.errors import FlagError
 
 Problem = tuple[int, str, str]  # (row, file name or row label, reason)
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
@@ -91,10 +91,10 @@ def check_folder_layout(folder: str, flag: str, *, classes_required: bool) -> No
     """
     root = Path(folder)
     if root.is_file():
-        raise UserError(f"{flag} {folder!r} is a file; give a folder with one sub-folder of images per class "
+        raise FlagError(flag.lstrip("-"), f"{folder!r} is a file; give a folder with one sub-folder of images per class "
                         f"({flag} DIR with DIR/<class>/<image>)")
     if not root.is_dir():
-        raise UserError(f"{flag} {folder!r} does not exist")
+        raise FlagError(flag.lstrip("-"), f"{folder!r} does not exist")
     entries = [e for e in os.scandir(root) if not e.name.startswith(".")]
     if any(e.name in METADATA_FILES for e in entries):
         return
@@ -102,14 +102,14 @@ def check_folder_layout(folder: str, flag: str, *, classes_required: bool) -> No
     loose = sorted(e.name for e in entries if e.is_file() and os.path.splitext(e.name)[1].lower() in images)
     classes = [e for e in entries if e.is_dir()]
     if loose and classes_required:
-        raise UserError(f"{flag} {folder!r} holds images directly in it ({loose[0]!r}); put them in one "
+        raise FlagError(flag.lstrip("-"), f"{folder!r} holds images directly in it ({loose[0]!r}); put them in one "
                         f"sub-folder per class: {folder}/<class>/<image>")
     if classes_required and len(classes) == 1:  # imagefolder would give no label column at all
-        raise UserError(f"{flag} {folder!r} has only the class folder {classes[0].name!r}; a classifier needs at "
+        raise FlagError(flag.lstrip("-"), f"{folder!r} has only the class folder {classes[0].name!r}; a classifier needs at "
                         f"least two classes in its training data")
     for entry in sorted(classes, key=lambda e: e.name):
         inner = sorted(e.name for e in os.scandir(entry.path) if e.is_dir() and not e.name.startswith("."))
         if inner:
-            raise UserError(f"{flag} {folder!r} has a folder inside its class folder {entry.name!r} "
+            raise FlagError(flag.lstrip("-"), f"{folder!r} has a folder inside its class folder {entry.name!r} "
                             f"({entry.name}/{inner[0]}); expected one level of class folders: "
                             f"{folder}/<class>/<image>")

@@ -7,14 +7,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from framework.core.errors import UserError
+from framework.core.errors import FlagError
 
 
 def _transformers():
     try:
         import transformers
     except ImportError:
-        raise UserError("--model_name_or_path needs the transformers package (pip install transformers)") from None
+        raise FlagError("model_name_or_path", "needs the transformers package (pip install transformers)") from None
     return transformers
 
 
@@ -22,7 +22,7 @@ def _from_pretrained(loader, name: str, **kwargs):
     try:
         return loader.from_pretrained(name, **kwargs)
     except OSError as err:
-        raise UserError(f"--model_name_or_path {name!r} could not be loaded: {str(err).splitlines()[0]}") from None
+        raise FlagError("model_name_or_path", f"{name!r} could not be loaded: {str(err).splitlines()[0]}") from None
 
 
 def load_tokenizer(name: str):
