@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import zlib
 
 import numpy as np
 import pytest
@@ -231,3 +232,20 @@ def test_default_model_beats_the_baseline_on_real_text(tmp_path, kind):
                                 LinearSVC()).fit(train_x, train_y).score(valid_x, valid_y)
     assert summary["eval_accuracy"] > summary["baseline_accuracy"]
     assert summary["eval_accuracy"] >= best_linear - 0.02, (summary["eval_accuracy"], best_linear)
+
+
+def test_the_word_cache_leaves_the_features_and_their_datasets_hash_unchanged():
+    """Hashing once per distinct word gives the ids of hashing every occurrence, and the cache's contents do
+    not enter the fingerprint `datasets` takes of the tokenize function (or cached maps would never be reused)."""
+    from datasets.fingerprint import Hasher
+
+    tokenizer = train_tokenizer(CORPUS, 200)
+    cached = NgramFeatures(tokenizer, 1000, (2, 5))
+    before = Hasher.hash(cached)
+    first = cached(CORPUS)
+    assert cached._word_cache and Hasher.hash(cached) == before
+    assert cached(CORPUS) == first == NgramFeatures(tokenizer, 1000, (2, 5))(CORPUS)
+    low, high = 2, 5
+    expected = sorted(set(cached.vocab_size + 1000 + zlib.crc32(g.encode()) % 1000
+                          for g in char_ngrams(cached.tokenizer.normalizer.normalize_str(CORPUS[0]), low, high)))
+    assert set(expected) <= set(first["input_ids"][0])

@@ -91,6 +91,15 @@ class NgramFeatures:
         self.vocab_size = tokenizer.get_vocab_size()
         self._word_cache: dict[str, list[int]] = {}
 
+    def __getstate__(self) -> dict:
+        # The per-word cache is left out of pickles: `datasets` hashes the tokenize function (and so this
+        # object) to find a cached map result, and the cache's contents must not change that hash.
+        return {k: v for k, v in self.__dict__.items() if k != "_word_cache"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._word_cache = {}
+
     @property
     def num_features(self) -> int:
         """Rows of the model's weight table."""
