@@ -107,6 +107,11 @@ class TextConfig(TrainingConfig):
                           default=0.1)
     baseline: str = flag("Also fit TF-IDF (word 1-2-grams) + logistic regression on the same split and report it "
                          "beside the network: true, false, or auto (below 200k training texts).", default="auto")
+    preprocessing_num_workers: int = flag("Processes that turn texts into model inputs (more than 1: faster the "
+                                          "first time, but datasets then does not reuse the prepared splits).",
+                                          default=1)
+    overwrite_cache: bool = flag("Prepare the texts again instead of reusing the prepared splits that datasets "
+                                 "cached for the same files and preparation flags.", default=False)
     model_name_or_path: str = flag("Fine-tune this pretrained transformers model (Hub name or folder) with its "
                                    "own tokenizer instead of --model; needs `pip install transformers`.",
                                    default="")
@@ -134,6 +139,7 @@ class TextConfig(TrainingConfig):
         for name in ("max_length", "d_model", "num_layers", "num_heads"):
             require(name, getattr(self, name) >= 1, "an integer >= 1")
         require("vocab_size", self.vocab_size >= 3, "an integer >= 3")
+        require("preprocessing_num_workers", self.preprocessing_num_workers >= 1, "an integer >= 1")
         require("ngram_buckets", self.ngram_buckets >= 1, "an integer >= 1")
         try:
             parse_char_ngrams(self.char_ngrams)
@@ -250,7 +256,9 @@ def build_data(config: TextConfig, trained=None) -> RecipeData:
     def prepare(split: Dataset | None) -> Dataset | None:
         if split is None:
             return None
-        return split.map(tokenize, batched=True, remove_columns=split.column_names).with_format("torch")
+        workers = min(config.preprocessing_num_workers, len(split))
+        return split.map(tokenize, batched=True, remove_columns=split.column_names, num_proc=workers if workers > 1
+                         else None, load_from_cache_file=not config.overwrite_cache).with_format("torch")
 
     train, evaluation, test = prepare(train), prepare(evaluation), prepare(test)
     if train is not None and preprocessing.features is not None:
