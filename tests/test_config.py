@@ -126,12 +126,12 @@ def test_constant_has_no_warmup_and_constant_with_warmup_has():
     ("1,-1,2", "--class_weights needs 3 finite numbers >= 0 (one per class), got '1,-1,2'"),
 ])
 def test_bad_class_weights(spec, message):
-    from framework.core.errors import UserError
+    from framework.core.errors import FlagError
     from framework.train.losses import class_weights_from
 
-    with pytest.raises(UserError) as err:
+    with pytest.raises(FlagError) as err:
         class_weights_from(spec, None, 3)
-    assert str(err.value) == message
+    assert err.value.field == "class_weights" and err.value.as_flag() == message  # the line the CLI prints
 
 
 def test_balanced_class_weights_follow_sklearn():
