@@ -180,3 +180,21 @@ def draw_shape(shape: str, rng: random.Random) -> Image.Image:
     else:
         draw.polygon([(x + size / 2, y), (x, y + size), (x + size, y + size)], fill=color)
     return image
+
+
+def inject_inf(make_model, at_calls):
+    """A model factory whose head weight gets an inf gradient on the given backward calls (1-based)."""
+    calls = {"n": 0}
+
+    def hook(grad):
+        if grad.device.type == "meta":  # the runner's FLOP count builds a meta copy of the model
+            return grad
+        calls["n"] += 1
+        return grad * float("inf") if calls["n"] in at_calls else grad
+
+    def make():
+        model = make_model()
+        model.head[-1].weight.register_hook(hook)
+        return model
+
+    return make

@@ -25,6 +25,7 @@ from helpers import (
     DIGITS,
     debug_launch,
     fit_model,
+    inject_inf,
     launch,
     max_abs_diff,
     read_json,
@@ -46,24 +47,6 @@ def _digits(tmp_path, **overrides):
     config = digits.DigitsConfig(output_dir=str(tmp_path), mixed_precision="fp16", **overrides)
     train_set, test_set, names = digits.load_splits(config)
     return config, lambda: digits.DigitsCNN(config.channels, len(names), config.dropout), train_set, test_set, names
-
-
-def _inject_inf(make_model, at_calls):
-    """A model factory whose head weight gets an inf gradient on the given backward calls (1-based)."""
-    calls = {"n": 0}
-
-    def hook(grad):
-        if grad.device.type == "meta":  # the runner's FLOP count builds a meta copy of the model
-            return grad
-        calls["n"] += 1
-        return grad * float("inf") if calls["n"] in at_calls else grad
-
-    def make():
-        model = make_model()
-        model.head[-1].weight.register_hook(hook)
-        return model
-
-    return make
 
 
 def test_fp16_is_what_runs_on_a_cpu_and_the_note_says_it_is_slow():
@@ -93,7 +76,7 @@ def test_fp16_on_cpu_runs_float16_autocast_and_a_grad_scaler(tmp_path):
 def test_a_forced_overflow_is_skipped_counted_and_leaves_the_lr(tmp_path):
     config, make_model, train_set, test_set, names = _digits(tmp_path, max_steps=12, warmup_ratio=0.0,
                                                              logging_steps=1)
-    _, result = fit_model(config, _inject_inf(make_model, {5, 9}), train_set, test_set, names)
+    _, result = fit_model(config, inject_inf(make_model, {5, 9}), train_set, test_set, names)
     lrs = [r["lr"] for r in read_metrics(tmp_path) if "lr" in r]
     skipped = result.summary["skipped_fp16_steps"]
     repeats = [i for i in range(len(lrs) - 1) if lrs[i] == lrs[i + 1]]
@@ -104,7 +87,7 @@ def test_a_forced_overflow_is_skipped_counted_and_leaves_the_lr(tmp_path):
 
 def test_too_many_consecutive_skips_stop_with_exit_3(tmp_path, capsys):
     config, make_model, train_set, test_set, names = _digits(tmp_path, max_steps=20, max_consecutive_skipped_steps=3)
-    code = run_main(lambda: fit_model(config, _inject_inf(make_model, set(range(4, 100))), train_set, test_set,
+    code = run_main(lambda: fit_model(config, inject_inf(make_model, set(range(4, 100))), train_set, test_set,
                                       names))
     assert code == NonFiniteLossError.exit_code == 3
     assert "4 fp16 steps in a row were skipped" in capsys.readouterr().err

@@ -7,7 +7,7 @@ import torch
 
 from framework.train.loop import NonFiniteLossError
 
-from helpers import fit_model, read_json, read_metrics, run_digits_in_process
+from helpers import fit_model, inject_inf, read_json, read_metrics, run_digits_in_process
 
 pytestmark = pytest.mark.gpu
 
@@ -36,28 +36,10 @@ def test_fp16_really_uses_autocast_and_a_grad_scaler(tmp_path):
     assert accelerator.scaler.is_enabled()
 
 
-def _inject_inf(make_model, at_calls):
-    """A model factory whose head weight gets an inf gradient on the given backward calls (1-based)."""
-    calls = {"n": 0}
-
-    def hook(grad):
-        if grad.device.type == "meta":  # the runner's FLOP count builds a meta copy of the model
-            return grad
-        calls["n"] += 1
-        return grad * float("inf") if calls["n"] in at_calls else grad
-
-    def make():
-        model = make_model()
-        model.head[-1].weight.register_hook(hook)
-        return model
-
-    return make
-
-
 def test_inf_gradient_skips_the_step_without_advancing_the_schedule(tmp_path):
     config, make_model, train_set, test_set, names = _digits(tmp_path, max_steps=30, warmup_ratio=0.0,
                                                              logging_steps=1)
-    _, result = fit_model(config, _inject_inf(make_model, {20}), train_set, test_set, names)
+    _, result = fit_model(config, inject_inf(make_model, {20}), train_set, test_set, names)
     lrs = [r["lr"] for r in read_metrics(tmp_path) if "lr" in r]
     repeats = sum(1 for a, b in zip(lrs, lrs[1:]) if a == b)
     skipped = result.summary["skipped_fp16_steps"]
@@ -70,7 +52,7 @@ def test_too_many_consecutive_skips_stop_the_run(tmp_path):
     config, make_model, train_set, test_set, names = _digits(tmp_path, max_steps=40,
                                                              max_consecutive_skipped_steps=5)
     with pytest.raises(NonFiniteLossError, match="fp16 steps in a row were skipped"):
-        fit_model(config, _inject_inf(make_model, set(range(10, 100))), train_set, test_set, names)
+        fit_model(config, inject_inf(make_model, set(range(10, 100))), train_set, test_set, names)
 
 
 def test_fp16_and_fp32_digits_accuracy_within_one_point(tmp_path):
