@@ -146,8 +146,9 @@ def test_defaults_follow_the_model_and_a_given_flag_wins():
     transformer = parse_config(TextConfig, ["--train_file", "x.csv", "--model", "transformer"])
     given = parse_config(TextConfig, ["--train_file", "x.csv", "--learning_rate", "0.3", "--num_train_epochs", "2",
                                       "--optim", "adamw"])
-    assert (ngram.optim, ngram.learning_rate, ngram.num_train_epochs) == ("sgd", 5.0, 20)
-    assert (transformer.optim, transformer.learning_rate, transformer.num_train_epochs) == ("adamw", 1e-3, 5)
+    assert (ngram.optim, ngram.momentum, ngram.learning_rate, ngram.num_train_epochs) == ("sgd", 0.0, 25.0, 20)
+    assert (transformer.optim, transformer.momentum, transformer.learning_rate, transformer.num_train_epochs) == \
+        ("adamw", 0.9, 1e-3, 5)
     assert (given.optim, given.learning_rate, given.num_train_epochs) == ("adamw", 0.3, 2)
     # --model_path adopts the trained run's --model before the runner validates: the defaults follow it
     adopted = parse_config(TextConfig, ["--train_file", "x.csv"], validate=False)
@@ -249,3 +250,53 @@ def test_the_word_cache_leaves_the_features_and_their_datasets_hash_unchanged():
     expected = sorted(set(cached.vocab_size + 1000 + zlib.crc32(g.encode()) % 1000
                           for g in char_ngrams(cached.tokenizer.normalizer.normalize_str(CORPUS[0]), low, high)))
     assert set(expected) <= set(first["input_ids"][0])
+
+
+def test_sparse_steps_train_what_dense_steps_train():
+    """The default n-gram step updates only the rows its batch touches (a sparse gradient): against the dense
+    table, under SGD, clipping that bites and two micro-batches accumulated per step, the weights agree, untouched
+    rows stay exactly zero, and momentum or weight decay (which move every row) keep the dense table."""
+    from framework.core.config import parse_config
+    from framework.train.sparse import clip_grad_norm_, sparse_updates_apply
+    from recipes.text_classification import TextConfig
+
+    features = NgramFeatures(train_tokenizer(CORPUS, 200), 5000, (2, 5))
+    encoded = features(CORPUS)
+    idf = inverse_document_frequency(encoded["input_ids"], features.num_features)
+    width = max(len(ids) for ids in encoded["input_ids"])
+    ids = torch.tensor([row + [0] * (width - len(row)) for row in encoded["input_ids"]])
+    counts = torch.tensor([row + [0] * (width - len(row)) for row in encoded["counts"]])
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    models = {}
+    for sparse in (False, True):
+        torch.manual_seed(0)
+        model = NgramClassifier(features.num_features, 3, idf, char_start=features.char_start, sparse=sparse)
+        optimizer = torch.optim.SGD(model.parameters(), lr=3.0, momentum=0.0)
+        norms = []
+        for step in range(8):
+            for half in (slice(0, 3), slice(3, 6)):  # two micro-batches, one optimizer step
+                rows = torch.roll(torch.arange(6), step)[half]
+                loss = torch.nn.functional.cross_entropy(model(ids[rows], counts[rows]), labels[rows],
+                                                         reduction="sum") / 6
+                loss.backward()
+            assert model.table.weight.grad.is_sparse == sparse
+            norms.append(float(clip_grad_norm_(model.parameters(), 0.2)))
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        models[sparse] = (model, norms)
+    (dense, dense_norms), (sparse, sparse_norms) = models[False], models[True]
+    assert np.allclose(dense_norms, sparse_norms, rtol=1e-5) and max(dense_norms) > 0.2  # clipping did bite
+    assert max_abs_diff_tensors(dense.table.weight, sparse.table.weight) <= 1e-6
+    assert max_abs_diff_tensors(dense.bias, sparse.bias) <= 1e-6
+    touched = torch.zeros(features.num_features, dtype=torch.bool)
+    touched[ids[counts > 0]] = True
+    assert sparse.table.weight[~touched].count_nonzero() == 0 and sparse.table.weight[touched].abs().sum() > 0
+    given = lambda *flags: parse_config(TextConfig, ["--train_file", "x.csv", *flags])  # noqa: E731
+    assert sparse_updates_apply(given())
+    assert not sparse_updates_apply(given("--momentum", "0.9"))
+    assert not sparse_updates_apply(given("--weight_decay", "0.01"))
+    assert not sparse_updates_apply(given("--optim", "adamw"))
+
+
+def max_abs_diff_tensors(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.detach() - b.detach()).abs().max())

@@ -42,6 +42,7 @@ from framework.train.components import Component, default_components, write_chec
 from framework.train.flops import peak_tflops
 from framework.train.optim import total_optimizer_steps
 from framework.train.preemption import StopSignal
+from framework.train.sparse import clip_grad_norm_
 from framework.train.state import LossFn, TrainingRun, TrainState
 
 __all__ = ["FitResult", "LossFn", "NonFiniteLossError", "TrainState", "TrainingRun", "fit", "finish",
@@ -104,12 +105,13 @@ def _clip_gradients(accelerator: Accelerator, params: list[torch.nn.Parameter], 
     """Clip the global gradient norm, on unscaled fp16 gradients.
 
     Under DDP (or one process) the gradients are already the same everywhere, so
-    torch's own clipping is exact; Accelerate's version adds a per-parameter DTensor
-    scan each step. Sharded and special backends keep Accelerate's implementation.
+    torch's clipping rule is exact (framework.train.sparse's version of it also takes a
+    table's sparse gradient); Accelerate's version adds a per-parameter DTensor scan each
+    step. Sharded and special backends keep Accelerate's implementation.
     """
     if accelerator.distributed_type in (DistributedType.NO, DistributedType.MULTI_GPU, DistributedType.MULTI_CPU):
         accelerator.unscale_gradients()
-        torch.nn.utils.clip_grad_norm_(params, max_norm)
+        clip_grad_norm_(params, max_norm)
     else:
         accelerator.clip_grad_norm_(params, max_norm)
 

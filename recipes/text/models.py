@@ -22,11 +22,16 @@ class NgramClassifier(nn.Module):
     two sublinear TF-IDF vectorizers with a linear model on top, learned by the
     framework's loop. The IDF (0 for features absent from the training split) and
     `char_start` are buffers, saved with the weights.
+
+    With `sparse=True` the table's gradient holds only the rows of the step's features, so a
+    step costs what its batch touches instead of the whole table (framework.train.sparse
+    says when that is exact: plain SGD, no NCCL).
     """
 
-    def __init__(self, num_features: int, num_classes: int, idf: np.ndarray | None = None, *, char_start: int):
+    def __init__(self, num_features: int, num_classes: int, idf: np.ndarray | None = None, *, char_start: int,
+                 sparse: bool = False):
         super().__init__()
-        self.table = nn.EmbeddingBag(num_features, num_classes, mode="sum", padding_idx=PAD_ID)
+        self.table = nn.EmbeddingBag(num_features, num_classes, mode="sum", padding_idx=PAD_ID, sparse=sparse)
         nn.init.zeros_(self.table.weight)  # a linear model: zero is the natural start
         self.bias = nn.Parameter(torch.zeros(num_classes))
         self.register_buffer("idf", torch.ones(num_features))
