@@ -38,6 +38,7 @@ from framework.core.errors import FlagError, UserError
 from framework.data.hub import load_hub_splits
 from framework.data.labels import class_names_from, to_class_ids
 from framework.data.local_files import check_complete_rows, load_local_file
+from framework.data.preparation import counted, map_with_progress
 from framework.evaluate.baseline import score, tfidf_logistic_regression, wanted
 from framework.recipe import Recipe, RecipeData, run
 from framework.train.sparse import sparse_updates_apply
@@ -204,7 +205,7 @@ def build_tokenizer(config: TextConfig, train: Dataset | None, trained=None):
         return Tokenizer.from_file(str(saved))
     if config.model_name_or_path:
         return load_tokenizer(config.model_name_or_path)
-    return train_tokenizer(train[config.text_column], config.vocab_size)
+    return train_tokenizer(counted(train[config.text_column], len(train), "train tokenizer"), config.vocab_size)
 
 
 def build_data(config: TextConfig, trained=None) -> RecipeData:
@@ -247,28 +248,34 @@ def build_data(config: TextConfig, trained=None) -> RecipeData:
     if config.model_kind == "ngram":
         preprocessing.features = NgramFeatures(tokenizer, config.ngram_buckets, parse_char_ngrams(config.char_ngrams))
 
-    def tokenize(batch):
-        texts = batch[config.text_column]
-        if config.model_kind == "ngram":
-            encoded = preprocessing.features(texts)
-        elif config.model_kind == "transformer":
-            encoded = {"input_ids": token_ids(tokenizer, texts, config.max_length)}
-        else:  # attention_mask is rebuilt per batch by the collate function, after padding
-            encoded = tokenizer(texts, truncation=True, max_length=config.max_length)
-            encoded = {k: v for k, v in encoded.items() if k != "attention_mask"}
-        return {**encoded, "labels": batch[config.label_column]}
+    # tokenize sees only what shapes its output (not the whole config): datasets' cache key is a hash of
+    # it, so a run that changes the learning rate, say, reuses the prepared splits.
+    kind, text_column, label_column, max_length = (config.model_kind, config.text_column, config.label_column,
+                                                   config.max_length)
+    features = preprocessing.features
 
-    def prepare(split: Dataset | None) -> Dataset | None:
+    def tokenize(batch):
+        texts = batch[text_column]
+        if kind == "ngram":
+            encoded = features(texts)
+        elif kind == "transformer":
+            encoded = {"input_ids": token_ids(tokenizer, texts, max_length)}
+        else:  # attention_mask is rebuilt per batch by the collate function, after padding
+            encoded = tokenizer(texts, truncation=True, max_length=max_length)
+            encoded = {k: v for k, v in encoded.items() if k != "attention_mask"}
+        return {**encoded, "labels": batch[label_column]}
+
+    def prepare(split: Dataset | None, name: str) -> Dataset | None:
         if split is None:
             return None
         workers = min(config.preprocessing_num_workers, len(split))
-        return split.map(tokenize, batched=True, remove_columns=split.column_names, num_proc=workers if workers > 1
-                         else None, load_from_cache_file=not config.overwrite_cache).with_format("torch")
+        return map_with_progress(split, tokenize, desc=f"prepare {name}", remove_columns=split.column_names,
+                                 num_proc=workers if workers > 1 else None,
+                                 load_from_cache_file=not config.overwrite_cache).with_format("torch")
 
-    train, evaluation, test = prepare(train), prepare(evaluation), prepare(test)
+    train, evaluation, test = prepare(train, "train"), prepare(evaluation, "eval"), prepare(test, "test")
     if train is not None and preprocessing.features is not None:
-        preprocessing.idf = inverse_document_frequency(train.with_format(None)["input_ids"],
-                                                       preprocessing.features.num_features)
+        preprocessing.idf = inverse_document_frequency(train, preprocessing.features.num_features)
     pad_id = tokenizer.pad_token_id if config.model_kind == "pretrained" else PAD_ID
     return RecipeData(names, train=train, eval=evaluation, test=test, collate_fn=padder(pad_id),
                       preprocessing=preprocessing, baseline=baseline,

@@ -92,3 +92,20 @@ def test_make_train_twice_in_a_row(tmp_path):
                                 stdin=subprocess.DEVNULL)
         assert result.returncode == 0, result.stderr[-3000:]
         assert read_json(tmp_path / "summary.json")["optimizer_steps"] == 5
+
+
+def test_the_confusion_matrix_of_many_classes_stays_a_readable_size(tmp_path):
+    """1,000 classes drawn at half an inch each would be a 50,000-pixel picture (7.6 GB in matplotlib); past
+    30 classes it is a fixed-size heat map instead, while a few classes keep their counts at their own scale."""
+    import numpy as np
+    from PIL import Image
+
+    from framework.io.plots import save_plots
+
+    for classes, folder in ((1000, tmp_path / "many"), (4, tmp_path / "few")):
+        folder.mkdir()
+        confusion = np.random.default_rng(0).integers(0, 5, (classes, classes))
+        assert save_plots(folder, [{"step": 1, "loss": 1.0}], confusion, [f"c{i}" for i in range(classes)]) is None
+        with Image.open(folder / "confusion_matrix.png") as image:
+            width, height = image.size
+        assert width <= 1600 and height <= 1600 if classes == 1000 else 400 <= width <= 600

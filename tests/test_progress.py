@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import io
+import re
+import sys
+
+import pytest
 
 from framework.io.progress import progress_bar
+
+from helpers import TEXT, launch
 
 
 def test_non_terminal_output_is_plain_rate_limited_lines():
@@ -34,3 +40,26 @@ def test_short_unkept_bar_stays_out_of_logs():
     bar.update(3)
     bar.close()
     assert stream.getvalue() == ""
+
+
+@pytest.mark.slow
+def test_preparation_phases_show_in_a_log_and_a_cached_preparation_is_reused(tmp_path, text_files):
+    """A run whose stderr is a log file (not a terminal) shows one plain line per refresh of each preparation
+    phase, with the count, the rate and the time left; the same data again (another learning rate) is not
+    prepared again: datasets' cache is found, so only the tokenizer's bar shows."""
+    env = {"TQDM_MININTERVAL": "0", "HF_DATASETS_CACHE": str(tmp_path / "cache")}  # every refresh; a fresh cache
+    args = [sys.executable, str(TEXT), "--train_file", str(text_files / "train.csv"), "--validation_file",
+            str(text_files / "valid.csv"), "--max_steps", "2", "--baseline", "false"]
+    first = launch([*args, "--output_dir", str(tmp_path / "first")], env=env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "\r" not in first.stderr and "\x1b" not in first.stderr
+    lines = first.stderr.splitlines()
+    for phase, unit, total in (("train tokenizer", "text", 600), ("prepare train", "sample", 600),
+                               ("prepare eval", "sample", 150)):
+        shown = [line for line in lines if line.startswith(f"{phase}:")]
+        assert len(shown) >= 2 and f"| {total}/{total} [" in shown[-1], (phase, first.stderr[-3000:])
+        assert re.search(rf"\| {total}/{total} \[\d\d:\d\d<\d\d:\d\d, *[\d.]+ ?{unit}/s\]", shown[-1]), shown[-1]
+    second = launch([*args, "--output_dir", str(tmp_path / "second"), "--learning_rate", "3"], env=env)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "train tokenizer: 100%" in second.stderr and "prepare train" not in second.stderr
+    assert "prepare eval" not in second.stderr

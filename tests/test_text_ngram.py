@@ -263,6 +263,8 @@ def test_sparse_steps_train_what_dense_steps_train():
     features = NgramFeatures(train_tokenizer(CORPUS, 200), 5000, (2, 5))
     encoded = features(CORPUS)
     idf = inverse_document_frequency(encoded["input_ids"], features.num_features)
+    from datasets import Dataset  # the recipe's path: the prepared split's Arrow column, counted in batches
+    assert np.array_equal(inverse_document_frequency(Dataset.from_dict(encoded), features.num_features), idf)
     width = max(len(ids) for ids in encoded["input_ids"])
     ids = torch.tensor([row + [0] * (width - len(row)) for row in encoded["input_ids"]])
     counts = torch.tensor([row + [0] * (width - len(row)) for row in encoded["counts"]])

@@ -11,9 +11,15 @@ MISSING = ("note: matplotlib is not installed, so no loss.png or confusion_matri
            "(pip install matplotlib, or the project's 'plots' extra)")
 
 
+MAX_ANNOTATED_CLASSES = 30  # above this, confusion_matrix.png is colours only: no per-cell counts, no class names
+MAX_FIGURE_INCHES = 16
+
+
 def save_plots(output_dir: str | Path, records: list[dict], confusion: np.ndarray,
                class_names: Sequence[str]) -> Optional[str]:
-    """Write loss.png (train and eval loss over optimizer steps) and confusion_matrix.png.
+    """Write loss.png (train and eval loss over optimizer steps) and confusion_matrix.png (counts and class
+    names up to MAX_ANNOTATED_CLASSES classes; beyond, a heat map whose axes are class indices in
+    labels.json order, of at most MAX_FIGURE_INCHES square).
 
     Returns a one-line note instead when matplotlib is missing.
     """
@@ -40,10 +46,13 @@ def save_plots(output_dir: str | Path, records: list[dict], confusion: np.ndarra
 
     from sklearn.metrics import ConfusionMatrixDisplay
 
-    size = max(4, 0.5 * len(class_names) + 2)
+    # Half an inch a class up to a readable size; beyond that a fixed-size heat map, since a picture of
+    # 1,000 classes at that scale would be 50,000 pixels square (7.6 GB in matplotlib, measured).
+    many = len(class_names) > MAX_ANNOTATED_CLASSES
+    size = min(max(4, 0.5 * len(class_names) + 2), MAX_FIGURE_INCHES)
     fig, ax = plt.subplots(figsize=(size, size))
-    ConfusionMatrixDisplay(confusion, display_labels=list(class_names)).plot(
-        ax=ax, cmap="Blues", colorbar=False, xticks_rotation=45)
+    ConfusionMatrixDisplay(confusion, display_labels=None if many else list(class_names)).plot(
+        ax=ax, cmap="Blues", colorbar=many, xticks_rotation=45, include_values=not many)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     fig.tight_layout()

@@ -2,13 +2,15 @@
 
 On a terminal these are ordinary tqdm bars. When stderr is not a terminal
 (cluster logs, CI, `> log.txt 2>&1`), each refresh becomes one plain line and
-refreshes are at most one every `log_interval_s` seconds, so a log holds a
-few dozen readable lines instead of thousands of carriage-return updates.
+refreshes are at most one every `log_interval_s` seconds (default 10, or tqdm's own
+TQDM_MININTERVAL environment variable), so a log holds a few dozen readable lines
+instead of thousands of carriage-return updates.
 Nothing here reads a device tensor: the caller passes host numbers.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any, Optional, TextIO
 
@@ -38,9 +40,11 @@ def is_interactive(stream: TextIO) -> bool:
 
 
 def progress_bar(total: int, desc: str, enabled: bool, *, initial: int = 0, unit: str = "step",
-                 leave: bool = True, log_interval_s: float = 10.0, stream: Optional[TextIO] = None) -> tqdm:
+                 leave: bool = True, log_interval_s: Optional[float] = None, stream: Optional[TextIO] = None) -> tqdm:
     """A tqdm bar, shown only where `enabled` (pass `accelerator.is_local_main_process`)."""
     stream = stream or sys.stderr
+    if log_interval_s is None:
+        log_interval_s = float(os.environ.get("TQDM_MININTERVAL", "10"))
     options: dict[str, Any] = dict(total=total, desc=desc, initial=initial, unit=unit, disable=not enabled,
                                    dynamic_ncols=True)
     if is_interactive(stream):

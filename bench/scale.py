@@ -1,0 +1,127 @@
+"""Scale measurements on real text: large CSV sets built from this machine's man pages, and recipe runs on them.
+
+    python bench/scale.py build OUT/man100k --rows 100000               # 17 classes: language / English section
+    python bench/scale.py build OUT/pages1k --rows 100000 --pages 1000  # 1,000 classes: the man page itself
+    python bench/scale.py run OUT/man100k -- --max_steps 200            # one recipe run: time, peak RSS, rate
+
+`build` reads every line of at least 40 characters of text (roff requests dropped) of the
+gzipped man pages under /usr/share/man (about 1.1M lines on a Debian machine with the
+common packages). A line is labelled by the page's language directory, or for English
+pages by their section ("en.1", "en.8", ...), and the 17 most frequent labels are kept;
+with `--pages N` a line is labelled by its page instead, for the N pages with the most
+lines. Training rows are drawn at random from those lines (repeating them only when more
+rows are asked for than there are lines); 5,000 other lines are the validation file.
+`run` starts the text recipe as a subprocess on OUT/train.csv and OUT/valid.csv and prints
+one JSON line: wall time, peak RSS of the process tree, preparation time, training
+samples/s and accuracy (from summary.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import gzip
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+MAN_ROOT = Path("/usr/share/man")
+REPO = Path(__file__).resolve().parent.parent
+VALID_ROWS = 5000
+
+
+def man_lines(root: Path = MAN_ROOT) -> list[tuple[str, str, str]]:
+    """(text, language-or-section label, page name) of every text line of >= 40 characters."""
+    found = []
+    for folder in sorted(root.iterdir()):
+        for path in sorted(folder.rglob("*.gz")):
+            section = path.parent.name  # man1, man8, ...
+            label = f"en.{section[3:]}" if folder.name.startswith("man") else folder.name
+            try:
+                with gzip.open(path, "rt", errors="replace") as handle:
+                    for line in handle:
+                        line = line.strip()
+                        if len(line) >= 40 and not line.startswith((".", "'", '\\"')):
+                            found.append((line.replace("\\fB", "").replace("\\fR", "").replace("\\fI", ""),
+                                          label, f"{folder.name}/{path.name}"))
+            except (OSError, EOFError):
+                continue
+    return found
+
+
+def build(out: Path, rows: int, pages: int, seed: int = 0) -> None:
+    """Write out/train.csv (`rows` rows) and out/valid.csv (VALID_ROWS rows) of (text, label)."""
+    lines = man_lines()
+    if pages:
+        biggest = {name for name, _ in Counter(page for _, _, page in lines).most_common(pages)}
+        labelled = [(text, page) for text, _, page in lines if page in biggest]
+    else:
+        keep = {label for label, _ in Counter(label for _, label, _ in lines).most_common(17)}
+        labelled = [(text, label) for text, label, _ in lines if label in keep]
+    rng = random.Random(seed)
+    rng.shuffle(labelled)
+    valid, pool = labelled[:VALID_ROWS], labelled[VALID_ROWS:]
+    train = pool[:rows] if rows <= len(pool) else pool + [rng.choice(pool) for _ in range(rows - len(pool))]
+    out.mkdir(parents=True, exist_ok=True)
+    for name, split in (("train", train), ("valid", valid)):
+        with open(out / f"{name}.csv", "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["text", "label"])
+            writer.writerows(split)
+    per_class = defaultdict(int)
+    for _, label in train:
+        per_class[label] += 1
+    print(f"{out}: {len(train)} train ({len(set(t for t, _ in train))} distinct), {len(valid)} valid, "
+          f"{len(per_class)} classes, from {len(lines)} lines")
+
+
+def run(folder: Path, recipe_args: list[str], processes: int) -> dict:
+    """One text recipe run on folder/{train,valid}.csv; what it cost."""
+    out = folder / "run"
+    config = "cpu_2proc.yaml" if processes == 2 else "cpu.yaml"
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+               str(REPO / "accelerate_configs" / config), str(REPO / "recipes" / "text_classification.py"),
+               "--train_file", str(folder / "train.csv"), "--validation_file", str(folder / "valid.csv"),
+               "--output_dir", str(out), "--overwrite_output_dir", "true", "--baseline", "false", *recipe_args]
+    started = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_DATASETS_OFFLINE": "1"})
+    wall = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(f"the run failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    summary = json.loads((out / "summary.json").read_text())
+    return {"args": " ".join(recipe_args), "processes": processes, "wall_s": round(wall, 1),
+            "preparation_s": round(summary["preparation_time_s"], 1),
+            "peak_rss_gb_one_process": round(summary["peak_host_rss_mib"] / 1024, 2),
+            "peak_rss_gb_children": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20, 2),
+            "train_samples_per_second": round(summary["train_samples_per_second"]),
+            "optimizer_steps": summary["optimizer_steps"], "eval_accuracy": round(summary["eval_accuracy"], 4)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """build / run, as the module docstring shows."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("build")
+    b.add_argument("out", type=Path)
+    b.add_argument("--rows", type=int, default=100_000)
+    b.add_argument("--pages", type=int, default=0, help="label lines by page, for this many pages (0: 17 labels)")
+    r = sub.add_parser("run")
+    r.add_argument("folder", type=Path)
+    r.add_argument("--processes", type=int, choices=(1, 2), default=1)
+    r.add_argument("recipe_args", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    if args.command == "build":
+        build(args.out, args.rows, args.pages)
+    else:
+        extra = args.recipe_args[1:] if args.recipe_args[:1] == ["--"] else args.recipe_args
+        print(json.dumps(run(args.folder, extra, args.processes)))
+
+
+if __name__ == "__main__":
+    main()
