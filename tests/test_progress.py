@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from framework.io.progress import progress_bar
+from framework.core.progress import progress_bar
 
 from helpers import TEXT, launch
 

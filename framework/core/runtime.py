@@ -90,7 +90,7 @@ def build_accelerator(config: TrainingConfig) -> tuple[Accelerator, Precision]:
         cap_cuda_memory(config.max_memory_gib, accelerator.device)
     set_seed(config.seed)
     if not (accelerator.is_main_process and sys.stderr.isatty()):
-        # datasets' map/cast bars: one set, on a terminal, as for training (see framework.io.progress)
+        # datasets' map/cast bars: one set, on a terminal, as for training (see framework.core.progress)
         datasets.disable_progress_bars()
     if precision.note:
         say(accelerator, f"note: {precision.note}")

@@ -1,6 +1,6 @@
 """Preparation that shows where it is: progress bars for the phases that can take minutes on a large set.
 
-`map_with_progress` is `Dataset.map` with one main-process bar (framework.io.progress: a tqdm bar
+`map_with_progress` is `Dataset.map` with one main-process bar (framework.core.progress: a tqdm bar
 on a terminal, rate-limited plain lines in a log) that keeps datasets' cache: the fingerprint of
 the result is taken from the dataset, the function and the map's arguments before the function is
 wrapped to count, so a second run with the same data and preparation finds the cached result
@@ -16,7 +16,7 @@ from accelerate import PartialState
 from datasets import Dataset
 from datasets.fingerprint import Hasher
 
-from framework.io.progress import progress_bar
+from framework.core.progress import progress_bar
 
 T = TypeVar("T")
 

@@ -10,7 +10,7 @@ import torch
 from accelerate import Accelerator
 from sklearn.metrics import classification_report, confusion_matrix
 
-from framework.io.progress import progress_bar
+from framework.core.progress import progress_bar
 
 
 @dataclass

@@ -30,12 +30,12 @@ from accelerate.utils import DistributedType
 from framework.core.compilation import compile_description
 from framework.core.config import config_to_dict
 from framework.core.errors import FlagError, Preempted, TrainingDiverged
+from framework.core.progress import progress_bar
 from framework.core.runtime import device_name, format_banner, say
 from framework.data.loaders import Window, to_device
 from framework.evaluate.evaluation import Report, evaluate, split_batch
 from framework.io.checkpoint import checkpoint_root, load_checkpoint, resolve_checkpoint, run_identity
 from framework.io.plots import save_plots
-from framework.io.progress import progress_bar
 from framework.io.weights import save_weights
 from framework.train.batch_search import choose_batch_sizes
 from framework.train.components import Component, default_components, write_checkpoint
