@@ -114,13 +114,13 @@ def main(argv: list[str] | None = None) -> None:
     r = sub.add_parser("run")
     r.add_argument("folder", type=Path)
     r.add_argument("--processes", type=int, choices=(1, 2), default=1)
-    r.add_argument("recipe_args", nargs=argparse.REMAINDER)
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    cut = argv.index("--") if "--" in argv else len(argv)  # the recipe's flags come after --
+    args = parser.parse_args(argv[:cut])
     if args.command == "build":
         build(args.out, args.rows, args.pages)
     else:
-        extra = args.recipe_args[1:] if args.recipe_args[:1] == ["--"] else args.recipe_args
-        print(json.dumps(run(args.folder, extra, args.processes)))
+        print(json.dumps(run(args.folder, argv[cut + 1:], args.processes)))
 
 
 if __name__ == "__main__":
