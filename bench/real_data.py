@@ -33,6 +33,16 @@ ICON_ROOT = Path("/usr/share/icons/Adwaita")
 MIN_PER_CLASS = 30
 
 
+def write_csvs(out: Path, train: list[tuple[str, str]], valid: list[tuple[str, str]]) -> None:
+    """out/train.csv and out/valid.csv, columns text and label."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name, split in (("train", train), ("valid", valid)):
+        with open(out / f"{name}.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["text", "label"])
+            writer.writerows(split)
+
+
 def write_split(rows: list[tuple[str, str]], out: Path, per_class: int, seed: int = 0) -> None:
     """Deduplicate, drop ambiguous texts, cap each class at `per_class` (random), split 80/20 per class."""
     labels_of = defaultdict(set)
@@ -55,12 +65,7 @@ def write_split(rows: list[tuple[str, str]], out: Path, per_class: int, seed: in
         valid += [(t, label) for t in texts[cut:]]
     rng.shuffle(train)
     rng.shuffle(valid)
-    out.mkdir(parents=True, exist_ok=True)
-    for name, split in (("train", train), ("valid", valid)):
-        with open(out / f"{name}.csv", "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["text", "label"])
-            writer.writerows(split)
+    write_csvs(out, train, valid)
     counts = Counter(label for _, label in train + valid)
     print(f"{out}: {len(train)} train, {len(valid)} valid, {len(counts)} classes: "
           + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))

@@ -19,7 +19,6 @@ samples/s and accuracy (from summary.json).
 from __future__ import annotations
 
 import argparse
-import csv
 import gzip
 import json
 import os
@@ -28,8 +27,10 @@ import resource
 import subprocess
 import sys
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from pathlib import Path
+
+from real_data import write_csvs  # bench/: run as a script, its folder is on the path
 
 MAN_ROOT = Path("/usr/share/man")
 REPO = Path(__file__).resolve().parent.parent
@@ -68,17 +69,9 @@ def build(out: Path, rows: int, pages: int, seed: int = 0) -> None:
     rng.shuffle(labelled)
     valid, pool = labelled[:VALID_ROWS], labelled[VALID_ROWS:]
     train = pool[:rows] if rows <= len(pool) else pool + [rng.choice(pool) for _ in range(rows - len(pool))]
-    out.mkdir(parents=True, exist_ok=True)
-    for name, split in (("train", train), ("valid", valid)):
-        with open(out / f"{name}.csv", "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["text", "label"])
-            writer.writerows(split)
-    per_class = defaultdict(int)
-    for _, label in train:
-        per_class[label] += 1
+    write_csvs(out, train, valid)
     print(f"{out}: {len(train)} train ({len(set(t for t, _ in train))} distinct), {len(valid)} valid, "
-          f"{len(per_class)} classes, from {len(lines)} lines")
+          f"{len({label for _, label in train})} classes, from {len(lines)} lines")
 
 
 def run(folder: Path, recipe_args: list[str], processes: int) -> dict:

@@ -17,7 +17,7 @@ FORMATS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parque
 
 @contextlib.contextmanager
 def quiet_datasets() -> Iterator[None]:
-    """No 'Generating split' bars and no logged tracebacks from `datasets` while loading one file."""
+    """No bars and no logged tracebacks from `datasets` inside the block (loading a file, a map with our own bar)."""
     verbosity = ds_logging.get_verbosity()
     bars_were_off = are_progress_bars_disabled()
     ds_logging.set_verbosity(ds_logging.CRITICAL)

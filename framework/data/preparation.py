@@ -17,6 +17,7 @@ from datasets import Dataset
 from datasets.fingerprint import Hasher
 
 from framework.core.progress import progress_bar
+from framework.data.local_files import quiet_datasets
 
 T = TypeVar("T")
 
@@ -60,25 +61,10 @@ def map_with_progress(dataset: Dataset, function: Callable[[dict[str, list]], di
         return result
 
     try:
-        with _datasets_bars_off():
+        with quiet_datasets():  # datasets' own map bar off while ours counts: one bar per phase
             return dataset.map(prepare_and_count, load_from_cache_file=load_from_cache_file,
                                new_fingerprint=fingerprint, **arguments)
     finally:
         if bar is not None:
             bar.close()
 
-
-class _datasets_bars_off:
-    """datasets' own map bar off while ours counts (one bar per phase, not two)."""
-
-    def __enter__(self) -> None:
-        from datasets.utils import are_progress_bars_disabled, disable_progress_bars
-
-        self.were_off = are_progress_bars_disabled()
-        disable_progress_bars()
-
-    def __exit__(self, *_: Any) -> None:
-        from datasets.utils import enable_progress_bars
-
-        if not self.were_off:
-            enable_progress_bars()
