@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
+import pyarrow as pa
 from datasets import Dataset
 from tokenizers import Tokenizer
 from torch import nn
@@ -38,7 +39,7 @@ from framework.core.errors import FlagError, UserError
 from framework.data.hub import load_hub_splits
 from framework.data.labels import class_names_from, to_class_ids
 from framework.data.local_files import check_complete_rows, load_local_file
-from framework.data.preparation import counted, map_with_progress
+from framework.data.preparation import cached_beside, column_batches, map_with_progress, preparation_workers
 from framework.evaluate.baseline import score, tfidf_logistic_regression, wanted
 from framework.recipe import Recipe, RecipeData, run
 from framework.train.sparse import sparse_updates_apply
@@ -113,9 +114,8 @@ class TextConfig(TrainingConfig):
                           default=0.1)
     baseline: str = flag("Also fit TF-IDF (word 1-2-grams) + logistic regression on the same split and report it "
                          "beside the network: true, false, or auto (below 200k training texts).", default="auto")
-    preprocessing_num_workers: int = flag("Processes that turn texts into model inputs (more than 1: faster the "
-                                          "first time, but datasets then does not reuse the prepared splits).",
-                                          default=1)
+    preprocessing_num_workers: str = flag("Processes that turn texts into model inputs: auto (every core, for a "
+                                          "split of 20,000 texts or more; one below) or a number.", default="auto")
     overwrite_cache: bool = flag("Prepare the texts again instead of reusing the prepared splits that datasets "
                                  "cached for the same files and preparation flags.", default=False)
     model_name_or_path: str = flag("Fine-tune this pretrained transformers model (Hub name or folder) with its "
@@ -145,7 +145,9 @@ class TextConfig(TrainingConfig):
         for name in ("max_length", "d_model", "num_layers", "num_heads"):
             require(name, getattr(self, name) >= 1, "an integer >= 1")
         require("vocab_size", self.vocab_size >= 3, "an integer >= 3")
-        require("preprocessing_num_workers", self.preprocessing_num_workers >= 1, "an integer >= 1")
+        workers = self.preprocessing_num_workers
+        require("preprocessing_num_workers", workers == "auto" or (workers.isdigit() and int(workers) >= 1),
+                "auto or an integer >= 1")
         require("ngram_buckets", self.ngram_buckets >= 1, "an integer >= 1")
         try:
             parse_char_ngrams(self.char_ngrams)
@@ -205,7 +207,13 @@ def build_tokenizer(config: TextConfig, train: Dataset | None, trained=None):
         return Tokenizer.from_file(str(saved))
     if config.model_name_or_path:
         return load_tokenizer(config.model_name_or_path)
-    return train_tokenizer(counted(train[config.text_column], len(train), "train tokenizer"), config.vocab_size)
+    # Trained once per data: the next run with the same training split, and the job's other processes
+    # (which build after the main process), load it from beside datasets' cache files.
+    return cached_beside(train, ["bpe-tokenizer-1", config.vocab_size, config.text_column],
+                         lambda: train_tokenizer(column_batches(train, config.text_column, "train tokenizer"),
+                                                 config.vocab_size),
+                         lambda tokenizer, path: tokenizer.save(path), Tokenizer.from_file, suffix=".json",
+                         overwrite=config.overwrite_cache)
 
 
 def build_data(config: TextConfig, trained=None) -> RecipeData:
@@ -256,9 +264,9 @@ def build_data(config: TextConfig, trained=None) -> RecipeData:
 
     def tokenize(batch):
         texts = batch[text_column]
-        if kind == "ngram":
-            encoded = features(texts)
-        elif kind == "transformer":
+        if kind == "ngram":  # Arrow columns straight from the features' flat arrays
+            return pa.table({**features.arrow(texts), "labels": pa.array(batch[label_column], pa.int64())})
+        if kind == "transformer":
             encoded = {"input_ids": token_ids(tokenizer, texts, max_length)}
         else:  # attention_mask is rebuilt per batch by the collate function, after padding
             encoded = tokenizer(texts, truncation=True, max_length=max_length)
@@ -268,14 +276,17 @@ def build_data(config: TextConfig, trained=None) -> RecipeData:
     def prepare(split: Dataset | None, name: str) -> Dataset | None:
         if split is None:
             return None
-        workers = min(config.preprocessing_num_workers, len(split))
         return map_with_progress(split, tokenize, desc=f"prepare {name}", remove_columns=split.column_names,
-                                 num_proc=workers if workers > 1 else None,
+                                 num_proc=preparation_workers(config.preprocessing_num_workers, len(split)),
                                  load_from_cache_file=not config.overwrite_cache).with_format("torch")
 
     train, evaluation, test = prepare(train, "train"), prepare(evaluation, "eval"), prepare(test, "test")
     if train is not None and preprocessing.features is not None:
-        preprocessing.idf = inverse_document_frequency(train, preprocessing.features.num_features)
+        num_features = preprocessing.features.num_features
+        preprocessing.idf = cached_beside(train, ["idf", num_features],
+                                          lambda: inverse_document_frequency(train, num_features),
+                                          lambda idf, path: np.save(path, idf), np.load, suffix=".npy",
+                                          overwrite=config.overwrite_cache)
     pad_id = tokenizer.pad_token_id if config.model_kind == "pretrained" else PAD_ID
     return RecipeData(names, train=train, eval=evaluation, test=test, collate_fn=padder(pad_id),
                       preprocessing=preprocessing, baseline=baseline,

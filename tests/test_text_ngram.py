@@ -235,21 +235,74 @@ def test_default_model_beats_the_baseline_on_real_text(tmp_path, kind):
     assert summary["eval_accuracy"] >= best_linear - 0.02, (summary["eval_accuracy"], best_linear)
 
 
-def test_the_word_cache_leaves_the_features_and_their_datasets_hash_unchanged():
-    """Hashing once per distinct word gives the ids of hashing every occurrence, and the cache's contents do
-    not enter the fingerprint `datasets` takes of the tokenize function (or cached maps would never be reused)."""
+# Texts that take every path of the batched features: special tokens' text, the four control characters that
+# str.split() splits at and the pre-tokenizer does not, the batch separator itself, NFKC ligatures, combining marks,
+# non-ASCII words, long words, texts without any word, tabs and newlines, punctuation runs.
+AWKWARD = ["", " ", "\t\n", "...", "use [UNK] and [PAD] here", "[unk] lower", "a\x1fb c\x1c.d", "ab\u2029cd ef",
+           "Ünïcode ﬁne ΣΑΣ text", "e\u0301 combining", "x" * 300 + " y", "a.b,c;d (e) [f]", "\u00a0nbsp\u2003em",
+           "日本語の テキスト です", "emoji 😀😀 ok", "²³ ½ Ⅻ", "under_score __x__ x", "tab\tsep\nnew line",
+           "\u200bzero\u200bwidth"]
+
+
+def reference_feature_ids(features: NgramFeatures, text: str) -> list[int]:
+    """The features' definition, text by text, from strings: the tokenizer's own encoding (or [UNK]), CRC-32 of
+    every 'a b' pair of pre-tokenizer words, CRC-32 of every char_wb n-gram of the normalized text."""
+    tokenizer = features.tokenizer
+    normalized = tokenizer.normalizer.normalize_str(text)
+    words = [w for w, _ in tokenizer.pre_tokenizer.pre_tokenize_str(normalized)]
+    ids = tokenizer.encode(text).ids or [tokenizer.token_to_id("[UNK]")]
+    ids += [features.vocab_size + zlib.crc32(f"{a} {b}".encode()) % features.buckets for a, b in zip(words, words[1:])]
+    low, high = features.char_ngrams
+    if low:
+        ids += [features.char_start + zlib.crc32(g.encode()) % features.buckets for g in char_ngrams(normalized, low, high)]
+    return ids
+
+
+@pytest.mark.parametrize("buckets, grams, cache_limit", [(2**18, (2, 5), None), (1000, (1, 3), 40), (97, (0, 0), None)])
+def test_batched_features_are_the_text_by_text_definition(monkeypatch, buckets, grams, cache_limit):
+    """The batched path (per-word tables, CRCs of joined words computed from the words' own CRCs) gives, for
+    every text, the distinct ids and counts of the definition; also when the word cache restarts mid-batch,
+    for texts repeated in one batch and across batches, and its contents do not enter datasets' hash."""
     from datasets.fingerprint import Hasher
 
-    tokenizer = train_tokenizer(CORPUS, 200)
-    cached = NgramFeatures(tokenizer, 1000, (2, 5))
-    before = Hasher.hash(cached)
-    first = cached(CORPUS)
-    assert cached._word_cache and Hasher.hash(cached) == before
-    assert cached(CORPUS) == first == NgramFeatures(tokenizer, 1000, (2, 5))(CORPUS)
-    low, high = 2, 5
-    expected = sorted(set(cached.vocab_size + 1000 + zlib.crc32(g.encode()) % 1000
-                          for g in char_ngrams(cached.tokenizer.normalizer.normalize_str(CORPUS[0]), low, high)))
-    assert set(expected) <= set(first["input_ids"][0])
+    from text import features as module
+
+    if cache_limit:
+        monkeypatch.setattr(module, "WORD_CACHE_LIMIT", cache_limit)
+    texts = AWKWARD + CORPUS + [f"{a} {b}" for a in CORPUS for b in AWKWARD[4:9]] + AWKWARD
+    features = NgramFeatures(train_tokenizer(CORPUS + AWKWARD, 300), buckets, grams)
+    before = Hasher.hash(features)
+    got = features(texts[:40]), features(texts[40:])
+    assert Hasher.hash(features) == before and len(features._words) > 0
+    ids = got[0]["input_ids"] + got[1]["input_ids"]
+    counts = got[0]["counts"] + got[1]["counts"]
+    for sample, row_ids, row_counts in zip(texts, ids, counts):
+        expected, times = np.unique(np.array(reference_feature_ids(features, sample), dtype=np.int64),
+                                    return_counts=True)
+        assert (row_ids, row_counts) == (expected.tolist(), times.tolist()), sample
+
+
+def test_the_crc_of_joined_words_is_computed_from_their_parts():
+    """crc(a + ' ' + b) from crc(a), crc(' ' + b) and its byte length, for lengths of every bit pattern to 2**12."""
+    from text.features import _crc_shift
+
+    rng = np.random.default_rng(0)
+    lefts = [bytes(rng.integers(0, 256, rng.integers(0, 9))) for _ in range(300)]
+    rights = [b" " + bytes(rng.integers(0, 256, n)) for n in list(range(0, 70)) + [127, 128, 255, 1000, 4095] * 46]
+    crcs = _crc_shift().shift(np.array([zlib.crc32(a) for a in lefts], dtype=np.uint64),
+                              np.array([len(b) for b in rights])) ^ np.array([zlib.crc32(b) for b in rights], np.uint64)
+    assert crcs.tolist() == [zlib.crc32(a + b) for a, b in zip(lefts, rights)]
+
+
+def test_str_split_and_the_pre_tokenizer_agree_on_whitespace():
+    """The batched features rest on this: every character str.split() splits at is one the pre-tokenizer also
+    splits at, except the four the features send text by text."""
+    from text.features import _SPLIT_BY_PYTHON_ONLY
+
+    pre = train_tokenizer(CORPUS, 100).pre_tokenizer
+    differ = [chr(c) for c in range(0x110000) if not 0xD800 <= c < 0xE000 and chr(c).isspace()
+              and [w for w, _ in pre.pre_tokenize_str(f"a{chr(c)}.{chr(c)}b")] != ["a", ".", "b"]]
+    assert differ == list(_SPLIT_BY_PYTHON_ONLY)
 
 
 def test_sparse_steps_train_what_dense_steps_train():

@@ -54,29 +54,41 @@ def _describe(value: Any) -> str:
     return repr(value)
 
 
-def _label_values(split: Dataset, column: str, what: str) -> list[str]:
-    """Every label of `split` as its class name; refuses lists, objects and fractional numbers, naming the row.
+def _label_codes(split: Dataset, column: str, what: str) -> tuple[list[str], np.ndarray]:
+    """The distinct class names among `split`'s labels and each row's index into them (worked out in Arrow:
+    a million labels take a fraction of a second). Refuses lists, objects and fractional numbers, naming the row.
 
     `what` names the split as the messages start it: "the training data", "--validation_file 'v.csv'".
     """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     feature = split.features[column]
-    if isinstance(feature, ClassLabel):
-        return [feature.int2str(int(v)) if v is not None and v >= 0 else "" for v in split[column]]
+    values = split.with_format("arrow")[column]
+    values = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    if isinstance(feature, ClassLabel):  # ids; -1 (unlabelled) has the name ""
+        ids = values.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+        present, codes = np.unique(ids, return_inverse=True)
+        return [feature.int2str(int(i)) if i >= 0 else "" for i in present], codes.astype(np.int64)
     kind = getattr(feature, "dtype", None)
-    values = split[column]
     if kind is None or kind in ("list", "dict", "struct"):
-        row = next((i for i, v in enumerate(values) if v is not None), 0)
-        raise UserError(f"{what} row {row + 1} has label {_describe(values[row])}; a label must be one "
+        row = next((i for i, v in enumerate(values.to_pylist()) if v is not None), 0)
+        raise UserError(f"{what} row {row + 1} has label {_describe(values[row].as_py())}; a label must be one "
                         f"value (a class name or number)")
     if kind.startswith("float"):
-        array = np.asarray(values, dtype=np.float64)
+        array = values.to_numpy(zero_copy_only=False).astype(np.float64)
         fractional = np.flatnonzero(~np.isfinite(array) | (array != np.round(array)))
         if len(fractional):
             row = int(fractional[0])
-            raise UserError(f"{what} row {row + 1} has label {values[row]!r}, not a whole number: labels "
+            raise UserError(f"{what} row {row + 1} has label {values[row].as_py()!r}, not a whole number: labels "
                             f"are class names, and fractional values are a regression target, not classes")
-        return [str(int(v)) for v in array]
-    return [label_name(v) for v in values]
+        values = pa.array(array.astype(np.int64))
+    encoded = pc.dictionary_encode(values, null_encoding="encode")
+    codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    names = [label_name(v) for v in encoded.dictionary.to_pylist()]
+    distinct = list(dict.fromkeys(names))  # two values may name one class (never in one typed column; kept safe)
+    position = {name: i for i, name in enumerate(distinct)}
+    return distinct, np.array([position[name] for name in names], dtype=np.int64)[codes]
 
 
 def _as_ids(split: Dataset, column: str, ids: np.ndarray, names: list[str]) -> Dataset:
@@ -98,16 +110,18 @@ def class_names_from(train: Dataset, column: str, *, what: str = "the training d
     feature = train.features[column]
     if isinstance(feature, ClassLabel):
         names = list(feature.names)
-        present = sorted({int(v) for v in train[column]})
+        import pyarrow.compute as pc
+
+        present = sorted(v for v in pc.unique(train.with_format("arrow")[column]).to_pylist() if v is not None)
         if present and (present[0] < 0 or present[-1] >= len(names)):
             bad = present[0] if present[0] < 0 else present[-1]
             raise UserError(f"{what} has label id {bad}, outside its {len(names)} class names")
         seen = [names[i] for i in present]
     else:
-        values = _label_values(train, column, what)
-        names = sorted_class_names(set(values))
+        distinct, codes = _label_codes(train, column, what)
+        names = sorted_class_names(set(distinct))
         index = {name: i for i, name in enumerate(names)}
-        train = _as_ids(train, column, np.array([index[v] for v in values]), names)
+        train = _as_ids(train, column, np.array([index[v] for v in distinct], dtype=np.int64)[codes], names)
         seen = names
     if len(seen) < 2:
         found = f"only the class {seen[0]!r}" if seen else "no labels"
@@ -130,10 +144,10 @@ def to_class_ids(split: Dataset, column: str, names: list[str], what: str, *, re
     feature = split.features[column]
     if isinstance(feature, ClassLabel) and list(feature.names) == list(names):
         return split
-    values = _label_values(split, column, what)
+    distinct, codes = _label_codes(split, column, what)
     index = {name: i for i, name in enumerate(names)}
-    unknown = sorted_class_names(set(values) - set(index))
+    unknown = sorted_class_names(set(distinct) - set(index))
     if unknown:
         shown = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
         raise UserError(f"{what} has label {unknown[0]!r}, not one of the model's classes ({shown})")
-    return _as_ids(split, column, np.array([index[v] for v in values]), names)
+    return _as_ids(split, column, np.array([index[v] for v in distinct], dtype=np.int64)[codes], names)
