@@ -156,8 +156,9 @@ def build_docstrings(out: Path, per_class: int, packages: int) -> None:
     write_split([r for r in rows if r[1] in largest], out, per_class)
 
 
-def build_icons(out: Path, sizes: tuple[str, ...]) -> None:
-    """Adwaita PNG icons labelled by context (actions, devices, ...), split 80/20 by icon name."""
+def icon_splits(sizes: tuple[str, ...]) -> dict[str, dict[str, dict[str, list[Path]]]]:
+    """{context: {"train" | "valid": {icon name: its PNG files}}}: Adwaita icons by context (actions, devices, ...;
+    not legacy), contexts of at least MIN_PER_CLASS icons, split 80/20 by icon name (seed 0)."""
     by_context = defaultdict(lambda: defaultdict(list))
     for size in sizes:
         for png in sorted((ICON_ROOT / size).glob("*/*.png")):
@@ -165,18 +166,26 @@ def build_icons(out: Path, sizes: tuple[str, ...]) -> None:
             if context != "legacy":
                 by_context[context][png.stem].append(png)
     rng = random.Random(0)
-    if out.exists():
-        shutil.rmtree(out)
+    splits = {}
     for context, icons in sorted(by_context.items()):
         names = sorted(icons)
         if len(names) < MIN_PER_CLASS:
             continue
         rng.shuffle(names)
         cut = round(0.8 * len(names))
-        for split, chosen in (("train", names[:cut]), ("valid", names[cut:])):
+        splits[context] = {"train": {n: icons[n] for n in names[:cut]}, "valid": {n: icons[n] for n in names[cut:]}}
+    return splits
+
+
+def build_icons(out: Path, sizes: tuple[str, ...]) -> None:
+    """Adwaita PNG icons labelled by context (actions, devices, ...), split 80/20 by icon name."""
+    if out.exists():
+        shutil.rmtree(out)
+    for context, by_split in icon_splits(sizes).items():
+        for split, icons in by_split.items():
             folder = out / split / context
             folder.mkdir(parents=True, exist_ok=True)
-            for name in chosen:
+            for name in icons:
                 for png in icons[name]:
                     shutil.copyfile(png, folder / f"{name}-{png.parts[-3]}.png")
     for split in ("train", "valid"):

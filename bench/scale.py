@@ -1,7 +1,8 @@
-"""Scale measurements on real text: large CSV sets built from this machine's man pages, and recipe runs on them.
+"""Scale measurements on real data: large sets built from this machine's man pages and icons, and recipe runs.
 
     python bench/scale.py build OUT/man100k --rows 100000               # 17 classes: language / English section
     python bench/scale.py build OUT/pages1k --rows 100000 --pages 1000  # 1,000 classes: the man page itself
+    python bench/scale.py images OUT/icons100k --files 100000           # 32x32 PNG files, 8 icon contexts
     python bench/scale.py run OUT/man100k -- --max_steps 200            # one recipe run: time, peak RSS, rate
 
 `build` reads every line of at least 40 characters of text (roff requests dropped) of the
@@ -11,9 +12,14 @@ pages by their section ("en.1", "en.8", ...), and the 17 most frequent labels ar
 with `--pages N` a line is labelled by its page instead, for the N pages with the most
 lines. Training rows are drawn at random from those lines (repeating them only when more
 rows are asked for than there are lines); 5,000 other lines are the validation file.
-`run` starts the text recipe as a subprocess on OUT/train.csv and OUT/valid.csv and prints
-one JSON line: wall time, peak RSS of the process tree, preparation time, training
-samples/s and accuracy (from summary.json).
+`images` writes OUT/train/<context>/<n>.png (`--files` of them) and 5,000 OUT/valid files:
+each a random crop (60-100% of the side) of one of the Adwaita icons on this machine
+(/usr/share/icons/Adwaita, 32x32 and 48x48), resized to 32x32 RGB over white, labelled by
+the icon's context (actions, devices, ...); training and validation files come from
+different icons (bench/real_data.py's 80/20 split by icon name).
+`run` starts the text recipe on OUT/train.csv and OUT/valid.csv, or the image recipe on
+OUT/train/ and OUT/valid/, as a subprocess and prints one JSON line: wall time, peak RSS of
+the process tree, preparation time, training samples/s and accuracy (from summary.json).
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from real_data import write_csvs  # bench/: run as a script, its folder is on the path
+from real_data import icon_splits, write_csvs  # bench/: run as a script, its folder is on the path
 
 MAN_ROOT = Path("/usr/share/man")
 REPO = Path(__file__).resolve().parent.parent
@@ -74,13 +80,45 @@ def build(out: Path, rows: int, pages: int, seed: int = 0) -> None:
           f"{len({label for _, label in train})} classes, from {len(lines)} lines")
 
 
+def build_images(out: Path, files: int, seed: int = 0) -> None:
+    """out/train/<context>/<n>.png (`files` of them) and VALID_ROWS out/valid files: random crops of real icons."""
+    from PIL import Image
+
+    splits = icon_splits(("32x32", "48x48"))
+    rng = random.Random(seed)
+    sources = {}
+    for split, count in (("train", files), ("valid", VALID_ROWS)):
+        pool = [(context, png) for context, by_split in splits.items() for pngs in by_split[split].values()
+                for png in pngs]
+        for context in splits:
+            (out / split / context).mkdir(parents=True, exist_ok=True)
+        for n in range(count):
+            context, png = rng.choice(pool)
+            if png not in sources:
+                with Image.open(png) as image:
+                    rgba = image.convert("RGBA")
+                white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+                sources[png] = Image.alpha_composite(white, rgba).convert("RGB")
+            image = sources[png]
+            side = round(image.width * rng.uniform(0.6, 1.0))
+            left, top = rng.randint(0, image.width - side), rng.randint(0, image.height - side)
+            crop = image.crop((left, top, left + side, top + side)).resize((32, 32))
+            crop.save(out / split / context / f"{n}.png")
+        print(f"{out / split}: {count} files from {len(pool)} icons, {len(splits)} classes")
+
+
 def run(folder: Path, recipe_args: list[str], processes: int) -> dict:
-    """One text recipe run on folder/{train,valid}.csv; what it cost."""
+    """One recipe run on folder/{train,valid}.csv (text) or folder/{train,valid}/ (images); what it cost."""
     out = folder / "run"
     config = "cpu_2proc.yaml" if processes == 2 else "cpu.yaml"
+    if (folder / "train.csv").is_file():
+        recipe, data = "text_classification.py", ["--train_file", str(folder / "train.csv"), "--validation_file",
+                                                  str(folder / "valid.csv")]
+    else:
+        recipe, data = "image_classification.py", ["--train_dir", str(folder / "train"), "--validation_dir",
+                                                   str(folder / "valid")]
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-               str(REPO / "accelerate_configs" / config), str(REPO / "recipes" / "text_classification.py"),
-               "--train_file", str(folder / "train.csv"), "--validation_file", str(folder / "valid.csv"),
+               str(REPO / "accelerate_configs" / config), str(REPO / "recipes" / recipe), *data,
                "--output_dir", str(out), "--overwrite_output_dir", "true", "--baseline", "false", *recipe_args]
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_DATASETS_OFFLINE": "1"})
@@ -90,6 +128,7 @@ def run(folder: Path, recipe_args: list[str], processes: int) -> dict:
     summary = json.loads((out / "summary.json").read_text())
     return {"args": " ".join(recipe_args), "processes": processes, "wall_s": round(wall, 1),
             "preparation_s": round(summary["preparation_time_s"], 1),
+            "first_step_s": round(summary["time_to_first_step_s"], 1),
             "peak_rss_gb_one_process": round(summary["peak_host_rss_mib"] / 1024, 2),
             "peak_rss_gb_children": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20, 2),
             "train_samples_per_second": round(summary["train_samples_per_second"]),
@@ -104,6 +143,9 @@ def main(argv: list[str] | None = None) -> None:
     b.add_argument("out", type=Path)
     b.add_argument("--rows", type=int, default=100_000)
     b.add_argument("--pages", type=int, default=0, help="label lines by page, for this many pages (0: 17 labels)")
+    i = sub.add_parser("images")
+    i.add_argument("out", type=Path)
+    i.add_argument("--files", type=int, default=100_000)
     r = sub.add_parser("run")
     r.add_argument("folder", type=Path)
     r.add_argument("--processes", type=int, choices=(1, 2), default=1)
@@ -112,6 +154,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv[:cut])
     if args.command == "build":
         build(args.out, args.rows, args.pages)
+    elif args.command == "images":
+        build_images(args.out, args.files)
     else:
         print(json.dumps(run(args.folder, argv[cut + 1:], args.processes)))
 

@@ -20,7 +20,9 @@ A recipe declares what is particular to its task:
   the model in another library's layout, e.g. transformers' save_pretrained),
   `loss(config, data)` (the per-sample loss, instead of `default_loss`: cross entropy
   with --class_weights and --label_smoothing), `components(config)` (run-level
-  features beside the defaults, framework.train.components).
+  features beside the defaults, framework.train.components), `shared_preparation` (True:
+  `build_data` runs on every process at once instead of on the main process first, for a
+  recipe whose processes share the preparation, framework.data.preparation.shared_work).
 
 `run(recipe, argv)` then builds the Accelerator, claims the output directory,
 places the model, builds optimizer and schedule, prepares what must be prepared
@@ -98,6 +100,9 @@ class Recipe:
     loss: Optional[Callable[[Any, RecipeData], LossFn]] = None  # (config, data) -> per-sample loss; default_loss
     components: Optional[Callable[[Any], list[Component]]] = None  # (config) -> run-level features beside the defaults
     name: str = ""  # written into config.yaml as `recipe`, so --model_path can tell a run of another recipe
+    # build_data on every process at once rather than the main process first: for a recipe that shares its
+    # preparation (framework.data.preparation.shared_work) and orders the rest itself (main_process_first)
+    shared_preparation: bool = False
 
 
 @dataclass(frozen=True)
@@ -238,8 +243,11 @@ def _trained_model(recipe: Recipe, config: TrainingConfig) -> Optional[TrainedMo
 def _data_and_model(recipe: Recipe, config: TrainingConfig, accelerator: Accelerator,
                     trained: Optional[TrainedModel]) -> tuple[RecipeData, torch.nn.Module]:
     """The recipe's data (the same preprocessing on every process) and its model on the device."""
-    with accelerator.main_process_first():  # the main process downloads and caches; the others reuse it
+    if recipe.shared_preparation:
         data = recipe.build_data(config, trained)
+    else:
+        with accelerator.main_process_first():  # the main process downloads and caches; the others reuse it
+            data = recipe.build_data(config, trained)
     check_same_preprocessing(accelerator, data.fingerprint)
     if trained and list(data.class_names) != list(trained.class_names):
         raise UserError(f"the data's classes {data.class_names} differ from those of --model_path "

@@ -23,8 +23,10 @@ from functools import partial
 from pathlib import Path
 from typing import Callable
 
+import datasets
 import numpy as np
 import torch
+from accelerate import PartialState
 from datasets import Dataset, Image, load_dataset
 from torch import nn
 
@@ -37,7 +39,9 @@ from framework.data.local_files import quiet_datasets
 from framework.evaluate.baseline import pixel_logistic_regression, score, wanted
 from framework.recipe import Recipe, RecipeData, run
 
-from image.files import check_folder_layout, to_rgb, unreadable_images
+from image.files import list_image_folder, to_rgb, unreadable_images
+
+CHECKS_FOLDER = "framework-image-checks"  # under datasets' cache folder: the decode checks kept for the next run
 
 
 @dataclass
@@ -67,6 +71,8 @@ class ImageConfig(TrainingConfig):
                          default="auto")
     skip_bad_images: bool = flag("Leave out images that cannot be decoded (counted in the banner and "
                                  "summary.json) instead of stopping before training.", default=False)
+    overwrite_cache: bool = flag("Decode every image again in the check before training, instead of trusting the "
+                                 "check kept for files whose size and modification time are unchanged.", default=False)
 
     def validate(self) -> None:
         super().validate()
@@ -97,8 +103,11 @@ AUGMENTATIONS = ("crop", "flip")
 
 
 def load_folder(flag_name: str, folder: str, classes_required: bool = True) -> Dataset:
-    """A local image folder (class sub-folders give a label column) as a Dataset, in file order."""
-    check_folder_layout(folder, flag_name, classes_required=classes_required)
+    """A local image folder (class sub-folders give a label column) as a Dataset, in file order: listed by the
+    recipe, or by datasets' imagefolder where a metadata file names the labels."""
+    listed = list_image_folder(folder, flag_name, classes_required=classes_required)
+    if listed is not None:
+        return listed
     try:
         with quiet_datasets():
             return load_dataset("imagefolder", data_dir=folder, split="train")
@@ -153,9 +162,12 @@ def transform(image_column: str, label_column: str, size: int) -> Callable[[dict
     return apply
 
 
-def drop_unreadable(dataset: Dataset, column: str, what: str, skip: bool) -> tuple[Dataset, set[int]]:
-    """Decode every image first; stop with one line naming the first bad one, or leave them out with `skip`."""
-    bad = unreadable_images(dataset, column)
+def drop_unreadable(dataset: Dataset, column: str, what: str, config: ImageConfig) -> tuple[Dataset, set[int]]:
+    """Decode every image first (once per job, kept for the next run); stop with one line naming the first bad one,
+    or leave them out with --skip_bad_images."""
+    bad = unreadable_images(dataset, column, cache_dir=Path(datasets.config.HF_DATASETS_CACHE) / CHECKS_FOLDER,
+                            overwrite=config.overwrite_cache, desc=f"check {what}")
+    skip = config.skip_bad_images
     if bad and not skip:
         _, name, reason = bad[0]
         raise UserError(f"the {what} has {len(bad)} unreadable image(s), the first {name!r} ({reason}); "
@@ -166,9 +178,12 @@ def drop_unreadable(dataset: Dataset, column: str, what: str, skip: bool) -> tup
 
 def build_data(config: ImageConfig, trained=None) -> RecipeData:
     """The splits the run needs, yielding pixel_values and labels; class names from the training data's
-    label column (or the --model_path run); unreadable images stop the run or are left out and counted."""
-    train, evaluation = load_splits(config)
-    test = load_folder("--test_dir", config.test_dir, classes_required=False) if config.do_predict else None
+    label column (or the --model_path run); unreadable images stop the run or are left out and counted.
+
+    Runs on every process at once (the Recipe's shared_preparation): the processes share the decode check."""
+    with PartialState().main_process_first():  # a Hub download, imagefolder's cache files: the main process first
+        train, evaluation = load_splits(config)
+        test = load_folder("--test_dir", config.test_dir, classes_required=False) if config.do_predict else None
     present = [s for s in (train, evaluation, test) if s is not None]
     column = image_column_of(present[0], config.image_column)
     hint = "set --label_column, or put the images in one sub-folder per class"
@@ -178,15 +193,15 @@ def build_data(config: ImageConfig, trained=None) -> RecipeData:
         names = list(trained.class_names)
     skipped, test_ids = 0, None
     if test is not None:
-        raw = test.cast_column(column, Image(decode=False))
-        test_ids = [str(Path(v["path"]).relative_to(Path(config.test_dir).resolve()))
-                    if v.get("path") and Path(v["path"]).is_absolute() else v.get("path") or str(i)
-                    for i, v in enumerate(raw[column])]
+        paths = test.cast_column(column, Image(decode=False)).with_format("arrow")[column]
+        root = Path(config.test_dir).resolve()
+        test_ids = [str(Path(path).resolve().relative_to(root)) if path and Path(path).is_absolute() else path or str(i)
+                    for i, path in enumerate(paths.combine_chunks().field("path").to_pylist())]
     splits, raw = {}, {}
     for what, split in (("training data", train), ("evaluation data", evaluation), ("test data", test)):
         if split is None:
             continue
-        split, bad = drop_unreadable(split, column, what, config.skip_bad_images)
+        split, bad = drop_unreadable(split, column, what, config)
         skipped += len(bad)
         if what == "test data" and bad:
             test_ids = [row_id for i, row_id in enumerate(test_ids) if i not in bad]
@@ -259,7 +274,7 @@ def build_model(config: ImageConfig, data: RecipeData) -> nn.Module:
 
 
 RECIPE = Recipe(ImageConfig, build_data, build_model, model_flags=("channels", "groups", "image_size"),
-                name="image_classification")
+                name="image_classification", shared_preparation=True)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import re
 import sys
+import time
 
 import pytest
 
@@ -51,8 +52,11 @@ def test_preparation_phases_show_in_a_log_and_a_cached_preparation_is_reused(tmp
     env = {"TQDM_MININTERVAL": "0", "HF_DATASETS_CACHE": str(tmp_path / "cache")}  # every refresh; a fresh cache
     args = [sys.executable, str(TEXT), "--train_file", str(text_files / "train.csv"), "--validation_file",
             str(text_files / "valid.csv"), "--max_steps", "2", "--baseline", "false", "--preprocessing_num_workers", "2"]
+    started = time.time()
     first = launch([*args, "--output_dir", str(tmp_path / "first")], env=env)
     assert first.returncode == 0, first.stderr[-3000:]
+    summary = read_json(tmp_path / "first" / "summary.json")  # the first step: after preparation, within the run
+    assert 0 < summary["preparation_time_s"] < summary["time_to_first_step_s"] < time.time() - started
     assert "\r" not in first.stderr and "\x1b" not in first.stderr
     lines = first.stderr.splitlines()
     for phase, unit, total in (("train tokenizer", "row", 600), ("prepare train", "sample", 600),

@@ -113,6 +113,28 @@ def cached_beside(dataset: Dataset, key: Any, compute: Callable[[], T], save: Ca
     return value
 
 
+def shared_work(plan: Callable[[], tuple[Any, list[T]]], work: Callable[[list[T]], list[Any]]) -> tuple[Any, list]:
+    """Work done once per job, shared by its processes, which all call this together.
+
+    The main process makes the plan: `plan()` returns (what it found, the items to work on), and every
+    process receives it, so all agree on the items even where they would have seen something else (a
+    cache file another job rewrote meanwhile). Process p works on items p, p + N, p + 2N, ... with
+    `work(items)`, which returns a list of results; every process returns (what the plan found, the
+    results of all processes: process 0's first).
+    """
+    state = PartialState()
+    if state.num_processes == 1:
+        found, items = plan()
+        return found, work(items)
+    from accelerate.utils import broadcast_object_list, gather_object
+
+    box = [plan() if state.is_main_process else None]
+    broadcast_object_list(box, from_process=0)
+    found, items = box[0]
+    parts = gather_object([work(items[state.process_index::state.num_processes])])
+    return found, [result for part in parts for result in part]
+
+
 def preparation_workers(setting: str, rows: int) -> int:
     """Worker processes for a preparation map: an integer as given, or for 'auto' every core this process
     may use (the job's other processes wait for the main one while it prepares), but one for a split of

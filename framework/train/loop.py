@@ -199,6 +199,8 @@ def train_epoch(run: TrainingRun, state: TrainState, components: Sequence[Compon
     run.model.train()
     started = time.perf_counter()
     for window, batches in run.train_data.epoch(state.epoch, state.window):
+        if run.first_step_at is None:
+            run.first_step_at = time.time()
         lr = run.scheduler.get_last_lr()[0]  # the lr this step applies
         skipped = _optimizer_step(run, window, batches, running)
         state.step += 1
@@ -277,6 +279,15 @@ def _data_wait_share(run: TrainingRun) -> Optional[float]:
                              f"data-bound): try more --dataloader_num_workers (now {workers}), a cheaper "
                              f"augmentation or collate function, or data prepared in advance")
     return share
+
+
+def _since_process_start(moment: Optional[float]) -> Optional[float]:
+    """Seconds from this process's start (interpreter, imports, data preparation, setup) to `moment`."""
+    if moment is None:
+        return None
+    import psutil  # an Accelerate dependency
+
+    return moment - psutil.Process().create_time()
 
 
 def setup(run: TrainingRun) -> TrainState:
@@ -365,6 +376,7 @@ def finish(run: TrainingRun, state: TrainState, components: Sequence[Component])
     }
     summary["data_wait_share"] = _data_wait_share(run)
     summary["preparation_time_s"] = run.preparation_s
+    summary["time_to_first_step_s"] = _since_process_start(run.first_step_at)
     run.run_dir.write_json("summary.json", summary)
     accelerator.wait_for_everyone()
     return FitResult(run.report, summary, state, run.optimizer, run.model)

@@ -76,3 +76,4 @@ class TrainingRun:
     stopping: bool = False  # all processes agreed to stop (a stop signal arrived)
     checkpointed_step: int = -1
     started: float = 0.0  # perf_counter() when fit began (wall_time_s)
+    first_step_at: Optional[float] = None  # time.time() when this run's first optimizer step began
