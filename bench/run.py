@@ -263,7 +263,7 @@ def run_framework(w: Workload, precision: str, dataset) -> tuple[float, float, d
                                 gradient_accumulation_steps=1 if w.auto else w.accum, learning_rate=ADAMW["lr"],
                                 weight_decay=ADAMW["weight_decay"], lr_scheduler_type="constant",
                                 max_steps=w.warmup + w.steps, logging_steps=math.gcd(w.warmup, w.window),
-                                mixed_precision=precision, dataloader_num_workers=w.workers,
+                                mixed_precision=precision, dataloader_num_workers=str(w.workers),
                                 auto_find_batch_size=w.auto, max_memory_gib=w.max_memory_gib,
                                 total_train_batch_size=w.micro * w.accum if w.auto else 0,
                                 torch_compile=w.compile, gradient_checkpointing=w.checkpoint)

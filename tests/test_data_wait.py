@@ -39,3 +39,29 @@ def test_a_slow_dataset_is_reported_as_data_bound(tmp_path, capsys):
 def test_the_share_is_recorded_for_every_run(tmp_path):
     assert run_digits_in_process(tmp_path, "--max_steps", "5", "--mixed_precision", "no") == 0
     assert 0.0 <= read_json(tmp_path / "summary.json")["data_wait_share"] < 1.0
+
+
+def test_auto_dataloader_workers_follow_the_device_the_set_and_the_cores():
+    from framework.data.loaders import loader_workers
+
+    cases = {  # (setting, device, samples, processes on the node, cores) -> workers
+        ("auto", "cpu", 100_000, 1, 16): 0,  # the step uses the cores
+        ("auto", "cuda", 5_000, 1, 16): 0,  # a small set loads faster in the training process
+        ("auto", "cuda", 100_000, 1, 16): 8,  # 15 spare cores, at most 8
+        ("auto", "cuda", 100_000, 4, 16): 3,  # 4 cores each, one is the training process's
+        ("auto", "cuda", 100_000, 16, 16): 0,  # one core each: nothing to spare
+        ("3", "cpu", 10, 1, 2): 3,  # a number is taken as given
+    }
+    for (setting, device, samples, processes, cores), expected in cases.items():
+        assert loader_workers(setting, device, samples, processes, cores)[0] == expected, (setting, device, samples)
+
+
+def test_the_banner_and_summary_say_how_many_workers_load_the_data(tmp_path, capsys):
+    assert run_digits_in_process(tmp_path / "auto", "--max_steps", "2", "--mixed_precision", "no") == 0
+    assert "data loading    : 0 DataLoader workers per process (auto: on CPU the training step uses the cores)" in \
+        capsys.readouterr().out
+    assert read_json(tmp_path / "auto" / "summary.json")["dataloader_num_workers"] == 0
+    assert run_digits_in_process(tmp_path / "two", "--max_steps", "2", "--mixed_precision", "no",
+                                 "--dataloader_num_workers", "2") == 0
+    assert "data loading    : 2 DataLoader workers per process (as given)" in capsys.readouterr().out
+    assert read_json(tmp_path / "two" / "summary.json")["dataloader_num_workers"] == 2

@@ -59,7 +59,10 @@ class BatchFlags:
     per_device_train_batch_size: int = flag("Micro-batch size on each process.", default=32)
     per_device_eval_batch_size: int = flag("Evaluation batch size on each process.", default=128)
     gradient_accumulation_steps: int = flag("Micro-batches accumulated into one optimizer step.", default=1)
-    dataloader_num_workers: int = flag("DataLoader worker processes per training process.", default=0)
+    dataloader_num_workers: str = flag(
+        "DataLoader worker processes per training process: auto (on CUDA, this process's share of the node's cores "
+        "less one, at most 8, for a training set of 10,000 samples or more; otherwise 0) or a number.",
+        default="auto")
     total_train_batch_size: int = flag(
         "Effective batch over all processes; 0 means micro-batch x accumulation x processes. When set, "
         "accumulation follows from it.", default=0)
@@ -74,7 +77,8 @@ class BatchFlags:
         """Raise `InvalidFlag` for the first value of this group outside its allowed range."""
         for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
             require(name, getattr(self, name) >= 1, "an integer >= 1")
-        require("dataloader_num_workers", self.dataloader_num_workers >= 0, "an integer >= 0")
+        workers = self.dataloader_num_workers
+        require("dataloader_num_workers", workers == "auto" or workers.isdigit(), "auto or an integer >= 0")
         require("total_train_batch_size", self.total_train_batch_size >= 0, "an integer >= 0")
         require("gradient_accumulation_steps", not self.total_train_batch_size or self.gradient_accumulation_steps == 1,
                 "left at 1 when --total_train_batch_size is set (accumulation then follows from it)")

@@ -153,7 +153,7 @@ def _describe(notes: dict) -> str:
 def format_banner(*, world_size: int, device: str, precision: Precision, micro_batch: int, accumulation: int,
                   effective_batch: int, steps_per_epoch: int, total_steps: int, train_samples: int,
                   compiled: Optional[str] = None, data_notes: Optional[dict] = None,
-                  preparation_s: Optional[float] = None) -> str:
+                  preparation_s: Optional[float] = None, loader: Optional[tuple[int, str]] = None) -> str:
     """The run banner: where it runs, what precision really runs, the effective batch and the steps planned."""
     if effective_batch == micro_batch * accumulation * world_size:
         batch = (f"{micro_batch} micro-batch x {accumulation} accumulation x {world_size} processes"
@@ -173,5 +173,7 @@ def format_banner(*, world_size: int, device: str, precision: Precision, micro_b
         *([f"data            : {_describe(data_notes)}"] if data_notes else []),
         *([f"preparation     : {preparation_s:.1f} s (loading and preparing the data, building the model)"]
           if preparation_s is not None else []),
+        *([f"data loading    : {loader[0]} DataLoader worker{'s' if loader[0] != 1 else ''} per process "
+           f"({loader[1]})"] if loader is not None else []),
         "=" * 72,
     ])

@@ -20,6 +20,7 @@ whichever DataLoader worker loads it, and after a resume.
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional, Sequence
@@ -164,6 +165,8 @@ class TrainData:
     def __init__(self, dataset: Any, plan: WindowPlan, collate_fn: Optional[Callable] = None,
                  num_workers: int = 0, pin_memory: bool = False, augment: Optional[Augment] = None):
         self.plan = plan
+        self.num_workers = num_workers
+        self.workers_note = ""  # why this many (build_train_data: --dataloader_num_workers auto)
         self.wait_seconds = 0.0  # time spent waiting for micro-batches (framework.train.loop: data_wait_share)
         self._sampler = _WindowBatchSampler(plan)
         # Its own generator: a DataLoader draws a base seed each time an iterator starts, and
@@ -207,6 +210,36 @@ class TrainData:
         return batch
 
 
+AUTO_WORKERS_MIN_SAMPLES = 10_000  # --dataloader_num_workers auto: smaller sets load in the training process
+AUTO_WORKERS_MAX = 8
+
+
+def loader_workers(setting: str, device_type: str, num_samples: int, processes_on_node: int,
+                   cores: Optional[int] = None) -> tuple[int, str]:
+    """The DataLoader workers of one process for --dataloader_num_workers, and why (for the banner).
+
+    auto: 0 on a CPU, whose cores run the training step itself (workers would take them from it); 0 for
+    a set under AUTO_WORKERS_MIN_SAMPLES samples, which the training process loads faster than workers
+    hand batches over; otherwise this process's share of the node's cores less one (the process itself),
+    at most AUTO_WORKERS_MAX.
+    """
+    if setting != "auto":
+        return int(setting), "as given"
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if device_type != "cuda":
+        return 0, f"auto: on {device_type.upper()} the training step uses the cores"
+    if num_samples < AUTO_WORKERS_MIN_SAMPLES:
+        return 0, f"auto: {num_samples} samples load faster in the training process"
+    share = max(1, cores // max(1, processes_on_node))
+    return min(AUTO_WORKERS_MAX, share - 1), f"auto: {cores} cores for {processes_on_node} processes"
+
+
+def _workers(config: TrainingConfig, accelerator: Accelerator, num_samples: int) -> tuple[int, str]:
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
+    return loader_workers(config.dataloader_num_workers, accelerator.device.type, num_samples, local)
+
+
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     """Move a batch's tensors to `device` (non-blocking: pinned host memory overlaps the copy)."""
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
@@ -227,8 +260,10 @@ def build_train_data(dataset: Sequence, config: TrainingConfig, accelerator: Acc
     plan = WindowPlan(len(dataset), config.per_device_train_batch_size, config.gradient_accumulation_steps,
                       accelerator.num_processes, accelerator.process_index, config.seed, shuffle,
                       effective_batch=total)
-    return TrainData(dataset, plan, collate_fn, config.dataloader_num_workers,
-                     pin_memory=accelerator.device.type == "cuda", augment=augment)
+    workers, why = _workers(config, accelerator, len(dataset))
+    data = TrainData(dataset, plan, collate_fn, workers, pin_memory=accelerator.device.type == "cuda", augment=augment)
+    data.workers_note = why
+    return data
 
 
 def build_eval_loader(dataset: Sequence, config: TrainingConfig, accelerator: Accelerator,
@@ -237,7 +272,8 @@ def build_eval_loader(dataset: Sequence, config: TrainingConfig, accelerator: Ac
     if len(dataset) == 0:
         raise UserError("the evaluation set is empty")
     loader = DataLoader(dataset, batch_size=config.per_device_eval_batch_size, shuffle=False,
-                        collate_fn=collate_fn or default_collate, num_workers=config.dataloader_num_workers,
+                        collate_fn=collate_fn or default_collate,
+                        num_workers=_workers(config, accelerator, len(dataset))[0],
                         pin_memory=accelerator.device.type == "cuda")
     return accelerator.prepare(loader)
 

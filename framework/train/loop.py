@@ -274,7 +274,7 @@ def _data_wait_share(run: TrainingRun) -> Optional[float]:
         return None
     share = min(run.train_data.wait_seconds / run.train_time, 1.0)
     if share > DATA_BOUND_SHARE:
-        workers = run.config.dataloader_num_workers
+        workers = run.train_data.num_workers
         say(run.accelerator, f"note: {share:.0%} of the training time went to waiting for data (the run is "
                              f"data-bound): try more --dataloader_num_workers (now {workers}), a cheaper "
                              f"augmentation or collate function, or data prepared in advance")
@@ -322,7 +322,7 @@ def setup(run: TrainingRun) -> TrainState:
         micro_batch=plan.micro_batch, accumulation=plan.accumulation, effective_batch=plan.effective_batch,
         steps_per_epoch=plan.windows_per_epoch, total_steps=run.total_steps, train_samples=plan.num_samples,
         compiled=compile_description(accelerator), data_notes=run.data_notes or None,
-        preparation_s=run.preparation_s))
+        preparation_s=run.preparation_s, loader=(run.train_data.num_workers, run.train_data.workers_note)))
     run.bar = progress_bar(run.total_steps, "train", accelerator.is_main_process, initial=state.step)
     return state
 
@@ -376,6 +376,7 @@ def finish(run: TrainingRun, state: TrainState, components: Sequence[Component])
     }
     summary["data_wait_share"] = _data_wait_share(run)
     summary["preparation_time_s"] = run.preparation_s
+    summary["dataloader_num_workers"] = run.train_data.num_workers
     summary["time_to_first_step_s"] = _since_process_start(run.first_step_at)
     run.run_dir.write_json("summary.json", summary)
     accelerator.wait_for_everyone()
