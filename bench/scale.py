@@ -76,6 +76,7 @@ def build(out: Path, rows: int, pages: int, seed: int = 0) -> None:
     valid, pool = labelled[:VALID_ROWS], labelled[VALID_ROWS:]
     train = pool[:rows] if rows <= len(pool) else pool + [rng.choice(pool) for _ in range(rows - len(pool))]
     write_csvs(out, train, valid)
+    (out / "labels.txt").write_text(",".join(sorted({label for _, label in train})))  # --label_names for --streaming
     print(f"{out}: {len(train)} train ({len(set(t for t, _ in train))} distinct), {len(valid)} valid, "
           f"{len({label for _, label in train})} classes, from {len(lines)} lines")
 
@@ -117,6 +118,14 @@ def run(folder: Path, recipe_args: list[str], processes: int) -> dict:
     else:
         recipe, data = "image_classification.py", ["--train_dir", str(folder / "train"), "--validation_dir",
                                                    str(folder / "valid")]
+    if "--streaming" in recipe_args and "--label_names" not in recipe_args:  # a stream brings no class list
+        labels = folder / "labels.txt"
+        if not labels.is_file():
+            import csv
+
+            with open(folder / "train.csv", newline="") as handle:
+                labels.write_text(",".join(sorted({row["label"] for row in csv.DictReader(handle)})))
+        recipe_args = [*recipe_args, "--label_names", labels.read_text()]
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                str(REPO / "accelerate_configs" / config), str(REPO / "recipes" / recipe), *data,
                "--output_dir", str(out), "--overwrite_output_dir", "true", "--baseline", "false", *recipe_args]
@@ -126,7 +135,8 @@ def run(folder: Path, recipe_args: list[str], processes: int) -> dict:
     if done.returncode != 0:
         raise SystemExit(f"the run failed ({done.returncode}):\n{done.stderr[-3000:]}")
     summary = json.loads((out / "summary.json").read_text())
-    return {"args": " ".join(recipe_args), "processes": processes, "wall_s": round(wall, 1),
+    shown = " ".join(a if len(a) < 60 else a[:57] + "..." for a in recipe_args)
+    return {"args": shown, "processes": processes, "wall_s": round(wall, 1),
             "preparation_s": round(summary["preparation_time_s"], 1),
             "first_step_s": round(summary["time_to_first_step_s"], 1),
             "peak_rss_gb_one_process": round(summary["peak_host_rss_mib"] / 1024, 2),

@@ -48,11 +48,13 @@ import torch
 import yaml
 from accelerate import Accelerator
 from safetensors.torch import load_file
+from torch.utils.data import default_collate
 
 from framework.core.config import TrainingConfig, config_to_dict, parse_config, validate_config
 from framework.core.errors import FlagError, UserError
 from framework.core.runtime import Precision, build_accelerator, say
 from framework.data.loaders import Augment, build_eval_loader, build_train_data
+from framework.data.streaming import build_stream_eval, build_stream_train_data, is_stream
 from framework.evaluate.evaluation import ExtraMetrics, build_report, evaluate, predict_probabilities
 from framework.io.checkpoint import STATE_FILE, resolve_checkpoint
 from framework.io.run_directory import RunDirectory
@@ -84,6 +86,9 @@ class RecipeData:
     preprocessing: Any = None  # e.g. the tokenizer, for save_preprocessing
     baseline: Optional[Callable[[], dict[str, float]]] = None  # fits and scores a classic baseline (main process)
     fingerprint: Optional[str] = None  # of preprocessing each process builds itself; must agree across processes
+    # For a streamed split (a datasets.IterableDataset, framework.data.streaming): raw samples -> model samples,
+    # applied to the samples a process uses, as they are read
+    prepare: Optional[Callable[[list[dict]], list[dict]]] = None
 
 
 @dataclass(frozen=True)
@@ -262,9 +267,19 @@ def _data_and_model(recipe: Recipe, config: TrainingConfig, accelerator: Acceler
     return data, model
 
 
+def _eval_loader(data: RecipeData, config: TrainingConfig, accelerator: Accelerator) -> Any:
+    """The evaluation split's loader: a prepared DataLoader, or a stream's share for this process."""
+    if is_stream(data.eval):
+        return build_stream_eval(data.eval, config, accelerator, data.prepare or list, data.collate_fn or default_collate)
+    return build_eval_loader(data.eval, config, accelerator, data.collate_fn)
+
+
 def default_loss(config: TrainingConfig, data: RecipeData) -> LossFn:
     """Per-sample cross entropy with --class_weights and --label_smoothing (a Recipe may bring its own)."""
     balanced = config.class_weights == "balanced" and data.train is not None
+    if balanced and is_stream(data.train):
+        raise FlagError("class_weights", "balanced needs the training labels counted, which a stream does not "
+                        "allow before training; give one weight per class as a comma list")
     labels = training_labels(data.train) if balanced else None
     return classification_loss(class_weights_from(config.class_weights, labels, len(data.class_names)),
                                config.label_smoothing)
@@ -274,7 +289,11 @@ def _train(recipe: Recipe, config: TrainingConfig, accelerator: Accelerator, pre
            run_dir: RunDirectory, data: RecipeData, model: torch.nn.Module, eval_loader: Any,
            loss_fn: LossFn, preparation_s: float) -> FitResult:
     """Loaders, FLOPs, optimizer and schedule, the baseline; then fit."""
-    train_data = build_train_data(data.train, config, accelerator, data.collate_fn, augment=data.augment)
+    if is_stream(data.train):
+        train_data = build_stream_train_data(data.train, config, accelerator, data.prepare or list,
+                                             data.collate_fn or default_collate, data.augment)
+    else:
+        train_data = build_train_data(data.train, config, accelerator, data.collate_fn, augment=data.augment)
     flops = None
     if accelerator.is_main_process:
         flops = meta_flops_per_sample(lambda: recipe.build_model(config, data), train_data.first_micro_batch(),
@@ -321,7 +340,7 @@ def run(recipe: Recipe, argv: Optional[list[str]] = None, *, config: Optional[Tr
     data, model = _data_and_model(recipe, config, accelerator, trained)
     preparation_s = time.perf_counter() - preparing
     loss_fn = (recipe.loss or default_loss)(config, data)
-    eval_loader = build_eval_loader(data.eval, config, accelerator, data.collate_fn) if config.do_eval else None
+    eval_loader = _eval_loader(data, config, accelerator) if config.do_eval else None
 
     def write_model_files(folder: Path) -> None:  # before the first step: a stopped run's checkpoints need them
         run_dir.write_json(LABELS_FILE, data.class_names)

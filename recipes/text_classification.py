@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
-import pyarrow as pa
 from datasets import Dataset
 from tokenizers import Tokenizer
 from torch import nn
@@ -44,18 +43,18 @@ from framework.evaluate.baseline import score, tfidf_logistic_regression, wanted
 from framework.recipe import Recipe, RecipeData, run
 from framework.train.sparse import sparse_updates_apply
 
-from text.batches import padder
+from text.batches import padder, tokenizer_function
 from text.features import (
     PAD_ID,
     NgramFeatures,
     fingerprint,
     inverse_document_frequency,
     parse_char_ngrams,
-    token_ids,
     train_tokenizer,
 )
 from text.models import NgramClassifier, TextEncoder
 from text.pretrained import load_pretrained_classifier, load_tokenizer, save_in_transformers_layout
+from text.streaming import first_texts, open_streams, stream_class_names, stream_preparer, with_class_ids
 
 TOKENIZER_FILE = "tokenizer.json"
 # Defaults that depend on the model (measured on the real sets of bench/RESULTS.md; the pretrained ones are
@@ -116,6 +115,17 @@ class TextConfig(TrainingConfig):
                          "beside the network: true, false, or auto (below 200k training texts).", default="auto")
     preprocessing_num_workers: str = flag("Processes that turn texts into model inputs: auto (every core, for a "
                                           "split of 20,000 texts or more; one below) or a number.", default="auto")
+    streaming: bool = flag("Read the training and evaluation data as streams (local csv/json/jsonl/parquet files, a "
+                           "folder saved with datasets' save_to_disk, or --dataset_name): training starts without a "
+                           "pass over the data. Needs --max_steps, and --label_names for data without class-label "
+                           "features.", default=False)
+    label_names: str = flag("With --streaming: the class names, comma-separated (a stream's labels are not known "
+                            "before a pass over it).", default="")
+    streaming_shuffle_buffer: int = flag("With --streaming: rows held in the shuffle buffer (datasets' "
+                                         "IterableDataset.shuffle, reshuffled each epoch); 0 trains in stored order.",
+                                         default=10000)
+    streaming_fit_rows: int = flag("With --streaming: the tokenizer (and the n-gram IDF) are fit on this many first "
+                                   "training rows.", default=100000)
     overwrite_cache: bool = flag("Prepare the texts again instead of reusing the prepared splits that datasets "
                                  "cached for the same files and preparation flags.", default=False)
     model_name_or_path: str = flag("Fine-tune this pretrained transformers model (Hub name or folder) with its "
@@ -149,6 +159,15 @@ class TextConfig(TrainingConfig):
         require("preprocessing_num_workers", workers == "auto" or (workers.isdigit() and int(workers) >= 1),
                 "auto or an integer >= 1")
         require("ngram_buckets", self.ngram_buckets >= 1, "an integer >= 1")
+        if self.streaming:
+            require("max_steps", self.max_steps >= 1, "set with --streaming (a stream's length, and so an epoch's "
+                    "steps, is not known before a pass over it)")
+            require("validation_file", not self.do_eval or bool(self.dataset_name or self.validation_file),
+                    "given with --streaming (a stream cannot hold 10% out without a pass over it)")
+            require("baseline", self.baseline != "true", "auto or false with --streaming (the baseline fits on "
+                    "the whole training split)")
+            require("streaming_shuffle_buffer", self.streaming_shuffle_buffer >= 0, "an integer >= 0")
+            require("streaming_fit_rows", self.streaming_fit_rows >= 1, "an integer >= 1")
         try:
             parse_char_ngrams(self.char_ngrams)
         except ValueError:
@@ -194,9 +213,9 @@ class TextPreprocessing:
     idf: Optional[np.ndarray] = None
 
 
-def build_tokenizer(config: TextConfig, train: Dataset | None, trained=None):
+def build_tokenizer(config: TextConfig, train: Dataset | list[str] | None, trained=None):
     """The tokenizer of the --model_path run, the pretrained one, or a BPE tokenizer trained on the
-    training texts."""
+    training texts (a split, or with --streaming the first texts)."""
     if trained is not None:
         if config.model_name_or_path:
             return load_tokenizer(str(trained.run_dir))
@@ -207,6 +226,8 @@ def build_tokenizer(config: TextConfig, train: Dataset | None, trained=None):
         return Tokenizer.from_file(str(saved))
     if config.model_name_or_path:
         return load_tokenizer(config.model_name_or_path)
+    if isinstance(train, list):  # --streaming: the first training texts
+        return train_tokenizer([train], config.vocab_size)
     # Trained once per data: the next run with the same training split, and the job's other processes
     # (which build after the main process), load it from beside datasets' cache files.
     return cached_beside(train, ["bpe-tokenizer-1", config.vocab_size, config.text_column],
@@ -216,15 +237,67 @@ def build_tokenizer(config: TextConfig, train: Dataset | None, trained=None):
                          overwrite=config.overwrite_cache)
 
 
-def build_data(config: TextConfig, trained=None) -> RecipeData:
-    """Tokenized splits (the ones the run needs), class names and the tokenizer (saved with the run)."""
-    train, evaluation = load_splits(config)
+def build_stream_data(config: TextConfig, trained=None) -> RecipeData:
+    """--streaming: the splits as streams prepared as they are read, the classes from the data's class-label
+    feature or --label_names, the tokenizer and IDF fit on the first --streaming_fit_rows training texts."""
+    train, evaluation = open_streams(config)
+    names = stream_class_names(train if train is not None else evaluation, config) if trained is None \
+        else list(trained.class_names)
+    texts = first_texts(train, config.text_column, config.streaming_fit_rows) if train is not None else None
+    tokenizer = build_tokenizer(config, texts, trained)
+    preprocessing = TextPreprocessing(tokenizer)
+    if config.model_kind == "ngram":
+        preprocessing.features = NgramFeatures(tokenizer, config.ngram_buckets, parse_char_ngrams(config.char_ngrams))
+        if texts is not None:
+            preprocessing.idf = inverse_document_frequency(preprocessing.features(texts)["input_ids"],
+                                                           preprocessing.features.num_features)
+    tokenize = tokenizer_function(config.model_kind, tokenizer, preprocessing.features, config.text_column,
+                                  config.label_column, config.max_length)
+    if train is not None:
+        train = with_class_ids(train, config.label_column, names, "the training data")
+        if config.streaming_shuffle_buffer:
+            train = train.shuffle(seed=config.seed, buffer_size=config.streaming_shuffle_buffer)
+    if evaluation is not None:
+        evaluation = with_class_ids(evaluation, config.label_column, names, "the evaluation data")
+    prepare = stream_preparer(tokenize, config.text_column, config.label_column, "the data")
     test = None
     if config.do_predict:
-        test = load_local_file(config.test_file, "--test_file")
-        check_complete_rows(test, [config.text_column, config.label_column], config.test_file, "--test_file",
-                            (config.text_column,))
-    for what, split in (("training data", train), ("evaluation data", evaluation), ("test data", test)):
+        test = to_class_ids(load_test(config), config.label_column, names, f"--test_file {config.test_file!r}",
+                            required=False)
+    test = prepare_split(config, test, "test", tokenize)
+    pad_id = tokenizer.pad_token_id if config.model_kind == "pretrained" else PAD_ID
+    return RecipeData(names, train=train, eval=evaluation, test=test, collate_fn=padder(pad_id),
+                      preprocessing=preprocessing, prepare=prepare,
+                      fingerprint=fingerprint(tokenizer) if isinstance(tokenizer, Tokenizer) else None)
+
+
+def load_test(config: TextConfig) -> Dataset:
+    """--test_file, read whole and checked (a label column is optional)."""
+    test = load_local_file(config.test_file, "--test_file")
+    if config.text_column not in test.column_names:
+        raise UserError(f"the test data has no text column {config.text_column!r} "
+                        f"(columns: {', '.join(test.column_names)}; set --text_column)")
+    check_complete_rows(test, [config.text_column, config.label_column], config.test_file, "--test_file",
+                        (config.text_column,))
+    return test
+
+
+def prepare_split(config: TextConfig, split: Dataset | None, name: str, tokenize) -> Dataset | None:
+    """A split through `tokenize` (datasets' map, cached; --preprocessing_num_workers), in torch format."""
+    if split is None:
+        return None
+    return map_with_progress(split, tokenize, desc=f"prepare {name}", remove_columns=split.column_names,
+                             num_proc=preparation_workers(config.preprocessing_num_workers, len(split)),
+                             load_from_cache_file=not config.overwrite_cache).with_format("torch")
+
+
+def build_data(config: TextConfig, trained=None) -> RecipeData:
+    """Tokenized splits (the ones the run needs), class names and the tokenizer (saved with the run)."""
+    if config.streaming:
+        return build_stream_data(config, trained)
+    train, evaluation = load_splits(config)
+    test = load_test(config) if config.do_predict else None
+    for what, split in (("training data", train), ("evaluation data", evaluation)):
         if split is None:
             continue
         if config.text_column not in split.column_names:
@@ -256,31 +329,10 @@ def build_data(config: TextConfig, trained=None) -> RecipeData:
     if config.model_kind == "ngram":
         preprocessing.features = NgramFeatures(tokenizer, config.ngram_buckets, parse_char_ngrams(config.char_ngrams))
 
-    # tokenize sees only what shapes its output (not the whole config): datasets' cache key is a hash of
-    # it, so a run that changes the learning rate, say, reuses the prepared splits.
-    kind, text_column, label_column, max_length = (config.model_kind, config.text_column, config.label_column,
-                                                   config.max_length)
-    features = preprocessing.features
-
-    def tokenize(batch):
-        texts = batch[text_column]
-        if kind == "ngram":  # Arrow columns straight from the features' flat arrays
-            return pa.table({**features.arrow(texts), "labels": pa.array(batch[label_column], pa.int64())})
-        if kind == "transformer":
-            encoded = {"input_ids": token_ids(tokenizer, texts, max_length)}
-        else:  # attention_mask is rebuilt per batch by the collate function, after padding
-            encoded = tokenizer(texts, truncation=True, max_length=max_length)
-            encoded = {k: v for k, v in encoded.items() if k != "attention_mask"}
-        return {**encoded, "labels": batch[label_column]}
-
-    def prepare(split: Dataset | None, name: str) -> Dataset | None:
-        if split is None:
-            return None
-        return map_with_progress(split, tokenize, desc=f"prepare {name}", remove_columns=split.column_names,
-                                 num_proc=preparation_workers(config.preprocessing_num_workers, len(split)),
-                                 load_from_cache_file=not config.overwrite_cache).with_format("torch")
-
-    train, evaluation, test = prepare(train, "train"), prepare(evaluation, "eval"), prepare(test, "test")
+    tokenize = tokenizer_function(config.model_kind, tokenizer, preprocessing.features, config.text_column,
+                                  config.label_column, config.max_length)
+    train, evaluation = prepare_split(config, train, "train", tokenize), prepare_split(config, evaluation, "eval", tokenize)
+    test = prepare_split(config, test, "test", tokenize)
     if train is not None and preprocessing.features is not None:
         num_features = preprocessing.features.num_features
         preprocessing.idf = cached_beside(train, ["idf", num_features],

@@ -146,7 +146,8 @@ CASES: list[tuple[str, Callable[[list[str]], int], Setup, str]] = [
     ("text: missing file", _text, lambda tmp, _: ["--train_file", str(tmp / "nope.csv"), "--output_dir", str(tmp / "o")],
      "error: --train_file '{tmp}/nope.csv' does not exist"),
     ("text: a directory as the file", _text, _text_case(lambda tmp: (tmp / "d").mkdir() or str(tmp / "d")),
-     "error: --train_file '{tmp}/d' is a directory; give one .csv/.json/.jsonl/.parquet file"),
+     "error: --train_file '{tmp}/d' is a directory but not a dataset saved with save_to_disk; give one "
+     ".csv/.json/.jsonl/.parquet file or such a folder"),
     ("text: unsupported extension", _text, _text_case(lambda tmp: _csv(tmp / "t.txt", [("a b", "x")])),
      "error: --train_file '{tmp}/t.txt' has an unsupported extension (allowed: .csv, .json, .jsonl, .parquet)"),
     ("text: header only", _text, _text_case(lambda tmp: _csv(tmp / "t.csv", [])),

@@ -39,9 +39,10 @@ def is_interactive(stream: TextIO) -> bool:
     return hasattr(stream, "isatty") and stream.isatty()
 
 
-def progress_bar(total: int, desc: str, enabled: bool, *, initial: int = 0, unit: str = "step",
+def progress_bar(total: Optional[int], desc: str, enabled: bool, *, initial: int = 0, unit: str = "step",
                  leave: bool = True, log_interval_s: Optional[float] = None, stream: Optional[TextIO] = None) -> tqdm:
-    """A tqdm bar, shown only where `enabled` (pass `accelerator.is_local_main_process`)."""
+    """A tqdm bar, shown only where `enabled` (pass `accelerator.is_local_main_process`); `total` None: a count
+    without an end (a stream)."""
     stream = stream or sys.stderr
     if log_interval_s is None:
         log_interval_s = float(os.environ.get("TQDM_MININTERVAL", "10"))

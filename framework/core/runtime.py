@@ -151,7 +151,7 @@ def _describe(notes: dict) -> str:
 
 
 def format_banner(*, world_size: int, device: str, precision: Precision, micro_batch: int, accumulation: int,
-                  effective_batch: int, steps_per_epoch: int, total_steps: int, train_samples: int,
+                  effective_batch: int, steps_per_epoch: Optional[int], total_steps: int, train_samples: Optional[int],
                   compiled: Optional[str] = None, data_notes: Optional[dict] = None,
                   preparation_s: Optional[float] = None, loader: Optional[tuple[int, str]] = None) -> str:
     """The run banner: where it runs, what precision really runs, the effective batch and the steps planned."""
@@ -169,7 +169,9 @@ def format_banner(*, world_size: int, device: str, precision: Precision, micro_b
         f"precision       : {precision.effective} = {mode}{asked}",
         f"torch.compile   : {compiled or 'off'}",
         f"effective batch : {batch}",
-        f"optimizer steps : {total_steps} planned ({steps_per_epoch} per epoch over {train_samples} training samples)",
+        f"optimizer steps : {total_steps} planned " + (f"({steps_per_epoch} per epoch over {train_samples} training "
+                                                       f"samples)" if steps_per_epoch else "(a stream: an epoch ends "
+                                                       "where the stream does)"),
         *([f"data            : {_describe(data_notes)}"] if data_notes else []),
         *([f"preparation     : {preparation_s:.1f} s (loading and preparing the data, building the model)"]
           if preparation_s is not None else []),

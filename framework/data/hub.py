@@ -11,11 +11,12 @@ from framework.core.errors import FlagError
 EVALUATION_SPLITS = ("validation", "test")
 
 
-def load_hub_splits(name: str, config_name: str = "", *, train: bool = True,
-                    evaluate: bool = True) -> tuple[Optional[Any], Optional[Any]]:
-    """The `train` split and the evaluation split (`validation`, else `test`) of Hub dataset `name`;
-    None for one not asked for. A dataset without an evaluation split is refused when one is needed."""
-    data = load_dataset(name, config_name or None)
+def load_hub_splits(name: str, config_name: str = "", *, train: bool = True, evaluate: bool = True,
+                    streaming: bool = False) -> tuple[Optional[Any], Optional[Any]]:
+    """The `train` split and the evaluation split (`validation`, else `test`) of Hub dataset `name`
+    (as streams with `streaming`: nothing is downloaded before it is read); None for one not asked for.
+    A dataset without an evaluation split is refused when one is needed."""
+    data = load_dataset(name, config_name or None, streaming=streaming)
     evaluation = next((data[s] for s in EVALUATION_SPLITS if s in data), None)
     if evaluation is None and evaluate:
         raise FlagError("dataset_name", f"{name!r} has no {' or '.join(EVALUATION_SPLITS)} split")

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
-from datasets import Dataset, load_dataset
+from datasets import Dataset, load_dataset, load_from_disk
 from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 from datasets.utils import logging as ds_logging
 
 from framework.core.errors import FlagError
 
 FORMATS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+STREAM_SHARDS = 64  # a saved dataset streamed in this many shards, so that shuffling also reorders the shards
 
 
 @contextlib.contextmanager
@@ -38,16 +39,52 @@ def _root_cause(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-def load_local_file(path: str, flag: str) -> Dataset:
-    """One local file as a `datasets.Dataset`; `flag` names the CLI flag that gave the path (for errors)."""
+def _saved_dataset(folder: Path, path: str, flag: str) -> bool:
+    """Whether `folder` holds one split saved with `Dataset.save_to_disk`; a folder of several splits, or one
+    that is no saved dataset, is refused with one line."""
+    if (folder / "state.json").is_file() and (folder / "dataset_info.json").is_file():
+        return True
+    if (folder / "dataset_dict.json").is_file():
+        splits = sorted(d.name for d in folder.iterdir() if d.is_dir())
+        raise FlagError(flag.lstrip("-"), f"{path!r} holds several splits saved with save_to_disk ({', '.join(splits)}); "
+                        f"give one split's folder, e.g. {path}/{splits[0] if splits else 'train'}")
+    raise FlagError(flag.lstrip("-"), f"{path!r} is a directory but not a dataset saved with save_to_disk; give one "
+                    f"{'/'.join(FORMATS)} file or such a folder")
+
+
+def _format_of(path: str, flag: str) -> str:
     file = Path(path)
-    if file.is_dir():
-        raise FlagError(flag.lstrip("-"), f"{path!r} is a directory; give one {'/'.join(FORMATS)} file")
     if not file.is_file():
         raise FlagError(flag.lstrip("-"), f"{path!r} does not exist")
     kind = FORMATS.get(file.suffix.lower())
     if kind is None:
         raise FlagError(flag.lstrip("-"), f"{path!r} has an unsupported extension (allowed: {', '.join(FORMATS)})")
+    return kind
+
+
+def load_local_stream(path: str, flag: str) -> Any:
+    """One local file, or a folder of one split saved with `save_to_disk`, as a stream (`datasets.IterableDataset`):
+    rows are read as training asks for them, nothing before."""
+    folder = Path(path)
+    if folder.is_dir() and _saved_dataset(folder, path, flag):
+        with quiet_datasets():  # memory-mapped: opening reads no rows
+            return load_from_disk(path).to_iterable_dataset(num_shards=STREAM_SHARDS)
+    kind = _format_of(path, flag)
+    with quiet_datasets():
+        return load_dataset(kind, data_files=path, split="train", streaming=True)
+
+
+def load_local_file(path: str, flag: str) -> Dataset:
+    """One local file, or a folder of one split saved with `save_to_disk`, as a `datasets.Dataset`; `flag` names
+    the CLI flag that gave the path (for errors)."""
+    file = Path(path)
+    if file.is_dir() and _saved_dataset(file, path, flag):
+        with quiet_datasets():
+            dataset = load_from_disk(path)
+        if len(dataset) == 0:
+            raise FlagError(flag.lstrip("-"), f"{path!r} holds no rows")
+        return dataset
+    kind = _format_of(path, flag)
     try:
         with quiet_datasets():
             dataset = load_dataset(kind, data_files=str(file), split="train")

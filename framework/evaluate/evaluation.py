@@ -10,7 +10,15 @@ import torch
 from accelerate import Accelerator
 from sklearn.metrics import classification_report, confusion_matrix
 
+from framework.core.errors import UserError
 from framework.core.progress import progress_bar
+from framework.data.loaders import to_device
+from framework.data.streaming import StreamingEval, gather_in_stream_order
+
+
+def is_stream_share(loader: Any) -> bool:
+    """Whether `loader` is this process's share of a streamed evaluation split (framework.data.streaming)."""
+    return isinstance(loader, StreamingEval)
 
 
 @dataclass
@@ -44,8 +52,8 @@ class Report:
 
 
 def split_batch(batch: dict[str, Any]) -> tuple[dict[str, Any], torch.Tensor]:
-    """Separate the model inputs from `labels` (and the sampler's `weight`)."""
-    inputs = {k: v for k, v in batch.items() if k not in ("labels", "weight")}
+    """Separate the model inputs from `labels` (and the sampler's `weight`, a stream's sample `index`)."""
+    inputs = {k: v for k, v in batch.items() if k not in ("labels", "weight", "index")}
     return inputs, batch["labels"]
 
 
@@ -75,16 +83,31 @@ def predict(accelerator: Accelerator, model: torch.nn.Module, loader: Any,
     """
     was_training = model.training
     model.eval()
+    streamed = is_stream_share(loader)
     chunks: list[tuple[torch.Tensor, ...]] = []
-    bar = progress_bar(len(loader), "eval", show_progress and accelerator.is_main_process, unit="batch", leave=False)
+    bar = progress_bar(None if streamed else len(loader), "eval", show_progress and accelerator.is_main_process,
+                       unit="batch", leave=False)
     for batch in loader:
+        if streamed:  # this process's share of a stream, on the host: gathered by index after the loop
+            batch = to_device(batch, accelerator.device)
         inputs, labels = split_batch(batch)
         logits = forward_in_chunks(model, inputs, forward_batch)
         losses = loss_fn(logits.float(), labels)
-        chunks.append(accelerator.gather_for_metrics((logits.argmax(dim=-1), labels, losses)))
+        outputs = (logits.argmax(dim=-1), labels, losses)
+        chunks.append((*outputs, batch["index"]) if streamed else accelerator.gather_for_metrics(outputs))
         bar.update(1)
     bar.close()
     model.train(was_training)
+    if streamed:
+        if chunks:
+            preds, labels, losses, index = (torch.cat(part).cpu().numpy() for part in zip(*chunks))
+        else:  # a process with no sample of the stream (fewer samples than processes)
+            preds = labels = index = np.zeros(0, dtype=np.int64)
+            losses = np.zeros(0, dtype=np.float32)
+        preds, labels, losses = gather_in_stream_order(accelerator, [preds, labels, losses], index)
+        if len(labels) == 0:
+            raise UserError("the evaluation stream is empty")
+        return Predictions(preds, labels, losses)
     preds, labels, losses = (torch.cat(parts).cpu().numpy() for parts in zip(*chunks))
     return Predictions(preds, labels, losses)
 

@@ -153,7 +153,7 @@ def _log_train(ctx: TrainingRun, state: TrainState, running: _Running, lr: float
             f"the training loss was NaN or inf in the steps up to step {state.step}; lower --learning_rate, "
             f"check the data, or use --mixed_precision bf16/no")
     loss = loss_sum / max(running.samples, 1)
-    epoch = state.epoch + state.window / ctx.train_data.plan.windows_per_epoch
+    epoch = _epochs_done(ctx, state)
     elapsed = ctx.train_time + time.perf_counter() - started  # after the reduce above, so the device is synced
     _log(ctx, {"step": state.step, "epoch": round(epoch, 4), "loss": loss, "lr": lr, "elapsed_s": elapsed})
     rate = _samples_per_second(ctx, state, elapsed)
@@ -182,10 +182,22 @@ def _evaluate(run: TrainingRun, state: TrainState, components: Sequence[Componen
     run.report = evaluate(run.accelerator, run.model, run.eval_loader, run.class_names, run.loss_fn,
                           forward_batch=state.eval_batch, extra_metrics=run.extra_metrics)
     state.last_eval_step = state.step
-    epoch = state.epoch + state.window / run.train_data.plan.windows_per_epoch
+    epoch = _epochs_done(run, state)
     _log(run, {"step": state.step, "epoch": round(epoch, 4), **run.report.summary()})
     for component in components:
         component.after_evaluation(run, state)
+
+
+def _epochs_done(run: TrainingRun, state: TrainState) -> float:
+    """Epochs trained, with the finished part of the current one (whole epochs for a stream: its length is unknown)."""
+    windows = run.train_data.plan.windows_per_epoch
+    return state.epoch + state.window / windows if windows else float(state.epoch)
+
+
+def _epoch_over(run: TrainingRun, state: TrainState) -> bool:
+    """Whether the current epoch has no window left (a stream: whether its last read reached the end)."""
+    windows = run.train_data.plan.windows_per_epoch
+    return state.window >= windows if windows else run.train_data.epoch_ended
 
 
 def _stop_reason(components: Sequence[Component], state: TrainState) -> Optional[str]:
@@ -329,11 +341,10 @@ def setup(run: TrainingRun) -> TrainState:
 
 def train(run: TrainingRun, state: TrainState, components: Sequence[Component]) -> None:
     """Epochs until the planned steps are done, a component asks to stop, or a stop signal is agreed on."""
-    windows = run.train_data.plan.windows_per_epoch
     while state.step < run.total_steps:
         run.bar.set_description(f"train epoch {state.epoch + 1}", refresh=False)
         train_epoch(run, state, components)
-        if state.window >= windows and not run.stopping:
+        if _epoch_over(run, state) and not run.stopping:
             state.epoch, state.window = state.epoch + 1, 0
             if state.last_eval_step != state.step:
                 _evaluate(run, state, components)

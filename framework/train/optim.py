@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 from framework.core.config import TrainingConfig
+from framework.core.errors import FlagError
 
 
 def build_optimizer(model: torch.nn.Module, config: TrainingConfig) -> torch.optim.Optimizer:
@@ -26,9 +28,15 @@ def build_optimizer(model: torch.nn.Module, config: TrainingConfig) -> torch.opt
     return torch.optim.AdamW(groups, lr=config.learning_rate, fused=fused or None)
 
 
-def total_optimizer_steps(config: TrainingConfig, steps_per_epoch: int) -> int:
-    """Optimizer steps the run will take: max_steps if set, else epochs x steps per epoch."""
-    return config.max_steps if config.max_steps > 0 else config.num_train_epochs * steps_per_epoch
+def total_optimizer_steps(config: TrainingConfig, steps_per_epoch: Optional[int]) -> int:
+    """Optimizer steps the run will take: max_steps if set, else epochs x steps per epoch (None: a stream,
+    whose epochs are not known in advance, so --max_steps must be set)."""
+    if config.max_steps > 0:
+        return config.max_steps
+    if steps_per_epoch is None:
+        raise FlagError("max_steps", "must be set with a streamed training set (its length, and so an epoch's steps, "
+                        "is not known before a full pass)")
+    return config.num_train_epochs * steps_per_epoch
 
 
 def warmup_steps_for(config: TrainingConfig, total_steps: int) -> int:

@@ -1,6 +1,8 @@
-"""Text batches: the padding collate function."""
+"""Text batches: the tokenize function of a batch of rows, and the padding collate function."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 
@@ -23,3 +25,25 @@ def padder(pad_id: int):
         batch["labels"] = torch.stack([torch.as_tensor(s["labels"]) for s in samples])
         return batch
     return pad_batch
+
+
+def tokenizer_function(kind: str, tokenizer, features, text_column: str, label_column: str, max_length: int):
+    """The batched function that turns a batch of rows ({column: values}, labels already class ids) into model
+    inputs plus `labels`: the n-gram features (Arrow columns), the encoder's token ids, or a pretrained
+    tokenizer's output. It holds only what shapes its output: datasets' cache key of a prepared split is a
+    hash of it, so a run that changes the learning rate, say, reuses the prepared splits."""
+    from text.features import token_ids
+
+    def tokenize(batch: dict) -> Any:
+        texts = batch[text_column]
+        if kind == "ngram":  # Arrow columns straight from the features' flat arrays
+            import pyarrow as pa
+
+            return pa.table({**features.arrow(texts), "labels": pa.array(batch[label_column], pa.int64())})
+        if kind == "transformer":
+            encoded = {"input_ids": token_ids(tokenizer, texts, max_length)}
+        else:  # attention_mask is rebuilt per batch by the collate function, after padding
+            encoded = tokenizer(texts, truncation=True, max_length=max_length)
+            encoded = {k: v for k, v in encoded.items() if k != "attention_mask"}
+        return {**encoded, "labels": batch[label_column]}
+    return tokenize
