@@ -112,9 +112,10 @@ def run(folder: Path, recipe_args: list[str], processes: int) -> dict:
     """One recipe run on folder/{train,valid}.csv (text) or folder/{train,valid}/ (images); what it cost."""
     out = folder / "run"
     config = "cpu_2proc.yaml" if processes == 2 else "cpu.yaml"
-    if (folder / "train.csv").is_file():
-        recipe, data = "text_classification.py", ["--train_file", str(folder / "train.csv"), "--validation_file",
-                                                  str(folder / "valid.csv")]
+    text = next((folder / f"train.{kind}" for kind in ("csv", "jsonl") if (folder / f"train.{kind}").is_file()), None)
+    if text is not None:
+        recipe, data = "text_classification.py", ["--train_file", str(text), "--validation_file",
+                                                  str(text.with_name(f"valid{text.suffix}"))]
     else:
         recipe, data = "image_classification.py", ["--train_dir", str(folder / "train"), "--validation_dir",
                                                    str(folder / "valid")]
@@ -123,8 +124,9 @@ def run(folder: Path, recipe_args: list[str], processes: int) -> dict:
         if not labels.is_file():
             import csv
 
-            with open(folder / "train.csv", newline="") as handle:
-                labels.write_text(",".join(sorted({row["label"] for row in csv.DictReader(handle)})))
+            with open(text, newline="") as handle:
+                rows = csv.DictReader(handle) if text.suffix == ".csv" else map(json.loads, handle)
+                labels.write_text(",".join(sorted({row["label"] for row in rows})))
         recipe_args = [*recipe_args, "--label_names", labels.read_text()]
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                str(REPO / "accelerate_configs" / config), str(REPO / "recipes" / recipe), *data,
@@ -138,7 +140,7 @@ def run(folder: Path, recipe_args: list[str], processes: int) -> dict:
     shown = " ".join(a if len(a) < 60 else a[:57] + "..." for a in recipe_args)
     return {"args": shown, "processes": processes, "wall_s": round(wall, 1),
             "preparation_s": round(summary["preparation_time_s"], 1),
-            "first_step_s": round(summary["time_to_first_step_s"], 1),
+            "first_step_s": round(summary.get("time_to_first_step_s") or -1, 1),  # -1: a version without it
             "peak_rss_gb_one_process": round(summary["peak_host_rss_mib"] / 1024, 2),
             "peak_rss_gb_children": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20, 2),
             "train_samples_per_second": round(summary["train_samples_per_second"]),

@@ -50,6 +50,7 @@ from text.features import (
     fingerprint,
     inverse_document_frequency,
     parse_char_ngrams,
+    texts_idf,
     train_tokenizer,
 )
 from text.models import NgramClassifier, TextEncoder
@@ -249,8 +250,7 @@ def build_stream_data(config: TextConfig, trained=None) -> RecipeData:
     if config.model_kind == "ngram":
         preprocessing.features = NgramFeatures(tokenizer, config.ngram_buckets, parse_char_ngrams(config.char_ngrams))
         if texts is not None:
-            preprocessing.idf = inverse_document_frequency(preprocessing.features(texts)["input_ids"],
-                                                           preprocessing.features.num_features)
+            preprocessing.idf = texts_idf(preprocessing.features, texts)
     tokenize = tokenizer_function(config.model_kind, tokenizer, preprocessing.features, config.text_column,
                                   config.label_column, config.max_length)
     if train is not None:

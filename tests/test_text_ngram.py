@@ -20,7 +20,14 @@ import torch
 from framework.core.errors import run_main
 
 from helpers import REPO, TEXT, accelerate_launch, max_abs_diff, read_json, weights
-from text.features import NgramFeatures, char_ngrams, inverse_document_frequency, parse_char_ngrams, train_tokenizer
+from text.features import (
+    NgramFeatures,
+    char_ngrams,
+    inverse_document_frequency,
+    parse_char_ngrams,
+    texts_idf,
+    train_tokenizer,
+)
 from text.models import NgramClassifier
 
 CORPUS = ["The quick brown fox jumps over the lazy dog.", "Return the value of x; raise ValueError if x < 0.",
@@ -57,6 +64,7 @@ def test_tfidf_weighting_matches_scikit_learn():
     vocabulary = [int(name.split("__")[1]) for name in union.get_feature_names_out()]
 
     idf = inverse_document_frequency(train["input_ids"], features.num_features)
+    assert np.array_equal(texts_idf(features, train_texts, batch=3), idf)  # --streaming's batched count: the same
     model = NgramClassifier(features.num_features, 3, idf, char_start=features.char_start)
     table = torch.randn(features.num_features, 3)
     table[0] = 0.0  # the padding row (never a feature)
