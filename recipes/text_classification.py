@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
+from accelerate import PartialState
 from datasets import Dataset
 from tokenizers import Tokenizer
 from torch import nn
@@ -161,8 +162,8 @@ class TextConfig(TrainingConfig):
                 "auto or an integer >= 1")
         require("ngram_buckets", self.ngram_buckets >= 1, "an integer >= 1")
         if self.streaming:
-            require("max_steps", self.max_steps >= 1, "set with --streaming (a stream's length, and so an epoch's "
-                    "steps, is not known before a pass over it)")
+            require("max_steps", self.max_steps >= 1 or not self.do_train, "set with --streaming (a stream's length, "
+                    "and so an epoch's steps, is not known before a pass over it)")
             require("validation_file", not self.do_eval or bool(self.dataset_name or self.validation_file),
                     "given with --streaming (a stream cannot hold 10% out without a pass over it)")
             require("baseline", self.baseline != "true", "auto or false with --streaming (the baseline fits on "
@@ -292,9 +293,18 @@ def prepare_split(config: TextConfig, split: Dataset | None, name: str, tokenize
 
 
 def build_data(config: TextConfig, trained=None) -> RecipeData:
-    """Tokenized splits (the ones the run needs), class names and the tokenizer (saved with the run)."""
+    """Tokenized splits (the ones the run needs), class names and the tokenizer (saved with the run).
+
+    Runs on every process at once (the Recipe's shared_preparation): streams are opened by each process
+    together; prepared splits are built by the main process first, and the others load what it cached."""
     if config.streaming:
         return build_stream_data(config, trained)
+    with PartialState().main_process_first():
+        return build_prepared_data(config, trained)
+
+
+def build_prepared_data(config: TextConfig, trained=None) -> RecipeData:
+    """The splits read whole and prepared (datasets' map, cached), the tokenizer and IDF cached beside them."""
     train, evaluation = load_splits(config)
     test = load_test(config) if config.do_predict else None
     for what, split in (("training data", train), ("evaluation data", evaluation)):
@@ -375,7 +385,8 @@ def export_pretrained(config: TextConfig, model: nn.Module, data: RecipeData, fo
 
 RECIPE = Recipe(TextConfig, build_data, build_model, save_preprocessing=save_tokenizer, export=export_pretrained,
                 model_flags=("model", "model_name_or_path", "vocab_size", "ngram_buckets", "char_ngrams", "max_length",
-                             "d_model", "num_layers", "num_heads"), name="text_classification")
+                             "d_model", "num_layers", "num_heads"), name="text_classification",
+                shared_preparation=True)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -118,3 +118,16 @@ def test_streaming_refuses_what_it_cannot_know_in_one_line(tmp_path, streams, ca
     assert _recipe(*_jsonl(streams, *change, "--output_dir", str(tmp_path / "out"))) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(message), lines
+
+
+def test_a_streamed_evaluation_reports_what_the_prepared_one_does(tmp_path, streams):
+    """Evaluation only (--do_train false) of a trained run on the validation file, streamed and read whole: the
+    same report, every sample once (no --max_steps or --label_names needed: the run brings its classes)."""
+    run = tmp_path / "run"
+    assert _recipe(*_jsonl(streams, "--output_dir", str(run))) == 0
+    evaluate = ["--do_train", "false", "--model_path", str(run), "--validation_file", str(streams / "valid.jsonl"),
+                "--baseline", "false"]
+    assert _recipe(*evaluate, "--output_dir", str(tmp_path / "whole")) == 0
+    assert _recipe(*evaluate, "--streaming", "true", "--output_dir", str(tmp_path / "streamed")) == 0
+    whole, streamed = (read_json(tmp_path / name / "report.json") for name in ("whole", "streamed"))
+    assert streamed == whole and streamed["macro avg"]["support"] == 150
