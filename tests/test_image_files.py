@@ -116,24 +116,3 @@ def test_two_processes_share_the_decode_check_and_the_next_run_decodes_only_what
     _check(*args, True, 2)  # one process, --overwrite_cache: everything decoded again, by two decode workers
     (decoded,), workers = _decoded(tmp_path)
     assert sorted(decoded) == list(range(rows)) and workers == 2
-
-
-@pytest.mark.slow
-def test_the_decode_check_shows_in_a_log_and_is_kept_for_the_next_run(tmp_path, image_folders):
-    """In a log (stderr not a terminal) the check of each split is a plain bar with its count and rate; the
-    next run on the same files decodes nothing, so no check bar shows."""
-    import re
-    import sys
-
-    from helpers import IMAGES, launch
-
-    env = {"TQDM_MININTERVAL": "0", "HF_DATASETS_CACHE": str(tmp_path / "cache")}
-    args = [sys.executable, str(IMAGES), "--train_dir", str(image_folders / "train"), "--validation_dir",
-            str(image_folders / "valid"), "--max_steps", "1", "--baseline", "false"]
-    first = launch([*args, "--output_dir", str(tmp_path / "first")], env=env)
-    assert first.returncode == 0, first.stderr[-3000:]
-    for what, total in (("training data", 180), ("evaluation data", 60)):
-        shown = [line for line in first.stderr.splitlines() if line.startswith(f"check {what}:")]
-        assert shown and re.search(rf"\| {total}/{total} \[\d\d:\d\d<\d\d:\d\d, *[\d.]+ ?image/s\]", shown[-1]), shown
-    second = launch([*args, "--output_dir", str(tmp_path / "second")], env=env)
-    assert second.returncode == 0 and "check " not in second.stderr, second.stderr[-3000:]

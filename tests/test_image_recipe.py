@@ -136,10 +136,18 @@ def test_a_corrupt_image_stops_the_run_before_training(tmp_path, folders_with_a_
 
 
 def test_skip_bad_images_trains_and_counts_them(tmp_path, folders_with_a_corrupt_image):
+    """...and the decode check of each split shows in a log (stderr not a terminal) as a plain bar with its count
+    and rate (that the next run decodes nothing is tested in test_image_files)."""
+    import re
+
     out = tmp_path / "out"
     result = launch([sys.executable, str(IMAGES), *_image_args(folders_with_a_corrupt_image, out),
-                     "--skip_bad_images", "true", "--max_steps", "3"], timeout=120)
+                     "--skip_bad_images", "true", "--max_steps", "3"], timeout=120,
+                    env={"TQDM_MININTERVAL": "0", "HF_DATASETS_CACHE": str(tmp_path / "cache")})
     assert result.returncode == 0, result.stderr[-3000:]
+    for what, total in (("training data", 181), ("evaluation data", 60)):
+        shown = [line for line in result.stderr.splitlines() if line.startswith(f"check {what}:")]
+        assert shown and re.search(rf"\| {total}/{total} \[\d\d:\d\d<\d\d:\d\d, *[\d.]+ ?image/s\]", shown[-1]), shown
     assert "data            : skipped_bad_images 1" in result.stdout
     summary = read_json(out / "summary.json")
     assert summary["skipped_bad_images"] == 1 and summary["optimizer_steps"] == 3
