@@ -4,6 +4,7 @@
     python bench/scale.py build OUT/pages1k --rows 100000 --pages 1000  # 1,000 classes: the man page itself
     python bench/scale.py images OUT/icons100k --files 100000           # 32x32 PNG files, 8 icon contexts
     python bench/scale.py run OUT/man100k -- --max_steps 200            # one recipe run: time, peak RSS, rate
+    python bench/scale.py evaluation --samples 100000 --classes 1000    # host memory of an evaluation's probabilities
 
 `build` reads every line of at least 40 characters of text (roff requests dropped) of the
 gzipped man pages under /usr/share/man (about 1.1M lines on a Debian machine with the
@@ -17,6 +18,9 @@ each a random crop (60-100% of the side) of one of the Adwaita icons on this mac
 (/usr/share/icons/Adwaita, 32x32 and 48x48), resized to 32x32 RGB over white, labelled by
 the icon's context (actions, devices, ...); training and validation files come from
 different icons (bench/real_data.py's 80/20 split by icon name).
+`evaluation` runs the framework's `predict` (one process) over that many samples of a model that
+returns random logits for that many classes, and prints the growth of peak RSS during it, with
+the probabilities kept as the framework keeps them and, for comparison, in full.
 `run` starts the text recipe on OUT/train.csv and OUT/valid.csv, or the image recipe on
 OUT/train/ and OUT/valid/, as a subprocess and prints one JSON line: wall time, peak RSS of
 the process tree, preparation time, training samples/s and accuracy (from summary.json).
@@ -37,6 +41,8 @@ from collections import Counter
 from pathlib import Path
 
 from real_data import icon_splits, write_csvs  # bench/: run as a script, its folder is on the path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the framework of this checkout
 
 MAN_ROOT = Path("/usr/share/man")
 REPO = Path(__file__).resolve().parent.parent
@@ -108,6 +114,36 @@ def build_images(out: Path, files: int, seed: int = 0) -> None:
         print(f"{out / split}: {count} files from {len(pool)} icons, {len(splits)} classes")
 
 
+def evaluation_memory(samples: int, classes: int, keep_everything: bool) -> dict:
+    """Peak RSS growth of one `predict` over `samples` random-logit samples of `classes` classes."""
+    import torch
+    from accelerate import Accelerator
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from framework.evaluate import probabilities
+    from framework.evaluate.evaluation import build_report, predict
+
+    if keep_everything:
+        probabilities.FULL_PROBABILITIES = samples * classes
+    accelerator = Accelerator(cpu=True)
+    data = TensorDataset(torch.arange(samples), torch.randint(0, classes, (samples,)))
+    loader = accelerator.prepare(DataLoader(data, batch_size=256, collate_fn=lambda rows: {
+        "seed": torch.stack([r[0] for r in rows]), "labels": torch.stack([r[1] for r in rows])}))
+
+    class RandomLogits(torch.nn.Module):
+        def forward(self, seed: torch.Tensor) -> torch.Tensor:
+            return torch.randn(len(seed), classes) * 3
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    started = time.perf_counter()
+    result = predict(accelerator, RandomLogits(), loader, lambda logits, labels: torch.nn.functional.cross_entropy(
+        logits, labels, reduction="none"), show_progress=False)
+    report = build_report(result, [str(c) for c in range(classes)])
+    return {"samples": samples, "classes": classes, "kept": report.metrics["probabilities_kept"],
+            "seconds": round(time.perf_counter() - started, 1),
+            "peak_rss_growth_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20 - before, 2)}
+
+
 def run(folder: Path, recipe_args: list[str], processes: int) -> dict:
     """One recipe run on folder/{train,valid}.csv (text) or folder/{train,valid}/ (images); what it cost."""
     out = folder / "run"
@@ -158,6 +194,10 @@ def main(argv: list[str] | None = None) -> None:
     i = sub.add_parser("images")
     i.add_argument("out", type=Path)
     i.add_argument("--files", type=int, default=100_000)
+    e = sub.add_parser("evaluation")
+    e.add_argument("--samples", type=int, default=100_000)
+    e.add_argument("--classes", type=int, default=1000)
+    e.add_argument("--full", action="store_true", help="keep every probability (what bounding saves)")
     r = sub.add_parser("run")
     r.add_argument("folder", type=Path)
     r.add_argument("--processes", type=int, choices=(1, 2), default=1)
@@ -168,6 +208,8 @@ def main(argv: list[str] | None = None) -> None:
         build(args.out, args.rows, args.pages)
     elif args.command == "images":
         build_images(args.out, args.files)
+    elif args.command == "evaluation":
+        print(json.dumps(evaluation_memory(args.samples, args.classes, args.full)))
     else:
         print(json.dumps(run(args.folder, argv[cut + 1:], args.processes)))
 

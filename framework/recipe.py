@@ -89,6 +89,8 @@ class RecipeData:
     # For a streamed split (a datasets.IterableDataset, framework.data.streaming): raw samples -> model samples,
     # applied to the samples a process uses, as they are read
     prepare: Optional[Callable[[list[dict]], list[dict]]] = None
+    # evaluation indices -> {column: values} identifying those samples in errors.csv (a file, a text)
+    describe_eval: Optional[Callable[[list[int]], dict[str, list]]] = None
 
 
 @dataclass(frozen=True)
@@ -185,16 +187,24 @@ def _load_weights(model: torch.nn.Module, trained: TrainedModel) -> None:
 
 def check_best_metric(key: str, extra_metrics: Optional[ExtraMetrics]) -> None:
     """Refuse a --metric_for_best_model that no evaluation will produce, before anything runs."""
-    from framework.evaluate.evaluation import Predictions
+    from framework.evaluate.evaluation import PROBABILITY_METRICS, Predictions
 
     if not key:
         return
-    names = {"eval_loss", "eval_accuracy", "eval_macro_f1", "eval_weighted_f1"}
-    if extra_metrics is not None:  # the recipe's metric names, from a two-sample evaluation
-        two = Predictions(np.array([0, 1]), np.array([0, 1]), np.array([0.0, 0.0]))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            names |= {f"eval_{name}" for name in extra_metrics(two)}
+    names = {"eval_loss", "eval_accuracy", "eval_macro_f1", "eval_weighted_f1",
+             *(f"eval_{name}" for name in PROBABILITY_METRICS)}
+    if extra_metrics is not None:  # the recipe's metric names, from a two-sample, two-class evaluation
+        from framework.evaluate.probabilities import summarize
+
+        labels = np.array([0, 1])
+        two = Predictions(labels, labels, np.array([0.1, 0.2]), summarize(np.array([[0.9, 0.1], [0.2, 0.8]]),
+                                                                          labels, full=True))
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                names |= {f"eval_{name}" for name in extra_metrics(two)}
+        except Exception:  # a metric that needs the run's own classes: its names are known at the first evaluation
+            return
     if key not in names:
         raise FlagError("metric_for_best_model", f"{key!r} is not an evaluation metric; there are: "
                         f"{', '.join(sorted(names))}")
@@ -348,6 +358,7 @@ def run(recipe: Recipe, argv: Optional[list[str]] = None, *, config: Optional[Tr
             recipe.save_preprocessing(data, folder)
 
     run_dir.on_start.append(write_model_files)
+    run_dir.class_names, run_dir.describe_eval = list(data.class_names), data.describe_eval
     result = None
     if config.do_train:
         result = _train(recipe, config, accelerator, precision, run_dir, data, model, eval_loader, loss_fn,
@@ -375,7 +386,7 @@ def _evaluate_only(accelerator: Accelerator, config: TrainingConfig, model: torc
                                accelerator.num_processes}
     if eval_loader is not None:
         report = evaluate(accelerator, model, eval_loader, data.class_names, loss_fn,
-                          extra_metrics=extra_metrics)
+                          extra_metrics=extra_metrics, errors=config.save_errors)
         say(accelerator, report.text)
         run_dir.write_report(report)
         summary["eval_accuracy"] = report.metrics["accuracy"]
@@ -395,8 +406,11 @@ def _predict(accelerator, config, model, data: RecipeData, run_dir: RunDirectory
     say(accelerator, f"predictions: {len(probabilities)} inputs -> {run_dir.path / PREDICTIONS_FILE}")
     if len(labels) and (labels >= 0).all():
         from framework.evaluate.evaluation import Predictions
+        from framework.evaluate.probabilities import keep_full, summarize
+
         losses = -np.log(np.clip(probabilities[np.arange(len(labels)), labels], 1e-12, None))
-        report = build_report(Predictions(probabilities.argmax(1), labels, losses), data.class_names,
+        kept = summarize(probabilities, labels, keep_full(len(labels), probabilities.shape[1]))
+        report = build_report(Predictions(probabilities.argmax(1), labels, losses, kept), data.class_names,
                               recipe_extra_metrics)
         say(accelerator, "test report:\n" + report.text)
         run_dir.write_report(report, "test_report")

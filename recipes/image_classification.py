@@ -221,8 +221,14 @@ def build_data(config: ImageConfig, trained=None) -> RecipeData:
         def baseline() -> dict:
             return score(pixel_logistic_regression(), small_pixels(train_raw, column), train_raw["labels"],
                          small_pixels(eval_raw, column), eval_raw["labels"])
+    describe_eval = None
+    if "evaluation data" in raw:
+        files = raw["evaluation data"].cast_column(column, Image(decode=False))
+
+        def describe_eval(indices: list[int]) -> dict[str, list]:  # errors.csv shows the image files
+            return {"file": [value.get("path") for value in files.select(indices)[column]]}
     return RecipeData(names, train=splits.get("training data"), eval=splits.get("evaluation data"),
-                      test=splits.get("test data"), test_ids=test_ids,
+                      test=splits.get("test data"), test_ids=test_ids, describe_eval=describe_eval,
                       augment=partial(augment, ops=ops) if ops else None, baseline=baseline,
                       notes={"skipped_bad_images": skipped} if config.skip_bad_images else {})
 

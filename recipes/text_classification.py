@@ -341,6 +341,11 @@ def build_prepared_data(config: TextConfig, trained=None) -> RecipeData:
 
     tokenize = tokenizer_function(config.model_kind, tokenizer, preprocessing.features, config.text_column,
                                   config.label_column, config.max_length)
+    raw_eval, text_column = evaluation, config.text_column
+
+    def describe_eval(indices: list[int]) -> dict[str, list]:  # errors.csv shows the texts
+        return {"text": list(raw_eval.select(indices)[text_column])}
+
     train, evaluation = prepare_split(config, train, "train", tokenize), prepare_split(config, evaluation, "eval", tokenize)
     test = prepare_split(config, test, "test", tokenize)
     if train is not None and preprocessing.features is not None:
@@ -352,7 +357,8 @@ def build_prepared_data(config: TextConfig, trained=None) -> RecipeData:
     pad_id = tokenizer.pad_token_id if config.model_kind == "pretrained" else PAD_ID
     return RecipeData(names, train=train, eval=evaluation, test=test, collate_fn=padder(pad_id),
                       preprocessing=preprocessing, baseline=baseline,
-                      fingerprint=fingerprint(tokenizer) if isinstance(tokenizer, Tokenizer) else None)
+                      fingerprint=fingerprint(tokenizer) if isinstance(tokenizer, Tokenizer) else None,
+                      describe_eval=describe_eval if raw_eval is not None else None)
 
 
 def build_model(config: TextConfig, data: RecipeData) -> nn.Module:

@@ -32,6 +32,8 @@ def test_the_final_report_and_weights_are_the_best_evaluations(best_run, tmp_pat
     again = tmp_path / "again"
     assert run_digits_in_process(again, "--do_train", "false", "--model_path", str(best_run)) == 0
     assert read_json(again / "report.json")["accuracy"] == best["eval_accuracy"]
+    # errors.csv is that evaluation's too: the evaluation-only run of the same weights lists the same samples
+    assert (best_run / "errors.csv").read_text() == (again / "errors.csv").read_text()
 
 
 def test_resuming_keeps_the_best_model(best_run, tmp_path):
@@ -61,7 +63,8 @@ def test_an_unknown_metric_is_a_one_line_error_before_anything_runs(tmp_path, ca
     assert run_digits_in_process(out, *ARGS, "--metric_for_best_model", "eval_auc") == 2
     assert capsys.readouterr().err.strip() == (
         "error: --metric_for_best_model 'eval_auc' is not an evaluation metric; there are: "
-        "eval_accuracy, eval_loss, eval_macro_f1, eval_weighted_f1")
+        "eval_accuracy, eval_average_precision, eval_expected_calibration_error, eval_log_loss, eval_loss, "
+        "eval_macro_f1, eval_roc_auc, eval_top_5_accuracy, eval_weighted_f1")
     assert not out.exists()
 
 

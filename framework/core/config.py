@@ -149,6 +149,8 @@ class EvaluationFlags:
         default=0)
     early_stopping_threshold: float = flag(
         "How much the tracked metric must improve to count as an improvement.", default=0.0)
+    save_errors: int = flag("Rows of errors.csv: the evaluation samples the model got wrong with the most "
+                            "confidence, most confident first; 0 writes no file.", default=100)
 
     def check_evaluation(self) -> None:
         """Raise `InvalidFlag` for the first value of this group outside its allowed range."""
@@ -158,6 +160,7 @@ class EvaluationFlags:
             require("report_to", name in TRACKERS, f"none, all, or a comma list of {', '.join(TRACKERS)}",
                     given=name)
         require("early_stopping_patience", self.early_stopping_patience >= 0, "an integer >= 0")
+        require("save_errors", self.save_errors >= 0, "an integer >= 0")
         require("early_stopping_threshold", math.isfinite(self.early_stopping_threshold) and
                 self.early_stopping_threshold >= 0, "a finite number >= 0")
 

@@ -1,7 +1,7 @@
 """The best evaluation so far: kept on disk (for --load_best_model_at_end), and early stopping.
 
 When an evaluation improves the tracked metric (`--metric_for_best_model`; names with
-"loss" in them are minimised, the others maximised), its weights and report go to
+"loss" or "error" in them are minimised, the others maximised), its weights and report go to
 `output_dir/best/`; the step, value and the count of evaluations without improvement
 live in the train state, so they are checkpointed and survive a resume. An
 evaluation whose result is the same on every process (it is gathered) makes every
@@ -30,7 +30,12 @@ def improves(value: float, best: float | None, key: str, threshold: float = 0.0)
     """Whether `value` beats `best` by more than `threshold` (lower is better for loss-like metrics)."""
     if best is None:
         return True
-    return value < best - threshold if "loss" in key else value > best + threshold
+    return value < best - threshold if lower_is_better(key) else value > best + threshold
+
+
+def lower_is_better(key: str) -> bool:
+    """Losses and errors (eval_loss, eval_log_loss, eval_expected_calibration_error) are minimised."""
+    return "loss" in key or "error" in key
 
 
 def metric_value(report: Report, key: str) -> float:
@@ -55,7 +60,7 @@ def save_best(accelerator: Accelerator, model: torch.nn.Module, report: Report, 
         tmp.replace(folder / WEIGHTS_FILE)
         record = {"step": step, "metric": key, "value": metric_value(report, key), "text": report.text,
                   "metrics": report.metrics, "loss": report.loss, "confusion": report.confusion.tolist(),
-                  "extra": report.extra}
+                  "extra": report.extra, "errors": report.errors}
         write_atomic(folder / "report.json", json.dumps(record, indent=2) + "\n")
     accelerator.wait_for_everyone()
 
@@ -65,6 +70,7 @@ def load_best(accelerator: Accelerator, model: torch.nn.Module, output_dir: str)
     folder = Path(output_dir) / BEST_DIR
     record = json.loads((folder / "report.json").read_text())
     bare_model(accelerator, model).load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
+    errors = record.get("errors")  # a best/ of an older version has none
     report = Report(record["text"], record["metrics"], record["loss"], np.array(record["confusion"]),
-                    record["extra"])
+                    record["extra"], [tuple(row) for row in errors] if errors is not None else None)
     return report, record["step"]

@@ -14,6 +14,14 @@ from framework.core.errors import UserError
 from framework.core.progress import progress_bar
 from framework.data.loaders import to_device
 from framework.data.streaming import StreamingEval, gather_in_stream_order
+from framework.evaluate.probabilities import (
+    TOP_K,
+    ClassProbabilities,
+    Collector,
+    keep_full,
+    most_confused,
+    probability_metrics,
+)
 
 
 def is_stream_share(loader: Any) -> bool:
@@ -23,11 +31,17 @@ def is_stream_share(loader: Any) -> bool:
 
 @dataclass
 class Predictions:
-    """One entry per evaluation sample, in dataset order, on the host."""
+    """One entry per evaluation sample, in dataset order, on the host; `probabilities`: each sample's class
+    probabilities (in full, or its most probable classes past a size: framework.evaluate.probabilities)."""
 
     predictions: np.ndarray
     labels: np.ndarray
     losses: np.ndarray
+    probabilities: Optional[ClassProbabilities] = None
+
+
+PROBABILITY_METRICS = ("log_loss", "roc_auc", "average_precision", f"top_{TOP_K}_accuracy",
+                       "expected_calibration_error")
 
 
 @dataclass
@@ -39,14 +53,17 @@ class Report:
     loss: float
     confusion: np.ndarray  # rows: true class, columns: predicted class
     extra: dict[str, float] = field(default_factory=dict)  # a recipe's own metrics (Recipe.extra_metrics)
+    errors: Optional[list[tuple[int, int, int, float, float]]] = None  # (index, true, predicted, score, true prob)
 
     def summary(self) -> dict[str, float]:
-        """The headline numbers logged to metrics.jsonl (a recipe's extra metrics as eval_<name>)."""
+        """The headline numbers logged to metrics.jsonl (the probability metrics there are, and a recipe's extra
+        metrics, as eval_<name>)."""
         return {
             "eval_loss": self.loss,
             "eval_accuracy": self.metrics["accuracy"],
             "eval_macro_f1": self.metrics["macro avg"]["f1-score"],
             "eval_weighted_f1": self.metrics["weighted avg"]["f1-score"],
+            **{f"eval_{name}": self.metrics[name] for name in PROBABILITY_METRICS if name in self.metrics},
             **{f"eval_{name}": value for name, value in self.extra.items()},
         }
 
@@ -74,69 +91,109 @@ def forward_in_chunks(model: torch.nn.Module, inputs: dict[str, Any], chunk: int
 def predict(accelerator: Accelerator, model: torch.nn.Module, loader: Any,
             loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], show_progress: bool = True,
             forward_batch: int = 0) -> Predictions:
-    """Run `model` over a prepared `loader` and gather predictions, labels and per-sample losses.
+    """Run `model` over a prepared `loader` and gather predictions, labels, per-sample losses and probabilities.
 
     `gather_for_metrics` drops the samples the distributed sampler repeated to
     even out the last batch, so every evaluation sample counts exactly once on
-    any number of processes. With `forward_batch`, each loaded batch goes through
-    the model that many samples at a time (the size `--auto_find_batch_size` found).
+    any number of processes (a stream's share is gathered by index instead). With
+    `forward_batch`, each loaded batch goes through the model that many samples at a
+    time (the size `--auto_find_batch_size` found). The probabilities are kept in full
+    up to a size, else each sample's most probable classes (framework.evaluate.probabilities).
     """
     was_training = model.training
     model.eval()
-    streamed = is_stream_share(loader)
-    chunks: list[tuple[torch.Tensor, ...]] = []
+    streamed = is_stream_share(loader)  # this process's share of a stream: gathered by index after the loop
+    size = None if streamed else len(getattr(loader, "dataset", ()) or ()) or None
+    collected: Optional[Collector] = None
+    index: list[np.ndarray] = []
     bar = progress_bar(None if streamed else len(loader), "eval", show_progress and accelerator.is_main_process,
                        unit="batch", leave=False)
     for batch in loader:
-        if streamed:  # this process's share of a stream, on the host: gathered by index after the loop
+        if streamed:
             batch = to_device(batch, accelerator.device)
+            index.append(batch["index"].cpu().numpy())
         inputs, labels = split_batch(batch)
-        logits = forward_in_chunks(model, inputs, forward_batch)
-        losses = loss_fn(logits.float(), labels)
-        outputs = (logits.argmax(dim=-1), labels, losses)
-        chunks.append((*outputs, batch["index"]) if streamed else accelerator.gather_for_metrics(outputs))
+        logits = forward_in_chunks(model, inputs, forward_batch).float()
+        outputs = (logits.argmax(dim=-1), labels, loss_fn(logits, labels), torch.softmax(logits, dim=-1))
+        arrays = [t.cpu().numpy() for t in (outputs if streamed else accelerator.gather_for_metrics(outputs))]
+        if collected is None:
+            classes = arrays[3].shape[1]
+            collected = Collector(size or 1024, classes, keep_full(size, classes))
+        collected.add(*arrays)
         bar.update(1)
     bar.close()
     model.train(was_training)
     if streamed:
-        if chunks:
-            preds, labels, losses, index = (torch.cat(part).cpu().numpy() for part in zip(*chunks))
-        else:  # a process with no sample of the stream (fewer samples than processes)
-            preds = labels = index = np.zeros(0, dtype=np.int64)
-            losses = np.zeros(0, dtype=np.float32)
-        preds, labels, losses = gather_in_stream_order(accelerator, [preds, labels, losses], index)
-        if len(labels) == 0:
-            raise UserError("the evaluation stream is empty")
-        return Predictions(preds, labels, losses)
-    preds, labels, losses = (torch.cat(parts).cpu().numpy() for parts in zip(*chunks))
-    return Predictions(preds, labels, losses)
+        return _gathered_stream(accelerator, collected, index)
+    if collected is None:
+        raise UserError("the evaluation set is empty")
+    return Predictions(*collected.result())
+
+
+def _gathered_stream(accelerator: Accelerator, collected: Optional[Collector], index: list[np.ndarray]) -> Predictions:
+    """Every process's share of a streamed evaluation, in stream order (each sample once)."""
+    # A process may have no sample (fewer than processes): the number of classes comes from the others.
+    classes = int(accelerator.gather(torch.tensor([collected.num_classes if collected else 0],
+                                                  device=accelerator.device)).max().item())
+    collected = collected or Collector(0, classes, keep_full(None, classes))
+    preds, labels, losses, kept = collected.result()
+    parts = [preds, labels, losses, kept.true, kept.top_classes, kept.top_probabilities]
+    parts += [kept.full] if kept.full is not None else []
+    gathered = gather_in_stream_order(accelerator, parts, np.concatenate(index) if index else np.zeros(0, np.int64))
+    if len(gathered[1]) == 0:
+        raise UserError("the evaluation stream is empty")
+    return Predictions(*gathered[:3], ClassProbabilities(classes, *gathered[3:6], gathered[6] if len(gathered) > 6
+                                                         else None))
 
 
 ExtraMetrics = Callable[[Predictions], dict]  # gathered predictions -> {name: value}
 
 
 def build_report(predictions: Predictions, class_names: Sequence[str],
-                 extra_metrics: Optional[ExtraMetrics] = None) -> Report:
-    """`classification_report` over every class (absent ones score 0, silently), as text and dict, and
-    the recipe's `extra_metrics` of the same predictions (in report.json under "extra")."""
+                 extra_metrics: Optional[ExtraMetrics] = None, errors: int = 0) -> Report:
+    """`classification_report` over every class (absent ones score 0, silently), as text and dict; with
+    probabilities, the metrics they give (framework.evaluate.probabilities) and the most confused class pairs;
+    the recipe's `extra_metrics` of the same predictions (in report.json under "extra"); and the `errors`
+    wrong predictions made with the most confidence (Report.errors, for errors.csv)."""
     labels = list(range(len(class_names)))
     kwargs = dict(labels=labels, target_names=list(class_names), zero_division=0, digits=4)
     text = classification_report(predictions.labels, predictions.predictions, **kwargs)
     metrics = classification_report(predictions.labels, predictions.predictions, output_dict=True, **kwargs)
     confusion = confusion_matrix(predictions.labels, predictions.predictions, labels=labels)
+    wrong = None
+    if predictions.probabilities is not None:
+        found = probability_metrics(predictions.probabilities, predictions.labels, predictions.predictions)
+        metrics.update(found, most_confused=most_confused(confusion, list(class_names)))
+        text += "\n" + "".join(f"{name:>26} {found[name]:.4f}\n" for name in PROBABILITY_METRICS if name in found)
+        if found["probabilities_kept"] != "all classes":
+            text += f"{'':>26} ({found['probabilities_kept']})\n"
+        pairs = ", ".join(f"{c['true']} as {c['predicted']} ({c['count']})" for c in metrics["most_confused"][:3])
+        text += f"{'most confused':>26} {pairs or 'none'}\n"
+        wrong = _most_confident_errors(predictions, errors) if errors else None
     extra = {name: float(value) for name, value in (extra_metrics(predictions) if extra_metrics else {}).items()}
     if extra:
         metrics["extra"] = extra
         text += "".join(f"\n{name:>12} {value:.4f}" for name, value in extra.items()) + "\n"
-    return Report(text, metrics, float(predictions.losses.mean()), confusion, extra)
+    return Report(text, metrics, float(predictions.losses.mean()), confusion, extra, wrong)
+
+
+def _most_confident_errors(predictions: Predictions, limit: int) -> list[tuple[int, int, int, float, float]]:
+    """(index, true class, predicted class, predicted class's probability, true class's probability) of the
+    `limit` wrong predictions with the highest probability, highest first."""
+    wrong = np.flatnonzero(predictions.predictions != predictions.labels)
+    probabilities = predictions.probabilities
+    score = probabilities.confidence[wrong]
+    order = wrong[np.argsort(-score, kind="stable")][:limit]
+    return [(int(i), int(predictions.labels[i]), int(predictions.predictions[i]), float(probabilities.confidence[i]),
+             float(probabilities.true[i])) for i in order]
 
 
 def evaluate(accelerator: Accelerator, model: torch.nn.Module, loader: Any, class_names: Sequence[str],
              loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], forward_batch: int = 0,
-             extra_metrics: Optional[ExtraMetrics] = None) -> Report:
+             extra_metrics: Optional[ExtraMetrics] = None, errors: int = 0) -> Report:
     """Predict on every process, gather, and build the report (the same on every process)."""
     predictions = predict(accelerator, model, loader, loss_fn, forward_batch=forward_batch)
-    return build_report(predictions, class_names, extra_metrics)
+    return build_report(predictions, class_names, extra_metrics, errors)
 
 
 @torch.no_grad()

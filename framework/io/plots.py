@@ -1,4 +1,4 @@
-"""loss.png and confusion_matrix.png at the end of a run (matplotlib is an optional extra)."""
+"""loss.png, confusion_matrix.png and calibration.png at the end of a run (matplotlib is an optional extra)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-MISSING = ("note: matplotlib is not installed, so no loss.png or confusion_matrix.png "
+MISSING = ("note: matplotlib is not installed, so no loss.png, confusion_matrix.png or calibration.png "
            "(pip install matplotlib, or the project's 'plots' extra)")
 
 
@@ -16,10 +16,12 @@ MAX_FIGURE_INCHES = 16
 
 
 def save_plots(output_dir: str | Path, records: list[dict], confusion: np.ndarray,
-               class_names: Sequence[str]) -> Optional[str]:
-    """Write loss.png (train and eval loss over optimizer steps) and confusion_matrix.png (counts and class
+               class_names: Sequence[str], calibration: Optional[dict] = None) -> Optional[str]:
+    """Write loss.png (train and eval loss over optimizer steps), confusion_matrix.png (counts and class
     names up to MAX_ANNOTATED_CLASSES classes; beyond, a heat map whose axes are class indices in
-    labels.json order, of at most MAX_FIGURE_INCHES square).
+    labels.json order, of at most MAX_FIGURE_INCHES square) and, given the report's calibration bins,
+    calibration.png (the reliability diagram: accuracy against confidence per bin, and how many samples
+    each bin holds).
 
     Returns a one-line note instead when matplotlib is missing.
     """
@@ -58,4 +60,28 @@ def save_plots(output_dir: str | Path, records: list[dict], confusion: np.ndarra
     fig.tight_layout()
     fig.savefig(out / "confusion_matrix.png", dpi=100)
     plt.close(fig)
+    if calibration is not None:
+        _reliability_diagram(plt, calibration, out / "calibration.png")
     return None
+
+
+def _reliability_diagram(plt, bins: dict, path: Path) -> None:
+    edges = [0.0, *bins["upper_edge"]]
+    width = edges[1] - edges[0]
+    filled = [i for i, n in enumerate(bins["count"]) if n]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(5, 6), height_ratios=(3, 1), sharex=True)
+    top.bar([edges[i] for i in filled], [bins["accuracy"][i] for i in filled], width=width, align="edge",
+            edgecolor="black", label="accuracy in the bin")
+    top.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
+    top.plot([bins["confidence"][i] for i in filled], [bins["accuracy"][i] for i in filled], "o", color="black",
+             markersize=3, label="(mean confidence, accuracy) of a bin")
+    top.set_ylabel("accuracy")
+    top.set_ylim(0, 1)
+    top.legend(loc="upper left", fontsize="small")
+    bottom.bar(edges[:-1], bins["count"], width=width, align="edge", edgecolor="black")
+    bottom.set_xlabel("confidence (probability of the predicted class)")
+    bottom.set_ylabel("samples")
+    bottom.set_xlim(0, 1)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

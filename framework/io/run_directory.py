@@ -9,6 +9,8 @@ renamed, so a reader never sees half a file; files get the user's umask.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import shutil
@@ -24,10 +26,11 @@ from framework.core.errors import FlagError
 from framework.io.files import json_safe, write_atomic
 
 FINISHED_MARKER = "summary.json"
+ERRORS_FILE = "errors.csv"
 # What a run leaves in output_dir; --overwrite_output_dir removes these (and nothing else) before a new run.
 RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "config.yaml", "report.json", "report.txt", FINISHED_MARKER,
-               "model.safetensors", "loss.png", "confusion_matrix.png", "best", "labels.json", "predictions.csv",
-               "test_report.json", "test_report.txt")
+               "model.safetensors", "loss.png", "confusion_matrix.png", "calibration.png", ERRORS_FILE, "best",
+               "labels.json", "predictions.csv", "test_report.json", "test_report.txt")
 
 
 class RunDirectory:
@@ -40,6 +43,9 @@ class RunDirectory:
         # used on its own (labels.json, the tokenizer), written before the first step, so a stopped run has them.
         self.on_start: list[Callable[[Path], None]] = []
         self.recipe_name = ""  # written first into config.yaml (`recipe:`), so --model_path can check it
+        self.class_names: list[str] = []  # for errors.csv
+        # evaluation indices -> {column: values} that identify those samples in errors.csv (RecipeData.describe_eval)
+        self.describe_eval: Optional[Callable[[list[int]], dict[str, list]]] = None
 
     @classmethod
     def for_run(cls, config: TrainingConfig, accelerator: Accelerator) -> "RunDirectory":
@@ -157,9 +163,26 @@ class RunDirectory:
 
     def write_report(self, report: Any, name: str = "report") -> None:
         """`<name>.json` (the report's metrics) and `<name>.txt` (its text), as training, evaluation-only
-        and test runs write them."""
+        and test runs write them; with the report's most confident errors, errors.csv (the evaluation report's)."""
         self.write_json(f"{name}.json", report.metrics)
         self.write_text(f"{name}.txt", report.text)
+        if name == "report" and getattr(report, "errors", None) is not None:
+            self.write_errors(report)
+
+    def write_errors(self, report: Any) -> None:
+        """errors.csv: index (in the evaluation split), the columns `describe_eval` gives for those samples (a
+        file, a text), true and predicted class, the predicted class's probability (score) and the true one's."""
+        if not self.is_main:
+            return
+        rows = report.errors
+        described = self.describe_eval([row[0] for row in rows]) if self.describe_eval and rows else {}
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["index", *described, "true", "predicted", "score", "true_probability"])
+        for k, (index, true, predicted, score, true_probability) in enumerate(rows):
+            writer.writerow([index, *(values[k] for values in described.values()), self.class_names[true],
+                             self.class_names[predicted], f"{score:.6f}", f"{true_probability:.6f}"])
+        write_atomic(self.path / ERRORS_FILE, buffer.getvalue())
 
     def write_text(self, name: str, text: str) -> None:
         """Write a text file (e.g. report.txt) atomically."""

@@ -180,7 +180,8 @@ def _log(ctx: TrainingRun, record: dict[str, Any]) -> None:
 
 def _evaluate(run: TrainingRun, state: TrainState, components: Sequence[Component]) -> None:
     run.report = evaluate(run.accelerator, run.model, run.eval_loader, run.class_names, run.loss_fn,
-                          forward_batch=state.eval_batch, extra_metrics=run.extra_metrics)
+                          forward_batch=state.eval_batch, extra_metrics=run.extra_metrics,
+                          errors=run.config.save_errors)
     state.last_eval_step = state.step
     epoch = _epochs_done(run, state)
     _log(run, {"step": state.step, "epoch": round(epoch, 4), **run.report.summary()})
@@ -369,7 +370,8 @@ def finish(run: TrainingRun, state: TrainState, components: Sequence[Component])
     save_weights(accelerator, run.model, run.run_dir.path)
     run.run_dir.write_report(run.report)
     if accelerator.is_main_process:
-        note = save_plots(run.run_dir.path, run.run_dir.records(), run.report.confusion, run.class_names)
+        note = save_plots(run.run_dir.path, run.run_dir.records(), run.report.confusion, run.class_names,
+                          run.report.metrics.get("calibration"))
         if note:
             say(accelerator, note)
     summary = {
