@@ -56,6 +56,7 @@ from framework.core.runtime import Precision, build_accelerator, say
 from framework.data.loaders import Augment, build_eval_loader, build_train_data
 from framework.data.streaming import build_stream_eval, build_stream_train_data, is_stream
 from framework.evaluate.evaluation import ExtraMetrics, build_report, evaluate, predict_probabilities
+from framework.evaluate.temperature import calibrate, load_temperature
 from framework.io.checkpoint import STATE_FILE, resolve_checkpoint
 from framework.io.run_directory import RunDirectory
 from framework.io.weights import WEIGHTS_FILE, bare_model, weights_problem
@@ -360,18 +361,20 @@ def run(recipe: Recipe, argv: Optional[list[str]] = None, *, config: Optional[Tr
     run_dir.on_start.append(write_model_files)
     run_dir.class_names, run_dir.describe_eval = list(data.class_names), data.describe_eval
     result = None
+    # The temperature of --calibrate (framework.evaluate.temperature): the trained run's, or this run's.
+    temperature = load_temperature(trained.weights.parent) if trained else None
     if config.do_train:
         result = _train(recipe, config, accelerator, precision, run_dir, data, model, eval_loader, loss_fn,
                         preparation_s)
-        model = result.model
+        model, temperature = result.model, result.summary["calibration_temperature"]
         if accelerator.is_main_process and recipe.export:
             recipe.export(config, bare_model(accelerator, model), data, run_dir.path)
     else:
         model = accelerator.prepare(model)
-        _evaluate_only(accelerator, config, model, eval_loader, data, run_dir, precision, recipe.extra_metrics,
-                       loss_fn)
+        temperature = _evaluate_only(accelerator, config, model, eval_loader, data, run_dir, precision,
+                                     recipe.extra_metrics, loss_fn, temperature)
     if config.do_predict:
-        _predict(accelerator, config, model, data, run_dir, recipe.extra_metrics)
+        _predict(accelerator, config, model, data, run_dir, recipe.extra_metrics, temperature or 1.0)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return result
@@ -379,27 +382,36 @@ def run(recipe: Recipe, argv: Optional[list[str]] = None, *, config: Optional[Tr
 
 def _evaluate_only(accelerator: Accelerator, config: TrainingConfig, model: torch.nn.Module, eval_loader: Any,
                    data: RecipeData, run_dir: RunDirectory, precision: Precision,
-                   extra_metrics: Optional[ExtraMetrics], loss_fn: LossFn) -> None:
-    """--do_train false: the config, and with --do_eval the report of the --model_path model."""
+                   extra_metrics: Optional[ExtraMetrics], loss_fn: LossFn,
+                   temperature: Optional[float]) -> Optional[float]:
+    """--do_train false: the config, and with --do_eval the report of the --model_path model (its probabilities
+    at the run's saved temperature; with --calibrate, a temperature fitted on this evaluation split). Returns the
+    temperature in use."""
     run_dir.start(config_to_dict(config) | {"mixed_precision": precision.requested})
     summary: dict[str, Any] = {"do_train": False, "model_path": config.model_path, "world_size":
                                accelerator.num_processes}
     if eval_loader is not None:
-        report = evaluate(accelerator, model, eval_loader, data.class_names, loss_fn,
-                          extra_metrics=extra_metrics, errors=config.save_errors)
+        report = evaluate(accelerator, model, eval_loader, data.class_names, loss_fn, extra_metrics=extra_metrics,
+                          errors=config.save_errors, temperature=1.0 if config.calibrate else temperature or 1.0)
+        if config.calibrate:
+            temperature, report = calibrate(accelerator, model, eval_loader, data.class_names, loss_fn, report,
+                                            run_dir, extra_metrics=extra_metrics, errors=config.save_errors)
         say(accelerator, report.text)
         run_dir.write_report(report)
         summary["eval_accuracy"] = report.metrics["accuracy"]
+    summary["calibration_temperature"] = temperature
     run_dir.write_json("summary.json", summary)
+    return temperature
 
 
 def _predict(accelerator, config, model, data: RecipeData, run_dir: RunDirectory,
-             recipe_extra_metrics: Optional[ExtraMetrics]) -> None:
-    """predictions.csv in input order (each input once over N processes); a test report when labelled."""
+             recipe_extra_metrics: Optional[ExtraMetrics], temperature: float = 1.0) -> None:
+    """predictions.csv in input order (each input once over N processes), its probabilities at `temperature`
+    (--calibrate's); a test report when labelled."""
     if data.test is None:
         raise FlagError("do_predict", "needs test inputs (this recipe's --test_file / --test_dir)")
     loader = build_eval_loader(data.test, config, accelerator, data.collate_fn)
-    probabilities, labels = predict_probabilities(accelerator, model, loader)
+    probabilities, labels = predict_probabilities(accelerator, model, loader, temperature)
     ids = data.test_ids if data.test_ids is not None else list(range(len(probabilities)))
     if accelerator.is_main_process:
         write_predictions(run_dir.path / PREDICTIONS_FILE, ids, probabilities, list(data.class_names))

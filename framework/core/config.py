@@ -151,6 +151,9 @@ class EvaluationFlags:
         "How much the tracked metric must improve to count as an improvement.", default=0.0)
     save_errors: int = flag("Rows of errors.csv: the evaluation samples the model got wrong with the most "
                             "confidence, most confident first; 0 writes no file.", default=100)
+    calibrate: bool = flag("Fit a temperature on the evaluation split after training (temperature scaling): the "
+                           "probabilities in the report and predictions.csv become calibrated, the predicted classes "
+                           "do not change; saved as calibration.json and used by --model_path.", default=False)
 
     def check_evaluation(self) -> None:
         """Raise `InvalidFlag` for the first value of this group outside its allowed range."""
@@ -251,6 +254,8 @@ class TaskFlags:
 
     def check_task(self) -> None:
         """Raise `InvalidFlag` for the first value of this group outside its allowed range."""
+        require("calibrate", not self.calibrate or self.do_eval,
+                "false when --do_eval is false (the temperature is fitted on the evaluation split)")
         require("do_eval", self.do_eval or not self.do_train,
                 "true when --do_train is true (training evaluates at each epoch end)")
         require("model_path", self.do_train or bool(self.model_path),

@@ -90,7 +90,7 @@ def forward_in_chunks(model: torch.nn.Module, inputs: dict[str, Any], chunk: int
 @torch.no_grad()
 def predict(accelerator: Accelerator, model: torch.nn.Module, loader: Any,
             loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], show_progress: bool = True,
-            forward_batch: int = 0) -> Predictions:
+            forward_batch: int = 0, temperature: float = 1.0) -> Predictions:
     """Run `model` over a prepared `loader` and gather predictions, labels, per-sample losses and probabilities.
 
     `gather_for_metrics` drops the samples the distributed sampler repeated to
@@ -98,7 +98,8 @@ def predict(accelerator: Accelerator, model: torch.nn.Module, loader: Any,
     any number of processes (a stream's share is gathered by index instead). With
     `forward_batch`, each loaded batch goes through the model that many samples at a
     time (the size `--auto_find_batch_size` found). The probabilities are kept in full
-    up to a size, else each sample's most probable classes (framework.evaluate.probabilities).
+    up to a size, else each sample's most probable classes (framework.evaluate.probabilities); they are
+    softmax(logits / `temperature`) (framework.evaluate.temperature; the loss is of the logits as trained).
     """
     was_training = model.training
     model.eval()
@@ -114,7 +115,7 @@ def predict(accelerator: Accelerator, model: torch.nn.Module, loader: Any,
             index.append(batch["index"].cpu().numpy())
         inputs, labels = split_batch(batch)
         logits = forward_in_chunks(model, inputs, forward_batch).float()
-        outputs = (logits.argmax(dim=-1), labels, loss_fn(logits, labels), torch.softmax(logits, dim=-1))
+        outputs = (logits.argmax(dim=-1), labels, loss_fn(logits, labels), torch.softmax(logits / temperature, dim=-1))
         arrays = [t.cpu().numpy() for t in (outputs if streamed else accelerator.gather_for_metrics(outputs))]
         if collected is None:
             classes = arrays[3].shape[1]
@@ -190,23 +191,24 @@ def _most_confident_errors(predictions: Predictions, limit: int) -> list[tuple[i
 
 def evaluate(accelerator: Accelerator, model: torch.nn.Module, loader: Any, class_names: Sequence[str],
              loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], forward_batch: int = 0,
-             extra_metrics: Optional[ExtraMetrics] = None, errors: int = 0) -> Report:
+             extra_metrics: Optional[ExtraMetrics] = None, errors: int = 0, temperature: float = 1.0) -> Report:
     """Predict on every process, gather, and build the report (the same on every process)."""
-    predictions = predict(accelerator, model, loader, loss_fn, forward_batch=forward_batch)
+    predictions = predict(accelerator, model, loader, loss_fn, forward_batch=forward_batch, temperature=temperature)
     return build_report(predictions, class_names, extra_metrics, errors)
 
 
 @torch.no_grad()
-def predict_probabilities(accelerator: Accelerator, model: torch.nn.Module, loader: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Class probabilities (softmax of the logits) and labels (-1 where unknown) of every sample of a
-    prepared `loader`, gathered from every process in dataset order, each sample exactly once."""
+def predict_probabilities(accelerator: Accelerator, model: torch.nn.Module, loader: Any,
+                          temperature: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Class probabilities (softmax of the logits / `temperature`) and labels (-1 where unknown) of every sample
+    of a prepared `loader`, gathered from every process in dataset order, each sample exactly once."""
     was_training = model.training
     model.eval()
     chunks: list[tuple[torch.Tensor, torch.Tensor]] = []
     bar = progress_bar(len(loader), "predict", accelerator.is_main_process, unit="batch", leave=False)
     for batch in loader:
         inputs, labels = split_batch(batch)
-        probabilities = torch.softmax(model(**inputs).float(), dim=-1)
+        probabilities = torch.softmax(model(**inputs).float() / temperature, dim=-1)
         chunks.append(accelerator.gather_for_metrics((probabilities, labels)))
         bar.update(1)
     bar.close()

@@ -29,7 +29,8 @@ FINISHED_MARKER = "summary.json"
 ERRORS_FILE = "errors.csv"
 # What a run leaves in output_dir; --overwrite_output_dir removes these (and nothing else) before a new run.
 RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "config.yaml", "report.json", "report.txt", FINISHED_MARKER,
-               "model.safetensors", "loss.png", "confusion_matrix.png", "calibration.png", ERRORS_FILE, "best",
+               "model.safetensors", "loss.png", "confusion_matrix.png", "calibration.png", "calibration.json",
+               ERRORS_FILE, "best",
                "labels.json", "predictions.csv", "test_report.json", "test_report.txt")
 
 

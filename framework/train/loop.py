@@ -34,6 +34,7 @@ from framework.core.progress import progress_bar
 from framework.core.runtime import device_name, format_banner, say
 from framework.data.loaders import Window, to_device
 from framework.evaluate.evaluation import Report, evaluate, split_batch
+from framework.evaluate.temperature import calibrate
 from framework.io.checkpoint import checkpoint_root, load_checkpoint, resolve_checkpoint, run_identity
 from framework.io.plots import save_plots
 from framework.io.weights import save_weights
@@ -366,6 +367,10 @@ def finish(run: TrainingRun, state: TrainState, components: Sequence[Component])
         _evaluate(run, state, components)
     for component in components:
         component.finish(run, state)
+    if run.config.calibrate:
+        run.temperature, run.report = calibrate(accelerator, run.model, run.eval_loader, run.class_names,
+                                                run.loss_fn, run.report, run.run_dir, state.eval_batch,
+                                                run.extra_metrics, run.config.save_errors)
     say(accelerator, run.report.text)
     save_weights(accelerator, run.model, run.run_dir.path)
     run.run_dir.write_report(run.report)
@@ -390,6 +395,7 @@ def finish(run: TrainingRun, state: TrainState, components: Sequence[Component])
     summary["data_wait_share"] = _data_wait_share(run)
     summary["preparation_time_s"] = run.preparation_s
     summary["dataloader_num_workers"] = run.train_data.num_workers
+    summary["calibration_temperature"] = run.temperature
     summary["time_to_first_step_s"] = _since_process_start(run.first_step_at)
     run.run_dir.write_json("summary.json", summary)
     accelerator.wait_for_everyone()

@@ -77,3 +77,4 @@ class TrainingRun:
     checkpointed_step: int = -1
     started: float = 0.0  # perf_counter() when fit began (wall_time_s)
     first_step_at: Optional[float] = None  # time.time() when this run's first optimizer step began
+    temperature: Optional[float] = None  # --calibrate: the fitted temperature
