@@ -198,3 +198,24 @@ def inject_inf(make_model, at_calls):
         return model
 
     return make
+
+
+PROBABILITY_KEYS = ("log_loss", "roc_auc", "average_precision", "top_5_accuracy", "expected_calibration_error")
+
+
+def assert_same_report(a: dict, b: dict, rel: float = 1e-6) -> None:
+    """Two report.json of runs that train the same model up to float rounding (another split into processes or
+    micro-batches): the classification report, the confusion pairs and the calibration counts exactly equal; the
+    probability metrics, sums of float probabilities, within `rel`."""
+    import pytest
+
+    floats = {*PROBABILITY_KEYS, "calibration"}
+    assert {k: v for k, v in a.items() if k not in floats} == {k: v for k, v in b.items() if k not in floats}
+    for key in PROBABILITY_KEYS:
+        assert (key in a) == (key in b) and a.get(key) == pytest.approx(b.get(key), rel=rel), key
+    if "calibration" in a:
+        assert a["calibration"]["count"] == b["calibration"]["count"]
+        for part in ("confidence", "accuracy"):  # null for an empty bin, in both
+            assert [x is None for x in a["calibration"][part]] == [x is None for x in b["calibration"][part]]
+            assert [x for x in a["calibration"][part] if x is not None] == pytest.approx(
+                [x for x in b["calibration"][part] if x is not None], rel=rel)
