@@ -3,6 +3,7 @@
     python bench/real_data.py man OUT/man            # man-page descriptions -> section
     python bench/real_data.py docstrings OUT/doc     # stdlib docstrings -> top-level package
     python bench/real_data.py dpkg OUT/dpkg          # installed Debian packages' one-line descriptions -> section
+    python bench/real_data.py debtags OUT/debtags    # multi-label: Debian archive descriptions -> their debtags
     python bench/real_data.py icons OUT/icons        # Adwaita icons -> context (actions, status, ...)
     python bench/real_data.py digits OUT/digits      # scikit-learn's bundled handwritten digits as PNG files
     python bench/real_data.py linear OUT/man         # TF-IDF baselines on OUT/man/{train,valid}.csv
@@ -123,6 +124,64 @@ def build_dpkg(out: Path, per_class: int, status: Path = Path("/var/lib/dpkg/sta
         if "Description" in fields and "Section" in fields:
             rows.append((fields["Description"].strip(), fields["Section"].strip().split("/")[-1]))
     write_split(rows, out, per_class)
+
+
+APT_PACKAGES = Path("/var/lib/apt/lists")
+
+
+def archive_stanzas(lists: Path = APT_PACKAGES):
+    """(package, short description, tags) of every package in the apt lists' Packages files that has debtags."""
+    import subprocess
+
+    for path in sorted(lists.glob("*_Packages*")):
+        if path.suffix == ".lz4":
+            text = subprocess.run(["lz4cat", str(path)], check=True, capture_output=True, text=True).stdout
+        elif path.suffix == ".gz":
+            text = gzip.open(path, "rt").read()
+        else:
+            text = path.read_text()
+        for stanza in text.split("\n\n"):
+            fields, last = {}, None
+            for line in stanza.splitlines():
+                if line.startswith((" ", "\t")) and last:
+                    fields[last] += " " + line.strip()
+                elif ":" in line:
+                    last, value = line.split(":", 1)
+                    fields[last] = value.strip()
+            if "Tag" in fields and "Description" in fields:
+                tags = [t.strip() for t in fields["Tag"].split(",") if t.strip()]
+                yield fields.get("Package", ""), fields["Description"], tags
+
+
+def build_debtags(out: Path, labels: int = 30, seed: int = 0) -> None:
+    """Multi-label: each package's one-line description -> its debtags among the `labels` most frequent (the
+    Debian archive's own metadata: several tags per package). Packages left without one of those tags are
+    dropped, as are descriptions shared by packages with different tag sets; a random 80/20 split (seed 0).
+    train.csv / valid.csv: text, labels (the tags joined by ',')."""
+    rows = {}
+    conflicting = set()
+    stanzas = list(archive_stanzas())
+    counts = Counter(tag for _, _, tags in stanzas for tag in set(tags))
+    kept = {tag for tag, _ in counts.most_common(labels)}
+    for _, text, tags in stanzas:
+        chosen = tuple(sorted(set(tags) & kept))
+        if not chosen:
+            continue
+        if rows.get(text, chosen) != chosen:
+            conflicting.add(text)
+        rows[text] = chosen
+    items = sorted((text, ",".join(tags)) for text, tags in rows.items() if text not in conflicting)
+    random.Random(seed).shuffle(items)
+    cut = int(0.8 * len(items))
+    out.mkdir(parents=True, exist_ok=True)
+    for name, split in (("train", items[:cut]), ("valid", items[cut:])):
+        with open(out / f"{name}.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["text", "labels"])
+            writer.writerows(split)
+    per_item = sum(len(tags.split(",")) for _, tags in items) / max(len(items), 1)
+    print(f"{len(stanzas)} tagged packages -> {len(items)} descriptions ({len(conflicting)} ambiguous dropped), "
+          f"{len(kept)} tags, {per_item:.2f} tags per description; train {cut}, valid {len(items) - cut}")
 
 
 def first_paragraph(doc: str) -> str:
@@ -257,10 +316,11 @@ def linear_baselines(folder: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["man", "docstrings", "dpkg", "icons", "digits", "linear"])
+    parser.add_argument("what", choices=["man", "docstrings", "dpkg", "debtags", "icons", "digits", "linear"])
     parser.add_argument("out", type=Path)
     parser.add_argument("--per_class", type=int, default=800, help="cap on the texts kept per class")
     parser.add_argument("--packages", type=int, default=8, help="docstrings: the largest packages kept")
+    parser.add_argument("--labels", type=int, default=30, help="debtags: the most frequent tags kept")
     args = parser.parse_args(argv)
     if args.what == "man":
         build_man(args.out, args.per_class)
@@ -268,6 +328,8 @@ def main(argv: list[str] | None = None) -> None:
         build_docstrings(args.out, args.per_class, args.packages)
     elif args.what == "dpkg":
         build_dpkg(args.out, args.per_class)
+    elif args.what == "debtags":
+        build_debtags(args.out, args.labels)
     elif args.what == "icons":
         build_icons(args.out, ("32x32", "48x48"))
     elif args.what == "digits":

@@ -57,6 +57,12 @@ from framework.data.loaders import Augment, build_eval_loader, build_train_data
 from framework.data.streaming import build_stream_eval, build_stream_train_data, is_stream
 from framework.evaluate.evaluation import ExtraMetrics, build_report, evaluate, predict_probabilities
 from framework.evaluate.temperature import calibrate, load_temperature
+from framework.evaluate.thresholds import (
+    check_threshold_task,
+    fixed_thresholds,
+    load_thresholds,
+    tune_thresholds,
+)
 from framework.io.checkpoint import STATE_FILE, resolve_checkpoint
 from framework.io.run_directory import RunDirectory
 from framework.io.weights import WEIGHTS_FILE, bare_model, weights_problem
@@ -64,7 +70,7 @@ from framework.train.activation_checkpointing import enable_gradient_checkpointi
 from framework.train.components import Component, default_components
 from framework.train.flops import meta_flops_per_sample
 from framework.train.loop import FitResult, fit
-from framework.train.losses import class_weights_from, classification_loss
+from framework.train.losses import class_weights_from, classification_loss, multi_label_loss
 from framework.train.optim import build_optimizer, build_scheduler, total_optimizer_steps
 from framework.train.state import LossFn, TrainingRun
 
@@ -186,14 +192,17 @@ def _load_weights(model: torch.nn.Module, trained: TrainedModel) -> None:
                         f"({str(err).strip().splitlines()[-1].strip()})") from None
 
 
-def check_best_metric(key: str, extra_metrics: Optional[ExtraMetrics]) -> None:
+def check_best_metric(key: str, extra_metrics: Optional[ExtraMetrics], multi_label: bool = False) -> None:
     """Refuse a --metric_for_best_model that no evaluation will produce, before anything runs."""
-    from framework.evaluate.evaluation import PROBABILITY_METRICS, Predictions
+    from framework.evaluate.evaluation import MULTI_LABEL_METRICS, PROBABILITY_METRICS, Predictions
 
     if not key:
         return
     names = {"eval_loss", "eval_accuracy", "eval_macro_f1", "eval_weighted_f1",
              *(f"eval_{name}" for name in PROBABILITY_METRICS)}
+    if multi_label:  # no calibration error or top-k; micro and samples F1 and the Hamming loss instead
+        names -= {"eval_expected_calibration_error", "eval_top_5_accuracy"}
+        names |= {f"eval_{name}" for name in MULTI_LABEL_METRICS}
     if extra_metrics is not None:  # the recipe's metric names, from a two-sample, two-class evaluation
         from framework.evaluate.probabilities import summarize
 
@@ -232,14 +241,26 @@ def training_labels(dataset: Any) -> np.ndarray:
     return np.asarray([int(dataset[i]["labels"]) for i in range(len(dataset))])
 
 
-def write_predictions(path: Path, ids: list, probabilities: np.ndarray, class_names: list[str]) -> None:
-    """predictions.csv: id, prediction (class name), score (its probability), one probability column per class."""
+def write_predictions(path: Path, ids: list, probabilities: np.ndarray, class_names: list[str],
+                      thresholds: Optional[np.ndarray] = None, multi_label: bool = False,
+                      delimiter: str = ",") -> None:
+    """predictions.csv: id, prediction (class name), score (its probability), one probability column per class.
+    Multi-label: `labels`, the predicted label set joined by `delimiter` (the labels whose probability reaches
+    their threshold, 0.5 without one), then each label's probability. A binary task with a threshold predicts
+    the second class where its probability reaches it."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["id", "prediction", "score", *[f"prob_{name}" for name in class_names]])
-    for row_id, row in zip(ids, probabilities):
-        best = int(row.argmax())
-        writer.writerow([row_id, class_names[best], f"{row[best]:.6f}", *(f"{p:.6f}" for p in row)])
+    if multi_label:
+        cut = thresholds if thresholds is not None else np.full(len(class_names), 0.5, np.float32)
+        writer.writerow(["id", "labels", *[f"prob_{name}" for name in class_names]])
+        for row_id, row in zip(ids, probabilities):
+            chosen = delimiter.join(name for name, p, t in zip(class_names, row, cut) if p >= t)
+            writer.writerow([row_id, chosen, *(f"{p:.6f}" for p in row)])
+    else:
+        writer.writerow(["id", "prediction", "score", *[f"prob_{name}" for name in class_names]])
+        for row_id, row in zip(ids, probabilities):
+            best = int(row.argmax()) if thresholds is None else int(row[1] >= thresholds[0])
+            writer.writerow([row_id, class_names[best], f"{row[best]:.6f}", *(f"{p:.6f}" for p in row)])
     from framework.io.files import write_atomic
     write_atomic(path, buffer.getvalue())
 
@@ -286,7 +307,10 @@ def _eval_loader(data: RecipeData, config: TrainingConfig, accelerator: Accelera
 
 
 def default_loss(config: TrainingConfig, data: RecipeData) -> LossFn:
-    """Per-sample cross entropy with --class_weights and --label_smoothing (a Recipe may bring its own)."""
+    """Per-sample cross entropy with --class_weights and --label_smoothing (a Recipe may bring its own); with
+    --problem_type multi_label_classification, each sample's mean binary cross entropy over its labels."""
+    if config.multi_label:
+        return multi_label_loss()
     balanced = config.class_weights == "balanced" and data.train is not None
     if balanced and is_stream(data.train):
         raise FlagError("class_weights", "balanced needs the training labels counted, which a stream does not "
@@ -317,14 +341,19 @@ def _train(recipe: Recipe, config: TrainingConfig, accelerator: Accelerator, pre
     if data.baseline is not None and accelerator.is_main_process:  # once per job, into banner and summary
         notes.update(data.baseline())
     components = default_components(config) + (recipe.components(config) if recipe.components else [])
-    result = fit(TrainingRun(accelerator, config, model, optimizer, scheduler, train_data, eval_loader,
-                             data.class_names, precision, run_dir, loss_fn, recipe.extra_metrics, flops, notes,
-                             preparation_s), components)
+    training = TrainingRun(accelerator, config, model, optimizer, scheduler, train_data, eval_loader,
+                           data.class_names, precision, run_dir, loss_fn, recipe.extra_metrics, flops, notes,
+                           preparation_s)
+    training.thresholds = fixed_thresholds(config, len(data.class_names))
+    result = fit(training, components)
     if "baseline_accuracy" in notes:
-        say(accelerator, f"baseline (scikit-learn, same split): accuracy {notes['baseline_accuracy']:.4f}, "
-                         f"macro F1 {notes['baseline_macro_f1']:.4f}; this model: accuracy "
-                         f"{result.report.metrics['accuracy']:.4f}, macro F1 "
-                         f"{result.report.metrics['macro avg']['f1-score']:.4f}")
+        metrics = result.report.metrics
+        micro = (f", micro F1 {notes['baseline_micro_f1']:.4f}", f", micro F1 {metrics['micro_f1']:.4f}") \
+            if "baseline_micro_f1" in notes and "micro_f1" in metrics else ("", "")
+        kind = "subset accuracy" if config.multi_label else "accuracy"
+        say(accelerator, f"baseline (scikit-learn, same split): {kind} {notes['baseline_accuracy']:.4f}, "
+                         f"macro F1 {notes['baseline_macro_f1']:.4f}{micro[0]}; this model: {kind} "
+                         f"{metrics['accuracy']:.4f}, macro F1 {metrics['macro avg']['f1-score']:.4f}{micro[1]}")
     return result
 
 
@@ -340,7 +369,7 @@ def run(recipe: Recipe, argv: Optional[list[str]] = None, *, config: Optional[Tr
     config = config if config is not None else parse_config(recipe.config_class, argv, validate=False)
     trained = _trained_model(recipe, config)
     validate_config(config)
-    check_best_metric(config.best_metric, recipe.extra_metrics)
+    check_best_metric(config.best_metric, recipe.extra_metrics, config.multi_label)
     accelerator, precision = build_accelerator(config)
     if setup is not None:
         setup(accelerator)
@@ -350,6 +379,7 @@ def run(recipe: Recipe, argv: Optional[list[str]] = None, *, config: Optional[Tr
     preparing = time.perf_counter()
     data, model = _data_and_model(recipe, config, accelerator, trained)
     preparation_s = time.perf_counter() - preparing
+    check_threshold_task(config, len(data.class_names))
     loss_fn = (recipe.loss or default_loss)(config, data)
     eval_loader = _eval_loader(data, config, accelerator) if config.do_eval else None
 
@@ -360,69 +390,100 @@ def run(recipe: Recipe, argv: Optional[list[str]] = None, *, config: Optional[Tr
 
     run_dir.on_start.append(write_model_files)
     run_dir.class_names, run_dir.describe_eval = list(data.class_names), data.describe_eval
+    run_dir.label_delimiter = config.label_delimiter
     result = None
     # The temperature of --calibrate (framework.evaluate.temperature): the trained run's, or this run's.
     temperature = load_temperature(trained.weights.parent) if trained else None
+    # The decision thresholds: a fixed --decision_threshold, else the trained run's thresholds.json.
+    thresholds = fixed_thresholds(config, len(data.class_names))
+    if thresholds is None and trained and config.decision_threshold != "auto":
+        thresholds = load_thresholds(trained.weights.parent, data.class_names, config.multi_label)
     if config.do_train:
         result = _train(recipe, config, accelerator, precision, run_dir, data, model, eval_loader, loss_fn,
                         preparation_s)
         model, temperature = result.model, result.summary["calibration_temperature"]
+        thresholds = _thresholds_of(result.report, data.class_names, config.multi_label)
         if accelerator.is_main_process and recipe.export:
             recipe.export(config, bare_model(accelerator, model), data, run_dir.path)
     else:
         model = accelerator.prepare(model)
-        temperature = _evaluate_only(accelerator, config, model, eval_loader, data, run_dir, precision,
-                                     recipe.extra_metrics, loss_fn, temperature)
+        temperature, thresholds = _evaluate_only(accelerator, config, model, eval_loader, data, run_dir, precision,
+                                                 recipe.extra_metrics, loss_fn, temperature, thresholds)
     if config.do_predict:
-        _predict(accelerator, config, model, data, run_dir, recipe.extra_metrics, temperature or 1.0)
+        _predict(accelerator, config, model, data, run_dir, recipe.extra_metrics, temperature or 1.0, thresholds)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return result
 
 
+def _thresholds_of(report: Any, class_names: list[str], multi_label: bool) -> Optional[np.ndarray]:
+    """The thresholds a report was decided with (its decision_thresholds), or None (argmax)."""
+    named = report.metrics.get("decision_thresholds")
+    if not named:
+        return None
+    names = list(class_names) if multi_label else [class_names[1]]
+    return np.array([named[name] for name in names], np.float32)
+
+
 def _evaluate_only(accelerator: Accelerator, config: TrainingConfig, model: torch.nn.Module, eval_loader: Any,
                    data: RecipeData, run_dir: RunDirectory, precision: Precision,
                    extra_metrics: Optional[ExtraMetrics], loss_fn: LossFn,
-                   temperature: Optional[float]) -> Optional[float]:
+                   temperature: Optional[float], thresholds: Optional[np.ndarray]) -> tuple[Optional[float], Any]:
     """--do_train false: the config, and with --do_eval the report of the --model_path model (its probabilities
-    at the run's saved temperature; with --calibrate, a temperature fitted on this evaluation split). Returns the
-    temperature in use."""
+    at the run's saved temperature, decided by its saved thresholds; with --calibrate, a temperature fitted on
+    this evaluation split, with --decision_threshold auto thresholds fitted on it). Returns the temperature and
+    the thresholds in use."""
     run_dir.start(config_to_dict(config) | {"mixed_precision": precision.requested})
     summary: dict[str, Any] = {"do_train": False, "model_path": config.model_path, "world_size":
                                accelerator.num_processes}
     if eval_loader is not None:
         report = evaluate(accelerator, model, eval_loader, data.class_names, loss_fn, extra_metrics=extra_metrics,
-                          errors=config.save_errors, temperature=1.0 if config.calibrate else temperature or 1.0)
+                          errors=config.save_errors, temperature=1.0 if config.calibrate else temperature or 1.0,
+                          thresholds=thresholds)
         if config.calibrate:
             temperature, report = calibrate(accelerator, model, eval_loader, data.class_names, loss_fn, report,
                                             run_dir, extra_metrics=extra_metrics, errors=config.save_errors)
+        if config.decision_threshold == "auto":
+            thresholds, report = tune_thresholds(accelerator, model, eval_loader, data.class_names, loss_fn, run_dir,
+                                                 config.multi_label, extra_metrics=extra_metrics,
+                                                 errors=config.save_errors, temperature=temperature or 1.0)
         say(accelerator, report.text)
         run_dir.write_report(report)
         summary["eval_accuracy"] = report.metrics["accuracy"]
     summary["calibration_temperature"] = temperature
+    summary["decision_thresholds"] = None if thresholds is None else \
+        dict(zip(data.class_names if config.multi_label else data.class_names[1:], thresholds.tolist()))
     run_dir.write_json("summary.json", summary)
-    return temperature
+    return temperature, thresholds
 
 
 def _predict(accelerator, config, model, data: RecipeData, run_dir: RunDirectory,
-             recipe_extra_metrics: Optional[ExtraMetrics], temperature: float = 1.0) -> None:
+             recipe_extra_metrics: Optional[ExtraMetrics], temperature: float = 1.0,
+             thresholds: Optional[np.ndarray] = None) -> None:
     """predictions.csv in input order (each input once over N processes), its probabilities at `temperature`
-    (--calibrate's); a test report when labelled."""
+    (--calibrate's), decided by `thresholds` (--decision_threshold's); a test report when labelled."""
     if data.test is None:
         raise FlagError("do_predict", "needs test inputs (this recipe's --test_file / --test_dir)")
     loader = build_eval_loader(data.test, config, accelerator, data.collate_fn)
     probabilities, labels = predict_probabilities(accelerator, model, loader, temperature)
     ids = data.test_ids if data.test_ids is not None else list(range(len(probabilities)))
     if accelerator.is_main_process:
-        write_predictions(run_dir.path / PREDICTIONS_FILE, ids, probabilities, list(data.class_names))
+        write_predictions(run_dir.path / PREDICTIONS_FILE, ids, probabilities, list(data.class_names), thresholds,
+                          config.multi_label, config.label_delimiter)
     say(accelerator, f"predictions: {len(probabilities)} inputs -> {run_dir.path / PREDICTIONS_FILE}")
     if len(labels) and (labels >= 0).all():
-        from framework.evaluate.evaluation import Predictions
-        from framework.evaluate.probabilities import keep_full, summarize
+        from framework.evaluate.evaluation import Predictions, decide
+        from framework.evaluate.probabilities import keep_full, multi_label_probabilities, summarize
 
-        losses = -np.log(np.clip(probabilities[np.arange(len(labels)), labels], 1e-12, None))
-        kept = summarize(probabilities, labels, keep_full(len(labels), probabilities.shape[1]))
-        report = build_report(Predictions(probabilities.argmax(1), labels, losses, kept), data.class_names,
-                              recipe_extra_metrics)
+        if labels.ndim == 2:  # multi-label: each sample's summed binary cross entropy, as the loss
+            clipped = np.clip(probabilities, 1e-7, 1 - 1e-7)
+            losses = -(labels * np.log(clipped) + (1 - labels) * np.log(1 - clipped)).sum(axis=1)
+            predicted = Predictions((probabilities >= 0.5).astype(np.int8), labels.astype(np.int8), losses,
+                                    multi_label_probabilities(probabilities))
+        else:
+            losses = -np.log(np.clip(probabilities[np.arange(len(labels)), labels], 1e-12, None))
+            kept = summarize(probabilities, labels, keep_full(len(labels), probabilities.shape[1]))
+            predicted = Predictions(probabilities.argmax(1), labels, losses, kept)
+        report = build_report(decide(predicted, thresholds), data.class_names, recipe_extra_metrics)
         say(accelerator, "test report:\n" + report.text)
         run_dir.write_report(report, "test_report")

@@ -39,6 +39,7 @@ from framework.core.errors import FlagError, UserError
 from framework.data.hub import load_hub_splits
 from framework.data.labels import class_names_from, to_class_ids
 from framework.data.local_files import check_complete_rows, load_local_file
+from framework.data.multi_label import multi_label_names_from, to_indicators
 from framework.data.preparation import cached_beside, column_batches, map_with_progress, preparation_workers
 from framework.evaluate.baseline import score, tfidf_logistic_regression, wanted
 from framework.recipe import Recipe, RecipeData, run
@@ -162,6 +163,8 @@ class TextConfig(TrainingConfig):
                 "auto or an integer >= 1")
         require("ngram_buckets", self.ngram_buckets >= 1, "an integer >= 1")
         if self.streaming:
+            require("problem_type", not self.multi_label, "single_label_classification with --streaming (a "
+                    "stream's label sets are not read before training)")
             require("max_steps", self.max_steps >= 1 or not self.do_train, "set with --streaming (a stream's length, "
                     "and so an epoch's steps, is not known before a pass over it)")
             require("validation_file", not self.do_eval or bool(self.dataset_name or self.validation_file),
@@ -187,10 +190,11 @@ def load_splits(config: TextConfig) -> tuple[Dataset | None, Dataset | None]:
     train = evaluation = None
     if config.do_train:
         train = load_local_file(config.train_file, "--train_file")
-        check_complete_rows(train, columns, config.train_file, "--train_file", texts)
+        check_complete_rows(train, columns, config.train_file, "--train_file", texts, config.multi_label)
     if config.do_eval and config.validation_file:
         evaluation = load_local_file(config.validation_file, "--validation_file")
-        check_complete_rows(evaluation, columns, config.validation_file, "--validation_file", texts)
+        check_complete_rows(evaluation, columns, config.validation_file, "--validation_file", texts,
+                            config.multi_label)
     for what, split in (("training data", train), ("evaluation data", evaluation)):
         for column, name in ((config.text_column, "text"), (config.label_column, "label")):
             if split is not None and column not in split.column_names:
@@ -279,7 +283,7 @@ def load_test(config: TextConfig) -> Dataset:
         raise UserError(f"the test data has no text column {config.text_column!r} "
                         f"(columns: {', '.join(test.column_names)}; set --text_column)")
     check_complete_rows(test, [config.text_column, config.label_column], config.test_file, "--test_file",
-                        (config.text_column,))
+                        (config.text_column,), config.multi_label)
     return test
 
 
@@ -290,6 +294,32 @@ def prepare_split(config: TextConfig, split: Dataset | None, name: str, tokenize
     return map_with_progress(split, tokenize, desc=f"prepare {name}", remove_columns=split.column_names,
                              num_proc=preparation_workers(config.preprocessing_num_workers, len(split)),
                              load_from_cache_file=not config.overwrite_cache).with_format("torch")
+
+
+def labelled_splits(config: TextConfig, train: Dataset | None, evaluation: Dataset | None, test: Dataset | None,
+                    trained=None) -> tuple[list[str], Dataset | None, Dataset | None, Dataset | None]:
+    """The classes (or, multi-label, the labels) of the training split (else of --model_path's run) and every
+    split with its labels as class ids (multi-label: indicator rows), matched by name."""
+    local = not config.dataset_name
+    whats = (f"--train_file {config.train_file!r}" if local else "the training data",
+             f"--validation_file {config.validation_file!r}" if local and config.validation_file
+             else "the evaluation data", f"--test_file {config.test_file!r}")
+    column, delimiter = config.label_column, config.label_delimiter
+    if train is not None:
+        names, train = multi_label_names_from(train, column, delimiter, what=whats[0]) if config.multi_label \
+            else class_names_from(train, column, what=whats[0])
+    else:
+        names = list(trained.class_names)
+    def for_split(split: Dataset, what: str, required: bool = True) -> Dataset:
+        if config.multi_label:
+            return to_indicators(split, column, names, delimiter, what, required=required)
+        return to_class_ids(split, column, names, what, required=required)
+
+    if evaluation is not None:
+        evaluation = for_split(evaluation, whats[1])
+    if test is not None:
+        test = for_split(test, whats[2], required=False)
+    return names, train, evaluation, test
 
 
 def build_data(config: TextConfig, trained=None) -> RecipeData:
@@ -317,24 +347,13 @@ def build_prepared_data(config: TextConfig, trained=None) -> RecipeData:
         if kind not in ("string", "large_string"):
             raise UserError(f"the {what}'s text column {config.text_column!r} holds {kind or 'lists'}, not strings "
                             f"(set --text_column to the column of texts)")
-    local = not config.dataset_name
-    if train is not None:
-        names, train = class_names_from(train, config.label_column, what=f"--train_file {config.train_file!r}"
-                                        if local else "the training data")
-    else:
-        names = list(trained.class_names)
-    if evaluation is not None:
-        evaluation = to_class_ids(evaluation, config.label_column, names, f"--validation_file "
-                                  f"{config.validation_file!r}" if local and config.validation_file
-                                  else "the evaluation data")
-    if test is not None:
-        test = to_class_ids(test, config.label_column, names, f"--test_file {config.test_file!r}", required=False)
+    names, train, evaluation, test = labelled_splits(config, train, evaluation, test, trained)
     tokenizer = build_tokenizer(config, train, trained)
     baseline = None
     if train is not None and evaluation is not None and wanted(config.baseline, len(train)):
-        texts = (train[config.text_column], train[config.label_column], evaluation[config.text_column],
-                 evaluation[config.label_column])
-        baseline = partial(score, tfidf_logistic_regression(), *texts)
+        labels = [np.asarray(split[config.label_column]) for split in (train, evaluation)]
+        texts = (train[config.text_column], labels[0], evaluation[config.text_column], labels[1])
+        baseline = partial(score, tfidf_logistic_regression(multi_label=config.multi_label), *texts)
     preprocessing = TextPreprocessing(tokenizer)
     if config.model_kind == "ngram":
         preprocessing.features = NgramFeatures(tokenizer, config.ngram_buckets, parse_char_ngrams(config.char_ngrams))

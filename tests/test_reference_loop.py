@@ -11,6 +11,7 @@ order: window k of an epoch is samples [k*E, (k+1)*E) of the permutation
 from __future__ import annotations
 
 import copy
+import json
 import math
 
 import numpy as np
@@ -138,3 +139,51 @@ def test_sgd_with_momentum_matches_the_plain_loop(tmp_path, micro, accumulation)
     reference = sgd_reference_weights(micro * accumulation, 0.8, 0.01)
     assert _max_diff(tmp_path, reference) < 2e-6
     assert _max_diff(tmp_path, sgd_reference_weights(micro * accumulation, 0.0, 0.01)) > 1e-3  # momentum matters
+
+
+def _label_sets() -> torch.Tensor:
+    """N x CLASSES indicator rows, one to three labels per sample."""
+    g = torch.Generator().manual_seed(2)
+    sets = (torch.rand(N, CLASSES, generator=g) < 0.4).to(torch.int8)
+    sets[sets.sum(1) == 0, 0] = 1
+    return sets
+
+
+def multi_label_reference_weights(effective_batch: int) -> dict:
+    """Plain PyTorch multi-label: per window, loss = mean over its real samples of each sample's binary cross
+    entropy summed over its labels, backward, AdamW step."""
+    x, sets = _data()[0], _label_sets()
+    model = _initial_model()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.0)
+    for epoch in range(EPOCHS):
+        order = np.random.default_rng([SEED, epoch]).permutation(N)
+        for k in range(math.ceil(N / effective_batch)):
+            idx = torch.as_tensor(order[k * effective_batch:(k + 1) * effective_batch])
+            loss = F.binary_cross_entropy_with_logits(model(x[idx]), sets[idx].float(), reduction="none").sum(1)
+            optimizer.zero_grad()
+            loss.mean().backward()
+            optimizer.step()
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _multi_label_run(out, micro: int, accumulation: int) -> None:
+    x, sets = _data()[0], _label_sets()
+    data = Dataset.from_dict({"x": x.numpy(), "labels": sets.numpy()}).with_format("torch")
+    initial = _initial_model()
+    fit_model(_config(out, micro, accumulation, problem_type="multi_label_classification"),
+              lambda: copy.deepcopy(initial), data, data, [f"tag{c}" for c in range(CLASSES)])
+
+
+@pytest.mark.parametrize("micro,accumulation", [(32, 1), (8, 4)])
+def test_multi_label_matches_the_plain_loop(tmp_path, micro, accumulation):
+    _multi_label_run(tmp_path, micro, accumulation)
+    assert _max_diff(tmp_path, multi_label_reference_weights(32)) < 2e-6
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["micro avg"]["support"] == int(_label_sets().sum())  # every label of every sample, once
+
+
+def test_multi_label_on_two_processes_matches_the_plain_loop(tmp_path):
+    debug_launch(_multi_label_run, tmp_path, 4, 4)
+    assert _max_diff(tmp_path, multi_label_reference_weights(32)) < 2e-6
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["micro avg"]["support"] == int(_label_sets().sum())

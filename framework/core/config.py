@@ -264,8 +264,59 @@ class TaskFlags:
                 "true when --do_train and --do_eval are false (there is nothing else to do)")
 
 
+PROBLEM_TYPES = ("single_label_classification", "multi_label_classification")
+
+
 @dataclass
-class TrainingConfig(TaskFlags, CheckpointFlags, RuntimeFlags, EvaluationFlags, OptimizationFlags, BatchFlags, OutputFlags):
+class LabelFlags:
+    """What a label is (one class, or a set of labels per sample) and how a prediction is decided."""
+
+    problem_type: str = flag(
+        "single_label_classification (one class per sample: softmax and cross entropy) or "
+        "multi_label_classification (a set of labels per sample, possibly several: a sigmoid per label and "
+        "binary cross entropy; labels as lists, or strings split at --label_delimiter).",
+        default="single_label_classification")
+    label_delimiter: str = flag("Multi-label: the separator of labels in a string label column, e.g. "
+                                "'news,sports' (a JSON list column needs none).", default=",")
+    decision_threshold: str = flag(
+        "Binary and multi-label runs: the probability from which a class (a label) is predicted: a number in "
+        "(0, 1), or auto (per label, the threshold of best F1 on the evaluation split, saved with the model and "
+        "used by --do_predict and --model_path); empty: 0.5 (binary: the most probable class).", default="")
+
+    @property
+    def multi_label(self) -> bool:
+        """Whether a sample has a set of labels (--problem_type multi_label_classification)."""
+        return self.problem_type == "multi_label_classification"
+
+    @property
+    def fixed_threshold(self) -> Optional[float]:
+        """--decision_threshold as a number, or None (empty or auto)."""
+        return float(self.decision_threshold) if self.decision_threshold not in ("", "auto") else None
+
+    def check_labels(self) -> None:
+        """Raise `InvalidFlag` for the first value of this group outside its allowed range."""
+        require("problem_type", self.problem_type in PROBLEM_TYPES, " or ".join(PROBLEM_TYPES))
+        require("label_delimiter", bool(self.label_delimiter.strip()), "a non-blank separator such as , or |")
+        threshold = self.decision_threshold
+        if threshold not in ("", "auto"):
+            try:
+                value = float(threshold)
+            except ValueError:
+                value = math.nan
+            require("decision_threshold", math.isfinite(value) and 0.0 < value < 1.0,
+                    "auto, empty, or a number in (0, 1)")
+        if self.multi_label:
+            require("label_smoothing", self.label_smoothing == 0.0, "0 with --problem_type "
+                    "multi_label_classification (a multi-label loss has no label smoothing)")
+            require("class_weights", not self.class_weights, "empty with --problem_type multi_label_classification "
+                    "(each label is its own binary decision)")
+            require("calibrate", not self.calibrate, "false with --problem_type multi_label_classification "
+                    "(temperature scaling is fitted to single-label probabilities)")
+
+
+@dataclass
+class TrainingConfig(TaskFlags, LabelFlags, CheckpointFlags, RuntimeFlags, EvaluationFlags, OptimizationFlags,
+                     BatchFlags, OutputFlags):
     """Hyperparameters shared by every recipe (names follow HF `TrainingArguments`), in groups that check
     themselves; a recipe subclasses it with its own fields and `validate` (calling super().validate())."""
 
@@ -278,6 +329,7 @@ class TrainingConfig(TaskFlags, CheckpointFlags, RuntimeFlags, EvaluationFlags, 
         self.check_runtime()
         self.check_checkpoint()
         self.check_task()
+        self.check_labels()
 
 
 _VALUE = object()  # require(): name the flag's whole value

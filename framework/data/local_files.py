@@ -129,10 +129,11 @@ def _shown(value) -> str:
 
 
 def check_complete_rows(dataset: Dataset, columns: list[str], path: str, flag: str,
-                        text_columns: tuple[str, ...] = ()) -> None:
+                        text_columns: tuple[str, ...] = (), multi_label: bool = False) -> None:
     """Refuse a file with a row whose value in one of `columns` is missing or blank, whose value in one of
-    `text_columns` is not a string, or whose label (any other of `columns`) is not a single value; the line
-    names the file, the first bad row and what was found."""
+    `text_columns` is not a string, or whose label (any other of `columns`) is not a single value (with
+    `multi_label`, label sets are checked by framework.data.multi_label instead); the line names the file, the
+    first bad row and what was found."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -152,6 +153,8 @@ def check_complete_rows(dataset: Dataset, columns: list[str], path: str, flag: s
         if rows:
             more = f" (and {len(rows) - 1} more rows)" if len(rows) > 1 else ""
             raise FlagError(flag.lstrip("-"), f"{path!r} {_row_name(path, rows[0])} has no {column!r} value{more}")
+        if multi_label and column not in text_columns:
+            continue
         wrong = (kinds[column] != "a string") if column in text_columns else kinds[column] in ("a list", "an object")
         if wrong:
             want = "the text must be a string" if column in text_columns else \

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
@@ -38,10 +39,20 @@ class Predictions:
     labels: np.ndarray
     losses: np.ndarray
     probabilities: Optional[ClassProbabilities] = None
+    # Multi-label (framework.evaluate.multi_label): predictions and labels are samples x labels indicator
+    # matrices and probabilities.full each label's sigmoid probability. The thresholds that decided the
+    # predictions (one per label; a binary task's one, on the second class): None where none was set.
+    thresholds: Optional[np.ndarray] = None
+
+    @property
+    def multi_label(self) -> bool:
+        """Whether each sample has a set of labels (2-D labels) rather than one class."""
+        return self.labels.ndim == 2
 
 
 PROBABILITY_METRICS = ("log_loss", "roc_auc", "average_precision", f"top_{TOP_K}_accuracy",
                        "expected_calibration_error")
+MULTI_LABEL_METRICS = ("micro_f1", "samples_f1", "hamming_loss")
 
 
 @dataclass
@@ -64,6 +75,7 @@ class Report:
             "eval_macro_f1": self.metrics["macro avg"]["f1-score"],
             "eval_weighted_f1": self.metrics["weighted avg"]["f1-score"],
             **{f"eval_{name}": self.metrics[name] for name in PROBABILITY_METRICS if name in self.metrics},
+            **{f"eval_{name}": self.metrics[name] for name in MULTI_LABEL_METRICS if name in self.metrics},
             **{f"eval_{name}": value for name, value in self.extra.items()},
         }
 
@@ -90,7 +102,7 @@ def forward_in_chunks(model: torch.nn.Module, inputs: dict[str, Any], chunk: int
 @torch.no_grad()
 def predict(accelerator: Accelerator, model: torch.nn.Module, loader: Any,
             loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], show_progress: bool = True,
-            forward_batch: int = 0, temperature: float = 1.0) -> Predictions:
+            forward_batch: int = 0, temperature: float = 1.0, thresholds: Optional[np.ndarray] = None) -> Predictions:
     """Run `model` over a prepared `loader` and gather predictions, labels, per-sample losses and probabilities.
 
     `gather_for_metrics` drops the samples the distributed sampler repeated to
@@ -100,6 +112,9 @@ def predict(accelerator: Accelerator, model: torch.nn.Module, loader: Any,
     time (the size `--auto_find_batch_size` found). The probabilities are kept in full
     up to a size, else each sample's most probable classes (framework.evaluate.probabilities); they are
     softmax(logits / `temperature`) (framework.evaluate.temperature; the loss is of the logits as trained).
+    Multi-label batches (labels of samples x labels) give each label's sigmoid probability, all of them kept.
+    `thresholds` (binary and multi-label, framework.evaluate.thresholds) decide the predictions; without them a
+    single-label prediction is the most probable class, a multi-label one every label of probability >= 0.5.
     """
     was_training = model.training
     model.eval()
@@ -115,20 +130,39 @@ def predict(accelerator: Accelerator, model: torch.nn.Module, loader: Any,
             index.append(batch["index"].cpu().numpy())
         inputs, labels = split_batch(batch)
         logits = forward_in_chunks(model, inputs, forward_batch).float()
-        outputs = (logits.argmax(dim=-1), labels, loss_fn(logits, labels), torch.softmax(logits / temperature, dim=-1))
+        if labels.dim() == 2:  # multi-label: every label's probability is kept (the thresholds need them)
+            outputs = ((logits >= 0).to(torch.int8), labels, loss_fn(logits, labels), torch.sigmoid(logits))
+        else:
+            outputs = (logits.argmax(dim=-1), labels, loss_fn(logits, labels),
+                       torch.softmax(logits / temperature, dim=-1))
         arrays = [t.cpu().numpy() for t in (outputs if streamed else accelerator.gather_for_metrics(outputs))]
         if collected is None:
             classes = arrays[3].shape[1]
-            collected = Collector(size or 1024, classes, keep_full(size, classes))
+            collected = Collector(size or 1024, classes, labels.dim() == 2 or keep_full(size, classes),
+                                  multi_label=labels.dim() == 2)
         collected.add(*arrays)
         bar.update(1)
     bar.close()
     model.train(was_training)
     if streamed:
-        return _gathered_stream(accelerator, collected, index)
+        return decide(_gathered_stream(accelerator, collected, index), thresholds)
     if collected is None:
         raise UserError("the evaluation set is empty")
-    return Predictions(*collected.result())
+    return decide(Predictions(*collected.result()), thresholds)
+
+
+def decide(predictions: Predictions, thresholds: Optional[np.ndarray]) -> Predictions:
+    """`predictions` decided by `thresholds`: multi-label, each label whose probability reaches its threshold; binary,
+    the second class where its probability reaches the threshold. None leaves them as they are."""
+    if thresholds is None:
+        return predictions
+    thresholds = np.asarray(thresholds, np.float32)
+    full = predictions.probabilities.full
+    if predictions.multi_label:
+        decided = (full >= thresholds[None, :]).astype(np.int8)
+    else:
+        decided = (full[:, 1] >= thresholds[0]).astype(predictions.predictions.dtype)
+    return dataclasses.replace(predictions, predictions=decided, thresholds=thresholds)
 
 
 def _gathered_stream(accelerator: Accelerator, collected: Optional[Collector], index: list[np.ndarray]) -> Predictions:
@@ -155,7 +189,13 @@ def build_report(predictions: Predictions, class_names: Sequence[str],
     """`classification_report` over every class (absent ones score 0, silently), as text and dict; with
     probabilities, the metrics they give (framework.evaluate.probabilities) and the most confused class pairs;
     the recipe's `extra_metrics` of the same predictions (in report.json under "extra"); and the `errors`
-    wrong predictions made with the most confidence (Report.errors, for errors.csv)."""
+    wrong predictions made with the most confidence (Report.errors, for errors.csv). Multi-label predictions get
+    the multi-label report (framework.evaluate.multi_label)."""
+    if predictions.multi_label:
+        from framework.evaluate.multi_label import multi_label_report
+
+        report = multi_label_report(predictions, class_names, errors)
+        return _with_extra(report, predictions, extra_metrics)
     labels = list(range(len(class_names)))
     kwargs = dict(labels=labels, target_names=list(class_names), zero_division=0, digits=4)
     text = classification_report(predictions.labels, predictions.predictions, **kwargs)
@@ -171,11 +211,21 @@ def build_report(predictions: Predictions, class_names: Sequence[str],
         pairs = ", ".join(f"{c['true']} as {c['predicted']} ({c['count']})" for c in metrics["most_confused"][:3])
         text += f"{'most confused':>26} {pairs or 'none'}\n"
         wrong = _most_confident_errors(predictions, errors) if errors else None
+        if predictions.thresholds is not None:
+            metrics["decision_thresholds"] = {class_names[1]: float(predictions.thresholds[0])}
+            text += f"{'decision threshold':>26} {class_names[1]} from probability {predictions.thresholds[0]:.4f}\n"
+    report = Report(text, metrics, float(predictions.losses.mean()), confusion, {}, wrong)
+    return _with_extra(report, predictions, extra_metrics)
+
+
+def _with_extra(report: Report, predictions: Predictions, extra_metrics: Optional[ExtraMetrics]) -> Report:
+    """The recipe's own metrics of the same predictions, into the report."""
     extra = {name: float(value) for name, value in (extra_metrics(predictions) if extra_metrics else {}).items()}
     if extra:
-        metrics["extra"] = extra
-        text += "".join(f"\n{name:>12} {value:.4f}" for name, value in extra.items()) + "\n"
-    return Report(text, metrics, float(predictions.losses.mean()), confusion, extra, wrong)
+        report.metrics["extra"] = extra
+        report.text += "".join(f"\n{name:>12} {value:.4f}" for name, value in extra.items()) + "\n"
+    report.extra = extra
+    return report
 
 
 def _most_confident_errors(predictions: Predictions, limit: int) -> list[tuple[int, int, int, float, float]]:
@@ -183,32 +233,38 @@ def _most_confident_errors(predictions: Predictions, limit: int) -> list[tuple[i
     `limit` wrong predictions with the highest probability, highest first."""
     wrong = np.flatnonzero(predictions.predictions != predictions.labels)
     probabilities = predictions.probabilities
-    score = probabilities.confidence[wrong]
-    order = wrong[np.argsort(-score, kind="stable")][:limit]
-    return [(int(i), int(predictions.labels[i]), int(predictions.predictions[i]), float(probabilities.confidence[i]),
+    # The predicted class's probability: the most probable one's, unless a threshold decided otherwise.
+    predicted = probabilities.confidence if probabilities.full is None else \
+        probabilities.full[np.arange(len(predictions.labels)), predictions.predictions]
+    order = wrong[np.argsort(-predicted[wrong], kind="stable")][:limit]
+    return [(int(i), int(predictions.labels[i]), int(predictions.predictions[i]), float(predicted[i]),
              float(probabilities.true[i])) for i in order]
 
 
 def evaluate(accelerator: Accelerator, model: torch.nn.Module, loader: Any, class_names: Sequence[str],
              loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], forward_batch: int = 0,
-             extra_metrics: Optional[ExtraMetrics] = None, errors: int = 0, temperature: float = 1.0) -> Report:
+             extra_metrics: Optional[ExtraMetrics] = None, errors: int = 0, temperature: float = 1.0,
+             thresholds: Optional[np.ndarray] = None) -> Report:
     """Predict on every process, gather, and build the report (the same on every process)."""
-    predictions = predict(accelerator, model, loader, loss_fn, forward_batch=forward_batch, temperature=temperature)
+    predictions = predict(accelerator, model, loader, loss_fn, forward_batch=forward_batch, temperature=temperature,
+                          thresholds=thresholds)
     return build_report(predictions, class_names, extra_metrics, errors)
 
 
 @torch.no_grad()
 def predict_probabilities(accelerator: Accelerator, model: torch.nn.Module, loader: Any,
                           temperature: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-    """Class probabilities (softmax of the logits / `temperature`) and labels (-1 where unknown) of every sample
-    of a prepared `loader`, gathered from every process in dataset order, each sample exactly once."""
+    """Class probabilities (softmax of the logits / `temperature`; multi-label: each label's sigmoid) and labels
+    (-1 where unknown) of every sample of a prepared `loader`, gathered from every process in dataset order, each
+    sample exactly once."""
     was_training = model.training
     model.eval()
     chunks: list[tuple[torch.Tensor, torch.Tensor]] = []
     bar = progress_bar(len(loader), "predict", accelerator.is_main_process, unit="batch", leave=False)
     for batch in loader:
         inputs, labels = split_batch(batch)
-        probabilities = torch.softmax(model(**inputs).float() / temperature, dim=-1)
+        logits = model(**inputs).float()
+        probabilities = torch.sigmoid(logits) if labels.dim() == 2 else torch.softmax(logits / temperature, dim=-1)
         chunks.append(accelerator.gather_for_metrics((probabilities, labels)))
         bar.update(1)
     bar.close()

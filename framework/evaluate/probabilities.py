@@ -7,7 +7,8 @@ Host memory stays bounded: the evaluation keeps every class's probability only w
 stays under FULL_PROBABILITIES (25 million values, 100 MB of float32); beyond that it keeps each
 sample's TOP_K most probable classes and the true class's probability. Log loss, top-k accuracy and
 calibration need only those; ROC AUC and average precision need every class's probability, and are
-left out beyond the line (the report says so).
+left out beyond the line (the report says so). A multi-label evaluation keeps every label's probability
+(samples x labels float32, plus two int8 indicator matrices): the per-label thresholds need them all.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ MOST_CONFUSED = 5
 @dataclass
 class ClassProbabilities:
     """Each evaluation sample's class probabilities, in full (`full`, N x C) or as its TOP_K most probable classes
-    (`top_classes`, `top_probabilities`, descending); `true` is the true class's probability either way."""
+    (`top_classes`, `top_probabilities`, descending); `true` is the true class's probability either way.
+    Multi-label: `full` holds each label's own (sigmoid) probability, always whole; `true` and the top k are empty."""
 
     num_classes: int
     true: np.ndarray
@@ -38,6 +40,13 @@ class ClassProbabilities:
     def confidence(self) -> np.ndarray:
         """The probability of the predicted (most probable) class."""
         return self.top_probabilities[:, 0]
+
+
+def multi_label_probabilities(scores: np.ndarray) -> ClassProbabilities:
+    """Multi-label: each label's probability (`full`, samples x labels, kept whole); no true class, no top k."""
+    n = len(scores)
+    return ClassProbabilities(scores.shape[1], np.zeros(0, np.float32), np.zeros((n, 0), np.int64),
+                              np.zeros((n, 0), np.float32), scores)
 
 
 def keep_full(num_samples: Optional[int], num_classes: int) -> bool:
@@ -69,9 +78,15 @@ class Collector:
     batches' large temporary ones would fragment the heap (measured: 0.9 GB of resident memory left behind by
     100k samples of 1,000 classes, against 0.05 GB written in place)."""
 
-    def __init__(self, expected: int, num_classes: int, full: bool):
-        self.num_classes, self.full, self.size = num_classes, full, 0
+    def __init__(self, expected: int, num_classes: int, full: bool, multi_label: bool = False):
+        self.num_classes, self.full, self.multi_label, self.size = num_classes, full, multi_label, 0
         k = min(TOP_K, num_classes)
+        if multi_label:  # indicator rows, and every label's probability
+            self.arrays = {"predictions": np.empty((expected, num_classes), np.int8),
+                           "labels": np.empty((expected, num_classes), np.int8),
+                           "losses": np.empty(expected, np.float32),
+                           "full": np.empty((expected, num_classes), np.float32)}
+            return
         self.arrays = {"predictions": np.empty(expected, np.int64), "labels": np.empty(expected, np.int64),
                        "losses": np.empty(expected, np.float32), "true": np.empty(expected, np.float32),
                        "top_classes": np.empty((expected, k), np.int64),
@@ -87,9 +102,11 @@ class Collector:
                 grown = np.empty((max(2 * len(array), end), *array.shape[1:]), array.dtype)
                 grown[:self.size] = array[:self.size]
                 self.arrays[name] = grown
-        kept = summarize(probabilities, labels, self.full)
-        values = {"predictions": predictions, "labels": labels, "losses": losses, "true": kept.true,
-                  "top_classes": kept.top_classes, "top_probabilities": kept.top_probabilities, "full": kept.full}
+        values = {"predictions": predictions, "labels": labels, "losses": losses, "full": probabilities}
+        if not self.multi_label:
+            kept = summarize(probabilities, labels, self.full)
+            values.update(true=kept.true, top_classes=kept.top_classes, top_probabilities=kept.top_probabilities,
+                          full=kept.full)
         for name, array in self.arrays.items():
             array[self.size:end] = values[name]
         self.size = end
@@ -97,6 +114,8 @@ class Collector:
     def result(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, ClassProbabilities]:
         """predictions, labels, losses and the ClassProbabilities of every sample added."""
         a = {name: array[:self.size] for name, array in self.arrays.items()}
+        if self.multi_label:
+            return a["predictions"], a["labels"], a["losses"], multi_label_probabilities(a["full"])
         return a["predictions"], a["labels"], a["losses"], ClassProbabilities(
             self.num_classes, a["true"], a["top_classes"], a["top_probabilities"], a.get("full"))
 

@@ -46,6 +46,8 @@ def save_plots(output_dir: str | Path, records: list[dict], confusion: np.ndarra
     fig.savefig(out / "loss.png", dpi=100)
     plt.close(fig)
 
+    if confusion.ndim == 3:  # multi-label: one 2 x 2 matrix per label, in report.json's per-label rows instead
+        return None
     from sklearn.metrics import ConfusionMatrixDisplay
 
     # Half an inch a class up to a readable size; beyond that a fixed-size heat map, since a picture of

@@ -30,6 +30,7 @@ ERRORS_FILE = "errors.csv"
 # What a run leaves in output_dir; --overwrite_output_dir removes these (and nothing else) before a new run.
 RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "config.yaml", "report.json", "report.txt", FINISHED_MARKER,
                "model.safetensors", "loss.png", "confusion_matrix.png", "calibration.png", "calibration.json",
+               "thresholds.json",
                ERRORS_FILE, "best",
                "labels.json", "predictions.csv", "test_report.json", "test_report.txt")
 
@@ -45,6 +46,7 @@ class RunDirectory:
         self.on_start: list[Callable[[Path], None]] = []
         self.recipe_name = ""  # written first into config.yaml (`recipe:`), so --model_path can check it
         self.class_names: list[str] = []  # for errors.csv
+        self.label_delimiter = ","  # joins a multi-label sample's labels in errors.csv
         # evaluation indices -> {column: values} that identify those samples in errors.csv (RecipeData.describe_eval)
         self.describe_eval: Optional[Callable[[list[int]], dict[str, list]]] = None
 
@@ -180,9 +182,14 @@ class RunDirectory:
         buffer = io.StringIO()
         writer = csv.writer(buffer)
         writer.writerow(["index", *described, "true", "predicted", "score", "true_probability"])
+        def shown(ids: Any) -> str:  # a class, or a multi-label sample's label set joined
+            if isinstance(ids, (list, tuple)):
+                return self.label_delimiter.join(self.class_names[i] for i in ids)
+            return self.class_names[ids]
+
         for k, (index, true, predicted, score, true_probability) in enumerate(rows):
-            writer.writerow([index, *(values[k] for values in described.values()), self.class_names[true],
-                             self.class_names[predicted], f"{score:.6f}", f"{true_probability:.6f}"])
+            writer.writerow([index, *(values[k] for values in described.values()), shown(true), shown(predicted),
+                             f"{score:.6f}", "" if true_probability != true_probability else f"{true_probability:.6f}"])
         write_atomic(self.path / ERRORS_FILE, buffer.getvalue())
 
     def write_text(self, name: str, text: str) -> None:

@@ -35,6 +35,7 @@ from framework.core.runtime import device_name, format_banner, say
 from framework.data.loaders import Window, to_device
 from framework.evaluate.evaluation import Report, evaluate, split_batch
 from framework.evaluate.temperature import calibrate
+from framework.evaluate.thresholds import tune_thresholds
 from framework.io.checkpoint import checkpoint_root, load_checkpoint, resolve_checkpoint, run_identity
 from framework.io.plots import save_plots
 from framework.io.weights import save_weights
@@ -182,7 +183,7 @@ def _log(ctx: TrainingRun, record: dict[str, Any]) -> None:
 def _evaluate(run: TrainingRun, state: TrainState, components: Sequence[Component]) -> None:
     run.report = evaluate(run.accelerator, run.model, run.eval_loader, run.class_names, run.loss_fn,
                           forward_batch=state.eval_batch, extra_metrics=run.extra_metrics,
-                          errors=run.config.save_errors)
+                          errors=run.config.save_errors, thresholds=run.thresholds)
     state.last_eval_step = state.step
     epoch = _epochs_done(run, state)
     _log(run, {"step": state.step, "epoch": round(epoch, 4), **run.report.summary()})
@@ -371,6 +372,11 @@ def finish(run: TrainingRun, state: TrainState, components: Sequence[Component])
         run.temperature, run.report = calibrate(accelerator, run.model, run.eval_loader, run.class_names,
                                                 run.loss_fn, run.report, run.run_dir, state.eval_batch,
                                                 run.extra_metrics, run.config.save_errors)
+    if run.config.decision_threshold == "auto":
+        run.thresholds, run.report = tune_thresholds(accelerator, run.model, run.eval_loader, run.class_names,
+                                                     run.loss_fn, run.run_dir, run.config.multi_label,
+                                                     state.eval_batch, run.extra_metrics, run.config.save_errors,
+                                                     run.temperature or 1.0)
     say(accelerator, run.report.text)
     save_weights(accelerator, run.model, run.run_dir.path)
     run.run_dir.write_report(run.report)
@@ -396,6 +402,8 @@ def finish(run: TrainingRun, state: TrainState, components: Sequence[Component])
     summary["preparation_time_s"] = run.preparation_s
     summary["dataloader_num_workers"] = run.train_data.num_workers
     summary["calibration_temperature"] = run.temperature
+    summary["problem_type"] = run.config.problem_type
+    summary["decision_thresholds"] = run.report.metrics.get("decision_thresholds")
     summary["time_to_first_step_s"] = _since_process_start(run.first_step_at)
     run.run_dir.write_json("summary.json", summary)
     accelerator.wait_for_everyone()

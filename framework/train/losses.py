@@ -1,4 +1,5 @@
-"""The classification loss per sample: cross entropy with optional class weights and label smoothing.
+"""The classification loss per sample: cross entropy with optional class weights and label smoothing; for
+multi-label samples, the sum over labels of each label's binary cross entropy.
 
 The loop weights each sample's loss by 1 / (real samples in its optimizer step), so
 a step averages its samples' (class-weighted) losses over their count. torch's
@@ -51,5 +52,17 @@ def classification_loss(class_weights: Optional[Sequence[float] | torch.Tensor] 
             if weight is None:
                 weight = cache[logits.device] = weights.to(logits.device)
         return F.cross_entropy(logits, labels, weight=weight, reduction="none", label_smoothing=label_smoothing)
+
+    return loss
+
+
+def multi_label_loss() -> LossFn:
+    """A per-sample multi-label loss: the sum over labels of the binary cross entropy of each label's logit
+    (labels: samples x labels, 1 where present). Summed, so each label learns as its own binary classifier would
+    (a mean would divide every label's step by the number of labels); per sample, so the loop's
+    1 / (samples in the step) weighting keeps accumulation and N processes exact, as for cross entropy."""
+
+    def loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype), reduction="none").sum(dim=-1)
 
     return loss

@@ -78,3 +78,5 @@ class TrainingRun:
     started: float = 0.0  # perf_counter() when fit began (wall_time_s)
     first_step_at: Optional[float] = None  # time.time() when this run's first optimizer step began
     temperature: Optional[float] = None  # --calibrate: the fitted temperature
+    # --decision_threshold: a fixed value's thresholds from the start; auto's, fitted after training
+    thresholds: Any = None

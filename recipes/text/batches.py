@@ -28,7 +28,8 @@ def padder(pad_id: int):
 
 
 def tokenizer_function(kind: str, tokenizer, features, text_column: str, label_column: str, max_length: int):
-    """The batched function that turns a batch of rows ({column: values}, labels already class ids) into model
+    """The batched function that turns a batch of rows ({column: values}, labels already class ids or indicator
+    rows) into model
     inputs plus `labels`: the n-gram features (Arrow columns), the encoder's token ids, or a pretrained
     tokenizer's output. It holds only what shapes its output: datasets' cache key of a prepared split is a
     hash of it, so a run that changes the learning rate, say, reuses the prepared splits."""
@@ -39,7 +40,9 @@ def tokenizer_function(kind: str, tokenizer, features, text_column: str, label_c
         if kind == "ngram":  # Arrow columns straight from the features' flat arrays
             import pyarrow as pa
 
-            return pa.table({**features.arrow(texts), "labels": pa.array(batch[label_column], pa.int64())})
+            labels = batch[label_column]  # class ids, or multi-label indicator rows
+            typed = pa.list_(pa.int8()) if labels and isinstance(labels[0], list) else pa.int64()
+            return pa.table({**features.arrow(texts), "labels": pa.array(labels, typed)})
         if kind == "transformer":
             encoded = {"input_ids": token_ids(tokenizer, texts, max_length)}
         else:  # attention_mask is rebuilt per batch by the collate function, after padding
