@@ -36,6 +36,7 @@ from framework.core.errors import FlagError, UserError
 from framework.data.hub import load_hub_splits
 from framework.data.labels import class_names_from, to_class_ids
 from framework.data.local_files import quiet_datasets
+from framework.data.multi_label import multi_label_names_from, to_indicators
 from framework.evaluate.baseline import pixel_logistic_regression, score, wanted
 from framework.recipe import Recipe, RecipeData, run
 
@@ -58,7 +59,8 @@ class ImageConfig(TrainingConfig):
     test_dir: str = flag("Images to classify with --do_predict: a folder of images, class sub-folders optional "
                          "(with them, a test report too).", default="")
     image_column: str = flag("The column holding the image; empty: the first image column.", default="")
-    label_column: str = flag("The column holding the class.", default="label")
+    label_column: str = flag("The column holding the class (multi-label: the label set, from a metadata.csv/jsonl "
+                             "beside the images, columns file_name and this one).", default="label")
     image_size: int = flag("Images are resized to this square size.", default=32)
     channels: int = flag("Channels of the first stage (then x2, x4).", default=32)
     groups: int = flag("GroupNorm groups (must divide --channels).", default=8)
@@ -157,8 +159,9 @@ def augment(sample: dict, generator: torch.Generator, ops: tuple[str, ...]) -> d
 def transform(image_column: str, label_column: str, size: int) -> Callable[[dict], dict]:
     """A batched `Dataset.set_transform` function producing pixel_values and labels."""
     def apply(batch: dict) -> dict:
+        labels = batch[label_column]  # class ids, or multi-label indicator rows (tensors, to be stacked)
         return {"pixel_values": [to_tensor(image, size) for image in batch[image_column]],
-                "labels": batch[label_column]}
+                "labels": [torch.tensor(row) for row in labels] if labels and isinstance(labels[0], list) else labels}
     return apply
 
 
@@ -187,8 +190,13 @@ def build_data(config: ImageConfig, trained=None) -> RecipeData:
     present = [s for s in (train, evaluation, test) if s is not None]
     column = image_column_of(present[0], config.image_column)
     hint = "set --label_column, or put the images in one sub-folder per class"
+    if config.multi_label:
+        hint = "set --label_column: multi-label images take their label sets from a metadata.csv or " \
+               "metadata.jsonl beside them (columns file_name and the labels)"
     if train is not None:
-        names, train = class_names_from(train, config.label_column, hint=hint)
+        names, train = multi_label_names_from(train, config.label_column, config.label_delimiter, what="the "
+                                              "training data") if config.multi_label else \
+            class_names_from(train, config.label_column, hint=hint)
     else:
         names = list(trained.class_names)
     skipped, test_ids = 0, None
@@ -205,8 +213,12 @@ def build_data(config: ImageConfig, trained=None) -> RecipeData:
         skipped += len(bad)
         if what == "test data" and bad:
             test_ids = [row_id for i, row_id in enumerate(test_ids) if i not in bad]
-        split = to_class_ids(split, config.label_column, names, f"the {what}", required=what == "evaluation data",
-                             hint=hint)
+        if config.multi_label and what != "training data":  # the training split's were made above
+            split = to_indicators(split, config.label_column, names, config.label_delimiter, f"the {what}",
+                                  required=what == "evaluation data")
+        elif not config.multi_label:
+            split = to_class_ids(split, config.label_column, names, f"the {what}",
+                                 required=what == "evaluation data", hint=hint)
         if config.label_column != "labels":  # the name every recipe's samples use
             split = split.remove_columns([c for c in ("labels",) if c in split.column_names])
             split = split.rename_column(config.label_column, "labels")
@@ -219,8 +231,8 @@ def build_data(config: ImageConfig, trained=None) -> RecipeData:
         train_raw, eval_raw = raw["training data"], raw["evaluation data"]
 
         def baseline() -> dict:
-            return score(pixel_logistic_regression(), small_pixels(train_raw, column), train_raw["labels"],
-                         small_pixels(eval_raw, column), eval_raw["labels"])
+            return score(pixel_logistic_regression(config.multi_label), small_pixels(train_raw, column),
+                         np.asarray(train_raw["labels"]), small_pixels(eval_raw, column), np.asarray(eval_raw["labels"]))
     describe_eval = None
     if "evaluation data" in raw:
         files = raw["evaluation data"].cast_column(column, Image(decode=False))

@@ -221,3 +221,139 @@ def test_bad_multi_label_files_stop_with_one_line_and_create_nothing(tmp_path, t
     assert {"unknown": "not one of the model's labels", "empty": "empty label set",
             "numbers": "not a list"}[case] in err[0]
     assert not out.exists()
+
+
+def _draw_shapes(shapes: list[str], rng: random.Random):
+    """A 32x32 image with each of `shapes` drawn small in its own half (left, right)."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (32, 32), tuple(rng.randint(0, 80) for _ in range(3)))
+    draw = ImageDraw.Draw(image)
+    for half, shape in zip(rng.sample([0, 16], len(shapes)), shapes):
+        size = rng.randint(9, 13)
+        x, y = half + rng.randint(1, 15 - size), rng.randint(1, 31 - size)
+        color = tuple(rng.randint(150, 255) for _ in range(3))
+        if shape == "circle":
+            draw.ellipse([x, y, x + size, y + size], fill=color)
+        elif shape == "square":
+            draw.rectangle([x, y, x + size, y + size], fill=color)
+        else:
+            draw.polygon([(x + size / 2, y), (x, y + size), (x + size, y + size)], fill=color)
+    return image
+
+
+def _write_shape_folder(folder, count: int, seed: int, metadata: bool = True) -> None:
+    from helpers import SHAPES
+
+    rng = random.Random(seed)
+    folder.mkdir(parents=True)
+    rows = []
+    for i in range(count):
+        shapes = sorted(rng.sample(SHAPES, rng.choice([1, 2])))
+        _draw_shapes(shapes, rng).save(folder / f"{i:03d}.png")
+        rows.append((f"{i:03d}.png", ",".join(shapes)))
+    if metadata:
+        with open(folder / "metadata.csv", "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["file_name", "shapes"])
+            writer.writerows(rows)
+
+
+@pytest.mark.slow
+def test_multi_label_image_runs_equal_on_one_and_two_processes(tmp_path):
+    from helpers import IMAGES, SHAPES
+
+    data = tmp_path / "data"
+    _write_shape_folder(data / "train", 96, 0)
+    _write_shape_folder(data / "valid", 32, 1)
+    _write_shape_folder(data / "test", 6, 2, metadata=False)
+    reports = []
+    for config, micro in (("cpu.yaml", "16"), ("cpu_2proc.yaml", "8")):
+        out = tmp_path / config
+        result = accelerate_launch(config, IMAGES, "--train_dir", str(data / "train"), "--validation_dir",
+                                   str(data / "valid"), "--output_dir", str(out), "--problem_type",
+                                   "multi_label_classification", "--label_column", "shapes", "--num_train_epochs", "2",
+                                   "--channels", "8", "--groups", "4", "--dropout", "0", "--mixed_precision", "no",
+                                   "--per_device_train_batch_size", micro, "--do_predict", "--test_dir",
+                                   str(data / "test"), "--baseline", "false")
+        assert result.returncode == 0, result.stderr[-3000:]
+        reports.append(read_json(out / "report.json"))
+    one, two = reports
+    floats = {"log_loss", "roc_auc", "average_precision"}
+    assert {k: v for k, v in one.items() if k not in floats} == {k: v for k, v in two.items() if k not in floats}
+    for key in floats:
+        assert one[key] == pytest.approx(two[key], rel=1e-5)
+    written = list(csv.DictReader(open(data / "valid" / "metadata.csv")))
+    assert one["samples avg"]["support"] == sum(len(r["shapes"].split(",")) for r in written)
+    assert list(one)[:3] == sorted(SHAPES)  # one report row per label
+    sets, probabilities, names = _predicted_sets(tmp_path / "cpu.yaml" / "predictions.csv")
+    assert names == sorted(SHAPES) and len(sets) == 6
+    assert sets == [",".join(n for n, hit in zip(names, row) if hit) for row in probabilities >= 0.5]
+
+
+def _write_binary(path, rows: int, seed: int) -> None:
+    """Texts about sports or food (a binary task), a few of them ambiguous."""
+    rng = random.Random(seed)
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "label"])
+        for _ in range(rows):
+            topic = rng.choice(["food", "sports"])
+            other = "sports" if topic == "food" else "food"
+            words = rng.choices(FILLER, k=6) + rng.sample(TOPICS[topic], 1) + rng.sample(TOPICS[other], rng.randint(0, 1))
+            writer.writerow([" ".join(words), topic])
+
+
+def test_a_binary_threshold_is_tuned_saved_and_decides_predict(tmp_path, capsys):
+    from recipes import text_classification
+
+    for name, rows, seed in (("train", 160, 0), ("valid", 60, 1), ("test", 30, 2)):
+        _write_binary(tmp_path / f"{name}.csv", rows, seed)
+    out = tmp_path / "out"
+    argv = ["--train_file", str(tmp_path / "train.csv"), "--validation_file", str(tmp_path / "valid.csv"),
+            "--output_dir", str(out), "--num_train_epochs", "3", "--decision_threshold", "auto", "--do_predict",
+            "--test_file", str(tmp_path / "test.csv"), "--baseline", "false"]
+    assert run_main(lambda: text_classification.main(argv)) == 0, capsys.readouterr().err
+    saved = read_json(out / "thresholds.json")["thresholds"]
+    assert list(saved) == ["sports"] and 0 < saved["sports"] < 1  # the second class's threshold
+    assert read_json(out / "report.json")["decision_thresholds"] == saved
+    assert read_json(out / "summary.json")["decision_thresholds"] == saved
+    rows = list(csv.DictReader(open(out / "predictions.csv")))
+    assert [r["prediction"] for r in rows] == ["sports" if float(r["prob_sports"]) >= saved["sports"] - 5e-7
+                                               else "food" for r in rows]
+
+
+def test_a_threshold_for_more_than_two_classes_is_refused(tmp_path, capsys):
+    from recipes import text_classification
+
+    from helpers import write_text_split
+
+    write_text_split(tmp_path / "train.csv", 60, 0)  # three topics
+    out = tmp_path / "out"
+    argv = ["--train_file", str(tmp_path / "train.csv"), "--output_dir", str(out), "--decision_threshold", "0.3"]
+    assert run_main(lambda: text_classification.main(argv)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: --decision_threshold applies to binary (two-class) and multi-label tasks; this one has 3 "
+                   "classes (its prediction is the most probable class)"]
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--decision_threshold", "1.5"], "--decision_threshold must be auto, empty, or a number in (0, 1), got '1.5'"),
+    (["--problem_type", "multi_label"], "--problem_type must be single_label_classification or "
+                                        "multi_label_classification, got 'multi_label'"),
+    (["--problem_type", "multi_label_classification", "--label_smoothing", "0.1"], "--label_smoothing must be 0"),
+    (["--problem_type", "multi_label_classification", "--metric_for_best_model", "expected_calibration_error"],
+     "is not an evaluation metric"),
+])
+def test_bad_label_flags_are_refused_with_one_line(tmp_path, capsys, argv, message):
+    from recipes import text_classification
+
+    from helpers import write_text_split
+
+    write_text_split(tmp_path / "train.csv", 20, 0)
+    out = tmp_path / "out"
+    full = ["--train_file", str(tmp_path / "train.csv"), "--output_dir", str(out), *argv]
+    assert run_main(lambda: text_classification.main(full)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and not out.exists()
