@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
@@ -15,8 +13,15 @@ from framework.core.errors import UserError
 from framework.core.progress import progress_bar
 from framework.data.loaders import to_device
 from framework.data.streaming import StreamingEval, gather_in_stream_order
+from framework.evaluate.multi_label import multi_label_report
+from framework.evaluate.predictions import (  # noqa: F401  (the types, re-exported: callers import them from here)
+    MULTI_LABEL_METRICS,
+    PROBABILITY_METRICS,
+    Predictions,
+    Report,
+    decide,
+)
 from framework.evaluate.probabilities import (
-    TOP_K,
     ClassProbabilities,
     Collector,
     keep_full,
@@ -28,56 +33,6 @@ from framework.evaluate.probabilities import (
 def is_stream_share(loader: Any) -> bool:
     """Whether `loader` is this process's share of a streamed evaluation split (framework.data.streaming)."""
     return isinstance(loader, StreamingEval)
-
-
-@dataclass
-class Predictions:
-    """One entry per evaluation sample, in dataset order, on the host; `probabilities`: each sample's class
-    probabilities (in full, or its most probable classes past a size: framework.evaluate.probabilities)."""
-
-    predictions: np.ndarray
-    labels: np.ndarray
-    losses: np.ndarray
-    probabilities: Optional[ClassProbabilities] = None
-    # Multi-label (framework.evaluate.multi_label): predictions and labels are samples x labels indicator
-    # matrices and probabilities.full each label's sigmoid probability. The thresholds that decided the
-    # predictions (one per label; a binary task's one, on the second class): None where none was set.
-    thresholds: Optional[np.ndarray] = None
-
-    @property
-    def multi_label(self) -> bool:
-        """Whether each sample has a set of labels (2-D labels) rather than one class."""
-        return self.labels.ndim == 2
-
-
-PROBABILITY_METRICS = ("log_loss", "roc_auc", "average_precision", f"top_{TOP_K}_accuracy",
-                       "expected_calibration_error")
-MULTI_LABEL_METRICS = ("micro_f1", "samples_f1", "hamming_loss")
-
-
-@dataclass
-class Report:
-    """sklearn's classification report as text and as a dict, plus the mean evaluation loss."""
-
-    text: str
-    metrics: dict[str, Any]
-    loss: float
-    confusion: np.ndarray  # rows: true class, columns: predicted class
-    extra: dict[str, float] = field(default_factory=dict)  # a recipe's own metrics (Recipe.extra_metrics)
-    errors: Optional[list[tuple[int, int, int, float, float]]] = None  # (index, true, predicted, score, true prob)
-
-    def summary(self) -> dict[str, float]:
-        """The headline numbers logged to metrics.jsonl (the probability metrics there are, and a recipe's extra
-        metrics, as eval_<name>)."""
-        return {
-            "eval_loss": self.loss,
-            "eval_accuracy": self.metrics["accuracy"],
-            "eval_macro_f1": self.metrics["macro avg"]["f1-score"],
-            "eval_weighted_f1": self.metrics["weighted avg"]["f1-score"],
-            **{f"eval_{name}": self.metrics[name] for name in PROBABILITY_METRICS if name in self.metrics},
-            **{f"eval_{name}": self.metrics[name] for name in MULTI_LABEL_METRICS if name in self.metrics},
-            **{f"eval_{name}": value for name, value in self.extra.items()},
-        }
 
 
 def split_batch(batch: dict[str, Any]) -> tuple[dict[str, Any], torch.Tensor]:
@@ -151,20 +106,6 @@ def predict(accelerator: Accelerator, model: torch.nn.Module, loader: Any,
     return decide(Predictions(*collected.result()), thresholds)
 
 
-def decide(predictions: Predictions, thresholds: Optional[np.ndarray]) -> Predictions:
-    """`predictions` decided by `thresholds`: multi-label, each label whose probability reaches its threshold; binary,
-    the second class where its probability reaches the threshold. None leaves them as they are."""
-    if thresholds is None:
-        return predictions
-    thresholds = np.asarray(thresholds, np.float32)
-    full = predictions.probabilities.full
-    if predictions.multi_label:
-        decided = (full >= thresholds[None, :]).astype(np.int8)
-    else:
-        decided = (full[:, 1] >= thresholds[0]).astype(predictions.predictions.dtype)
-    return dataclasses.replace(predictions, predictions=decided, thresholds=thresholds)
-
-
 def _gathered_stream(accelerator: Accelerator, collected: Optional[Collector], index: list[np.ndarray]) -> Predictions:
     """Every process's share of a streamed evaluation, in stream order (each sample once)."""
     # A process may have no sample (fewer than processes): the number of classes comes from the others.
@@ -192,8 +133,6 @@ def build_report(predictions: Predictions, class_names: Sequence[str],
     wrong predictions made with the most confidence (Report.errors, for errors.csv). Multi-label predictions get
     the multi-label report (framework.evaluate.multi_label)."""
     if predictions.multi_label:
-        from framework.evaluate.multi_label import multi_label_report
-
         report = multi_label_report(predictions, class_names, errors)
         return _with_extra(report, predictions, extra_metrics)
     labels = list(range(len(class_names)))

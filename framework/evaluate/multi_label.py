@@ -10,8 +10,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from framework.evaluate.evaluation import Predictions, Report
-from framework.evaluate.thresholds import DEFAULT_THRESHOLD
+from framework.evaluate.predictions import DEFAULT_THRESHOLD, Predictions, Report
 
 
 def multi_label_metrics(labels: np.ndarray, predictions: np.ndarray, scores: np.ndarray) -> dict[str, Any]:

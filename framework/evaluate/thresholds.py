@@ -18,9 +18,9 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from framework.core.errors import FlagError
+from framework.evaluate.predictions import DEFAULT_THRESHOLD
 
 THRESHOLDS_FILE = "thresholds.json"
-DEFAULT_THRESHOLD = 0.5
 
 
 def best_f1_threshold(scores: np.ndarray, truth: np.ndarray) -> float:
