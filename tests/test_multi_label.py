@@ -183,6 +183,8 @@ def test_multi_label_text_runs_equal_on_one_and_two_processes_and_predict_uses_t
     assert names == sorted(TOPICS) and len(sets) == 25
     cut = np.array([saved[n] for n in names])
     assert sets == [",".join(n for n, hit in zip(names, row) if hit) for row in probabilities >= cut - 5e-7]
+    sets_two, probabilities_two, _ = _predicted_sets(tmp_path / "cpu_2proc.yaml" / "predictions.csv")
+    assert sets_two == sets and np.allclose(probabilities_two, probabilities, atol=2e-6)  # predict on 2 processes
     # a --model_path run predicts with the saved thresholds, a fixed one overrides them
     again = tmp_path / "again"
     result = accelerate_launch("cpu.yaml", TEXT, "--model_path", str(run), "--do_train", "false", "--do_eval",
