@@ -72,6 +72,7 @@ from framework.train.flops import meta_flops_per_sample
 from framework.train.loop import FitResult, fit
 from framework.train.losses import class_weights_from, classification_loss, multi_label_loss
 from framework.train.optim import build_optimizer, build_scheduler, total_optimizer_steps
+from framework.train.preemption import StopAtOnce
 from framework.train.state import LossFn, TrainingRun
 
 LABELS_FILE = "labels.json"
@@ -376,6 +377,17 @@ def run(recipe: Recipe, argv: Optional[list[str]] = None, *, config: Optional[Tr
     run_dir = RunDirectory.for_run(config, accelerator)
     resolve_checkpoint(config.resume_from_checkpoint, config.output_dir)  # a damaged one stops before data loads
     run_dir.recipe_name = recipe.name
+    # A stop signal before training (or after it) stops at once: there is no step to finish (framework.train.
+    # preemption); during training the loop's own handler finishes the step and checkpoints.
+    with StopAtOnce("preparing the data and the model", "nothing was written to --output_dir and no step was lost; "
+                    "run the same command again") as stop:
+        return _run_phases(recipe, config, accelerator, precision, run_dir, trained, stop)
+
+
+def _run_phases(recipe: Recipe, config: TrainingConfig, accelerator: Accelerator, precision: Precision,
+                run_dir: RunDirectory, trained: Optional[TrainedModel], stop: StopAtOnce) -> Optional[FitResult]:
+    """Prepare, then train (or evaluate the --model_path model), then predict; `stop` says which phase a stop
+    signal would interrupt, and what that costs."""
     preparing = time.perf_counter()
     data, model = _data_and_model(recipe, config, accelerator, trained)
     preparation_s = time.perf_counter() - preparing
@@ -399,6 +411,9 @@ def run(recipe: Recipe, argv: Optional[list[str]] = None, *, config: Optional[Tr
     if thresholds is None and trained and config.decision_threshold != "auto":
         thresholds = load_thresholds(trained.weights.parent, data.class_names, config.multi_label)
     if config.do_train:
+        stop.phase = "setting up training"
+        stop.consequence = "no optimizer step was lost: run the same command again (with --resume_from_checkpoint " \
+                           "auto, it continues from the newest checkpoint)"
         result = _train(recipe, config, accelerator, precision, run_dir, data, model, eval_loader, loss_fn,
                         preparation_s)
         model, temperature = result.model, result.summary["calibration_temperature"]
@@ -406,10 +421,15 @@ def run(recipe: Recipe, argv: Optional[list[str]] = None, *, config: Optional[Tr
         if accelerator.is_main_process and recipe.export:
             recipe.export(config, bare_model(accelerator, model), data, run_dir.path)
     else:
+        stop.phase, stop.consequence = "evaluating", "the model of --model_path is unchanged: run the same command again"
         model = accelerator.prepare(model)
         temperature, thresholds = _evaluate_only(accelerator, config, model, eval_loader, data, run_dir, precision,
                                                  recipe.extra_metrics, loss_fn, temperature, thresholds)
     if config.do_predict:
+        stop.phase = "predicting"
+        stop.consequence = (f"the trained run in {config.output_dir} is complete: predict with --model_path "
+                            f"{config.output_dir} --do_train false --do_eval false --do_predict") if config.do_train \
+            else "the model of --model_path is unchanged: run the same command again with --overwrite_output_dir true"
         _predict(accelerator, config, model, data, run_dir, recipe.extra_metrics, temperature or 1.0, thresholds)
     accelerator.wait_for_everyone()
     accelerator.end_training()

@@ -30,6 +30,10 @@ from framework.evaluate.probabilities import (
 )
 
 
+class EvaluationStopped(Exception):
+    """Every process agreed to stop (a stop signal) in the middle of an evaluation: it is abandoned."""
+
+
 def is_stream_share(loader: Any) -> bool:
     """Whether `loader` is this process's share of a streamed evaluation split (framework.data.streaming)."""
     return isinstance(loader, StreamingEval)
@@ -57,7 +61,8 @@ def forward_in_chunks(model: torch.nn.Module, inputs: dict[str, Any], chunk: int
 @torch.no_grad()
 def predict(accelerator: Accelerator, model: torch.nn.Module, loader: Any,
             loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], show_progress: bool = True,
-            forward_batch: int = 0, temperature: float = 1.0, thresholds: Optional[np.ndarray] = None) -> Predictions:
+            forward_batch: int = 0, temperature: float = 1.0, thresholds: Optional[np.ndarray] = None,
+            should_stop: Optional[Callable[[], bool]] = None) -> Predictions:
     """Run `model` over a prepared `loader` and gather predictions, labels, per-sample losses and probabilities.
 
     `gather_for_metrics` drops the samples the distributed sampler repeated to
@@ -70,6 +75,9 @@ def predict(accelerator: Accelerator, model: torch.nn.Module, loader: Any,
     Multi-label batches (labels of samples x labels) give each label's sigmoid probability, all of them kept.
     `thresholds` (binary and multi-label, framework.evaluate.thresholds) decide the predictions; without them a
     single-label prediction is the most probable class, a multi-label one every label of probability >= 0.5.
+    `should_stop()` is asked once per batch on every process (framework.train.preemption: it must give every
+    process the same answer); when it says so, EvaluationStopped is raised (not for a stream's share, whose
+    processes may run a batch more or less than each other).
     """
     was_training = model.training
     model.eval()
@@ -97,6 +105,10 @@ def predict(accelerator: Accelerator, model: torch.nn.Module, loader: Any,
                                   multi_label=labels.dim() == 2)
         collected.add(*arrays)
         bar.update(1)
+        if should_stop is not None and not streamed and should_stop():
+            bar.close()
+            model.train(was_training)
+            raise EvaluationStopped()
     bar.close()
     model.train(was_training)
     if streamed:
@@ -183,10 +195,11 @@ def _most_confident_errors(predictions: Predictions, limit: int) -> list[tuple[i
 def evaluate(accelerator: Accelerator, model: torch.nn.Module, loader: Any, class_names: Sequence[str],
              loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], forward_batch: int = 0,
              extra_metrics: Optional[ExtraMetrics] = None, errors: int = 0, temperature: float = 1.0,
-             thresholds: Optional[np.ndarray] = None) -> Report:
-    """Predict on every process, gather, and build the report (the same on every process)."""
+             thresholds: Optional[np.ndarray] = None, should_stop: Optional[Callable[[], bool]] = None) -> Report:
+    """Predict on every process, gather, and build the report (the same on every process); `should_stop`: see
+    predict."""
     predictions = predict(accelerator, model, loader, loss_fn, forward_batch=forward_batch, temperature=temperature,
-                          thresholds=thresholds)
+                          thresholds=thresholds, should_stop=should_stop)
     return build_report(predictions, class_names, extra_metrics, errors)
 
 

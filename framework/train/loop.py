@@ -33,7 +33,7 @@ from framework.core.errors import FlagError, Preempted, TrainingDiverged
 from framework.core.progress import progress_bar
 from framework.core.runtime import device_name, format_banner, say
 from framework.data.loaders import Window, to_device
-from framework.evaluate.evaluation import Report, evaluate, split_batch
+from framework.evaluate.evaluation import EvaluationStopped, Report, evaluate, split_batch
 from framework.evaluate.temperature import calibrate
 from framework.evaluate.thresholds import tune_thresholds
 from framework.io.checkpoint import checkpoint_root, load_checkpoint, resolve_checkpoint, run_identity
@@ -180,10 +180,18 @@ def _log(ctx: TrainingRun, record: dict[str, Any]) -> None:
     ctx.accelerator.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
 
 
-def _evaluate(run: TrainingRun, state: TrainState, components: Sequence[Component]) -> None:
-    run.report = evaluate(run.accelerator, run.model, run.eval_loader, run.class_names, run.loss_fn,
-                          forward_batch=state.eval_batch, extra_metrics=run.extra_metrics,
-                          errors=run.config.save_errors, thresholds=run.thresholds)
+def _evaluate(run: TrainingRun, state: TrainState, components: Sequence[Component], due: str = "") -> None:
+    """Evaluate, log, tell the components. A stop signal agreed on during it abandons it on every process and
+    stops with a checkpoint of this step that redoes it (`due`: where it was, see TrainState.evaluation_due)."""
+    try:
+        run.report = evaluate(run.accelerator, run.model, run.eval_loader, run.class_names, run.loss_fn,
+                              forward_batch=state.eval_batch, extra_metrics=run.extra_metrics,
+                              errors=run.config.save_errors, thresholds=run.thresholds,
+                              should_stop=run.stop.agreed)
+    except EvaluationStopped:
+        state.evaluation_due = due
+        run.stopping = True
+        _stop_with_checkpoint(run, state, during_evaluation=True)
     state.last_eval_step = state.step
     epoch = _epochs_done(run, state)
     _log(run, {"step": state.step, "epoch": round(epoch, 4), **run.report.summary()})
@@ -233,7 +241,7 @@ def train_epoch(run: TrainingRun, state: TrainState, components: Sequence[Compon
             _log_train(run, state, running, lr, started)
         run.train_time += time.perf_counter() - started  # evaluations and checkpoints are not training time
         if config.eval_steps and state.step % config.eval_steps == 0:
-            _evaluate(run, state, components)
+            _evaluate(run, state, components, due="step")
             if _stop_reason(components, state):
                 break
         for component in components:
@@ -249,15 +257,18 @@ def train_epoch(run: TrainingRun, state: TrainState, components: Sequence[Compon
     run.train_time += time.perf_counter() - started
 
 
-def _stop_with_checkpoint(run: TrainingRun, state: TrainState) -> None:
-    """A stop signal was agreed on: write one complete checkpoint (unless this step has one) and stop."""
-    what = run.stop.received or "a stop signal on another process"
+def _stop_with_checkpoint(run: TrainingRun, state: TrainState, during_evaluation: bool = False) -> None:
+    """A stop signal was agreed on: write one complete checkpoint (unless this step has one: written before the
+    evaluation, or the one this run resumed from; either redoes the evaluation) and stop."""
+    what = f"{run.stop.received} received" if run.stop.received else "a stop signal received by another process"
+    if during_evaluation:
+        what += " during the evaluation (abandoned: the resumed run redoes it)"
     if run.accelerator.distributed_type == DistributedType.FSDP:
-        raise Preempted(f"{what} received: stopped after optimizer step {state.step}; FSDP runs cannot "
+        raise Preempted(f"{what}: stopped after optimizer step {state.step}; FSDP runs cannot "
                         f"checkpoint yet, so this run cannot be resumed")
     if run.checkpointed_step != state.step:
         write_checkpoint(run, state)
-    raise Preempted(f"{what} received: stopped after optimizer step {state.step} of {run.total_steps} and saved "
+    raise Preempted(f"{what}: stopped after optimizer step {state.step} of {run.total_steps} and saved "
                     f"{checkpoint_root(run.config.output_dir) / f'step_{state.step}'}; run the same command with "
                     f"--resume_from_checkpoint auto to continue")
 
@@ -323,6 +334,7 @@ def setup(run: TrainingRun) -> TrainState:
                                 identity=run_identity(run.train_data.plan, config.seed), state_type=TrainState)
         say(accelerator, f"resumed from {path} at optimizer step {state.step}")
         run.samples_at_start = state.samples_seen
+        run.checkpointed_step = state.step  # this step has its checkpoint: the one resumed from
     if config.auto_find_batch_size:
         choose_batch_sizes(accelerator, config, run.model, run.optimizer, run.train_data, run.eval_loader,
                            run.loss_fn, state)
@@ -344,21 +356,53 @@ def setup(run: TrainingRun) -> TrainState:
 
 def train(run: TrainingRun, state: TrainState, components: Sequence[Component]) -> None:
     """Epochs until the planned steps are done, a component asks to stop, or a stop signal is agreed on."""
+    if state.evaluation_due and _redo_abandoned_evaluation(run, state, components):
+        return
     while state.step < run.total_steps:
         run.bar.set_description(f"train epoch {state.epoch + 1}", refresh=False)
         train_epoch(run, state, components)
-        if _epoch_over(run, state) and not run.stopping:
-            state.epoch, state.window = state.epoch + 1, 0
-            if state.last_eval_step != state.step:
-                _evaluate(run, state, components)
-            for component in components:
-                component.after_step(run, state, epoch_end=True)
-        if run.stopping:
-            _stop_with_checkpoint(run, state)
+        if _after_epoch_part(run, state, components):
+            break
+
+
+def _after_epoch_part(run: TrainingRun, state: TrainState, components: Sequence[Component]) -> bool:
+    """What follows train_epoch: the epoch's end (evaluation, hooks), an agreed stop, a component's stop.
+    Returns whether training is over."""
+    if _epoch_over(run, state) and not run.stopping:
+        state.epoch, state.window = state.epoch + 1, 0
+        if state.last_eval_step != state.step:
+            _evaluate(run, state, components, due="epoch")
+        for component in components:
+            component.after_step(run, state, epoch_end=True)
+    if run.stopping:
+        _stop_with_checkpoint(run, state)
+    reason = _stop_reason(components, state)
+    if reason:
+        say(run.accelerator, f"{reason}; stopped at step {state.step} of {run.total_steps}")
+        return True
+    return False
+
+
+def _redo_abandoned_evaluation(run: TrainingRun, state: TrainState, components: Sequence[Component]) -> bool:
+    """A resumed run whose checkpoint was written when a stop signal abandoned an evaluation: redo it and what
+    followed it in the uninterrupted run (train_epoch's step hooks, or the epoch end's), so that the run ends as
+    that one would. Returns whether training is over."""
+    due, state.evaluation_due = state.evaluation_due, ""
+    _evaluate(run, state, components, due=due)
+    if due == "epoch":
+        for component in components:
+            component.after_step(run, state, epoch_end=True)
         reason = _stop_reason(components, state)
         if reason:
             say(run.accelerator, f"{reason}; stopped at step {state.step} of {run.total_steps}")
-            break
+        return bool(reason)
+    stopped = bool(_stop_reason(components, state))  # train_epoch leaves its loop before the step hooks then
+    if not stopped:
+        for component in components:
+            component.after_step(run, state, epoch_end=False)
+    if stopped or state.step >= run.total_steps:  # train_epoch would have returned here
+        return _after_epoch_part(run, state, components) or state.step >= run.total_steps
+    return False
 
 
 def finish(run: TrainingRun, state: TrainState, components: Sequence[Component]) -> FitResult:
@@ -421,9 +465,17 @@ def fit(run: TrainingRun, components: Optional[Sequence[Component]] = None) -> F
     run.started = time.perf_counter()
     components = default_components(run.config) if components is None else components
     state = setup(run)
-    try:
-        with run.stop:
+    # The stop signal is agreed on through the final evaluation too; one arriving after it (while the weights,
+    # reports and summary are written) lets the run finish, and then stops it before anything that follows.
+    with run.stop:
+        try:
             train(run, state, components)
-    finally:
-        run.bar.close()
-    return finish(run, state, components)
+        finally:
+            run.bar.close()
+        result = finish(run, state, components)
+        if run.stop.agreed_now():
+            what = run.stop.received or "a stop signal on another process"
+            raise Preempted(f"{what} received as the run finished: it is complete ({run.config.output_dir}: "
+                            f"model.safetensors, report.json, summary.json); what follows training (--do_predict) "
+                            f"did not run: run it with --model_path {run.config.output_dir} --do_train false")
+    return result

@@ -12,6 +12,13 @@ reads the one it started a step earlier, which has long completed: no
 host-device sync and no wait in the training step. Every rank reads the same
 result at the same step, so all stop after the same step: at most one optimizer
 step after the last rank saw the signal (one process: right after the current step).
+An evaluation asks the same agreement once per batch (every process runs as many
+evaluation batches), so a signal stops it within a batch or two: the evaluation is
+abandoned on every process together and redone by the resumed run.
+
+Outside training (preparing the data, setting up, predicting) there is no step to
+finish and nothing to checkpoint: `StopAtOnce` turns the signal into an immediate
+`Preempted` with a line saying what was (not) lost.
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
+
+from framework.core.errors import Preempted
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
@@ -70,3 +79,37 @@ class StopSignal:
         flag = torch.tensor([int(self.received is not None)], dtype=torch.int32)
         self._pending = (dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._group, async_op=True), flag)
         return stop
+
+    def agreed_now(self) -> bool:
+        """Whether any process has received a signal by now (one blocking agreement: for the end of a run, not for
+        every step)."""
+        if not self._distributed:
+            return self.received is not None
+        self.agreed()
+        return self.agreed()
+
+
+class StopAtOnce:
+    """While installed (a context manager), SIGTERM/SIGUSR1 raise `Preempted` at once, with `consequence` (what a
+    stop now means: "nothing was lost; run the same command again") in its line. `phase` names where the run is.
+    The training loop's StopSignal replaces it while it trains and puts it back after."""
+
+    def __init__(self, phase: str, consequence: str):
+        self.phase, self.consequence = phase, consequence
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "StopAtOnce":
+        for sig in STOP_SIGNALS:
+            try:
+                self._previous[sig] = signal.signal(sig, self._stop)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _stop(self, signum: int, frame: Any) -> None:
+        raise Preempted(f"{signal.Signals(signum).name} received while {self.phase}: stopped; {self.consequence}")

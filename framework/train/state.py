@@ -34,6 +34,9 @@ class TrainState:
     consecutive_skipped: int = 0
     samples_seen: int = 0
     last_eval_step: int = -1
+    # An evaluation a stop signal abandoned at this step, to redo first on resume: "step" (--eval_steps) or
+    # "epoch" (the epoch's end); "" when none (the final evaluation is redone by finish anyway).
+    evaluation_due: str = ""
     best_step: int = -1  # the best evaluation so far (--metric_for_best_model), and its value
     best_value: Optional[float] = None
     evals_without_improvement: int = 0

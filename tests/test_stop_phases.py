@@ -1,0 +1,170 @@
+"""A stop signal in any phase: inside an evaluation (abandoned on every process, redone by the resumed run, which
+ends bitwise equal to an uninterrupted one), while preparing the data (exit 4 at once, nothing written), and as
+the run finishes (it completes, then stops before predicting)."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import os
+import signal
+
+import numpy as np
+import pytest
+import torch
+from datasets import Dataset
+from safetensors.torch import load_file
+
+from framework import TrainingConfig
+from framework.core.errors import EXIT_PREEMPTED, Preempted, run_main
+from framework.recipe import Recipe, RecipeData, run
+
+from helpers import debug_launch, fit_model
+
+N, FEATURES, CLASSES = 70, 10, 3
+
+
+def _rank() -> int:
+    from accelerate import PartialState
+
+    return PartialState().process_index
+
+
+class SignallingMLP(torch.nn.Module):
+    """A small MLP that sends itself SIGTERM when it evaluates its `signal_at`-th evaluation batch (counted over
+    the run, on the process of rank `rank`), and counts the evaluation batches it ran after that."""
+
+    def __init__(self, signal_at: int = 0, rank: int = 0):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(FEATURES, 16), torch.nn.GELU(), torch.nn.Linear(16, CLASSES))
+        self.signal_at, self.rank, self.eval_batches = signal_at, rank, 0
+
+    def forward(self, x):
+        if not self.training:
+            self.eval_batches += 1
+            if self.eval_batches == self.signal_at and _rank() == self.rank:
+                os.kill(os.getpid(), signal.SIGTERM)
+        return self.net(x)
+
+
+def _data() -> Dataset:
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(N, FEATURES, generator=g), torch.randint(0, CLASSES, (N,), generator=g)
+    return Dataset.from_dict({"x": x.numpy(), "labels": y.numpy()}).with_format("torch")
+
+
+def _config(out, **extra) -> TrainingConfig:
+    # 70 samples, micro-batch 8: 9 steps an epoch, 27 in all; evaluations at steps 4, 8, 9 (epoch end), 12, ...
+    # of 9 batches each on one process (5 on each of two).
+    settings = dict(output_dir=str(out), per_device_train_batch_size=8, per_device_eval_batch_size=8,
+                    num_train_epochs=3, eval_steps=4, learning_rate=0.05, mixed_precision="no", seed=5,
+                    logging_steps=1, checkpointing_steps="10")
+    return TrainingConfig(**{**settings, **extra})
+
+
+def _train(out, signal_at: int = 0, rank: int = 0, **extra):
+    torch.manual_seed(1)
+    initial = SignallingMLP(signal_at, rank)
+    made = []
+
+    def make():
+        made.append(copy.deepcopy(initial))
+        return made[-1]
+
+    try:
+        fit_model(_config(out, **extra), make, _data(), _data(), [str(c) for c in range(CLASSES)])
+    except Preempted as stopped:
+        (out / "stopped.txt").write_text(str(stopped))
+        (out / f"after_signal_{_rank()}.txt").write_text(
+            str(made[-1].eval_batches - signal_at))
+
+
+def _lines(out) -> list[dict]:
+    return [{k: v for k, v in json.loads(line).items() if k != "elapsed_s"}
+            for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def _assert_same_run(a, b) -> None:
+    wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    assert wa.keys() == wb.keys() and all(wa[k].equal(wb[k]) for k in wa)  # bitwise
+    assert _lines(a) == _lines(b)
+    assert json.loads((a / "report.json").read_text()) == json.loads((b / "report.json").read_text())
+
+
+@pytest.mark.parametrize("signal_at,step,due", [(12, 8, "step"), (22, 9, "epoch")])
+def test_a_signal_inside_an_evaluation_abandons_it_and_the_resumed_run_redoes_it(tmp_path, signal_at, step, due):
+    reference, out = tmp_path / "reference", tmp_path / "run"
+    _train(reference)
+    _train(out, signal_at)
+    stopped = (out / "stopped.txt").read_text()
+    assert f"SIGTERM received during the evaluation (abandoned: the resumed run redoes it): stopped after " \
+           f"optimizer step {step} of 27" in stopped
+    assert int((out / "after_signal_0.txt").read_text()) <= 1  # the evaluation stopped within a batch
+    state = json.loads((out / "checkpoints" / f"step_{step}" / "state.json").read_text())["state"]
+    assert state["evaluation_due"] == due and state["last_eval_step"] < step
+    assert not (out / "summary.json").exists()
+    _train(out, resume_from_checkpoint="auto")
+    assert (out / "summary.json").exists()
+    _assert_same_run(reference, out)
+    names = lambda run: sorted(p.name for p in (run / "checkpoints").iterdir())  # noqa: E731
+    assert names(out) == sorted([*names(reference), f"step_{step}"])  # the periodic ones, and the stop's
+
+
+def test_two_processes_abandon_the_evaluation_together_when_one_is_signalled(tmp_path):
+    reference, out = tmp_path / "reference", tmp_path / "run"
+    debug_launch(_train, reference)
+    # Micro-batch 8 on each of 2 processes: 5 steps an epoch, 15 in all; 5 evaluation batches each. Rank 1's 7th
+    # evaluation batch is in the evaluation at the first epoch's end (step 5); rank 0 is not signalled.
+    debug_launch(_train, out, 7, 1)
+    assert "stopped after optimizer step 5 of 15" in (out / "stopped.txt").read_text()
+    for rank in (0, 1):  # both left within a batch or two of rank 1's signal
+        assert int((out / f"after_signal_{rank}.txt").read_text()) <= 2
+    debug_launch(functools.partial(_train, resume_from_checkpoint="auto"), out)
+    _assert_same_run(reference, out)
+
+
+def _signalling_recipe(when: str) -> Recipe:
+    def build_data(config, trained):
+        if when == "preparation":
+            os.kill(os.getpid(), signal.SIGTERM)
+        data = _data()
+        return RecipeData([str(c) for c in range(CLASSES)], train=data, eval=data, test=data)
+
+    def build_model(config, data):
+        torch.manual_seed(1)
+        return SignallingMLP()
+
+    class SignalAtFinish:  # a component whose last word comes after the final evaluation
+        def after_evaluation(self, run, state): ...
+        def after_step(self, run, state, epoch_end): ...
+        def stop_reason(self, state): return None
+        def summary(self, state): return {}
+
+        def finish(self, run, state):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return Recipe(TrainingConfig, build_data, build_model,
+                  components=(lambda config: [SignalAtFinish()]) if when == "finish" else None)
+
+
+def test_a_signal_while_preparing_stops_at_once_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "run"
+    before = signal.getsignal(signal.SIGTERM)
+    code = run_main(lambda: run(_signalling_recipe("preparation"), ["--output_dir", str(out), "--max_steps", "3"]))
+    assert code == EXIT_PREEMPTED
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "stopped: SIGTERM received while preparing the data and the model: stopped; nothing was written to "
+        "--output_dir and no step was lost; run the same command again"]
+    assert not out.exists() and signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_signal_as_the_run_finishes_lets_it_complete_and_stops_before_predicting(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["--output_dir", str(out), "--max_steps", "3", "--do_predict"]
+    assert run_main(lambda: run(_signalling_recipe("finish"), argv)) == EXIT_PREEMPTED
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith("train")]  # bars
+    assert len(err) == 1 and err[0].startswith("stopped: SIGTERM received as the run finished: it is complete")
+    assert (out / "summary.json").exists() and (out / "model.safetensors").exists()
+    assert not (out / "predictions.csv").exists()
+    assert np.isfinite(json.loads((out / "report.json").read_text())["accuracy"])
