@@ -168,3 +168,37 @@ def test_a_signal_as_the_run_finishes_lets_it_complete_and_stops_before_predicti
     assert (out / "summary.json").exists() and (out / "model.safetensors").exists()
     assert not (out / "predictions.csv").exists()
     assert np.isfinite(json.loads((out / "report.json").read_text())["accuracy"])
+
+
+NATIVE_WORK = """
+import numpy as np
+from framework.core.errors import run_main
+from framework.train.preemption import StopAtOnce
+
+def main():
+    with StopAtOnce("preparing the data and the model", "nothing was lost"):
+        print("ready", flush=True)
+        np.linalg.eigvals(np.random.default_rng(0).random((5000, 5000)))  # native: no Python bytecode for long
+
+raise SystemExit(run_main(main))
+"""
+
+
+def test_a_signal_during_a_long_native_call_still_stops_within_seconds(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    from helpers import REPO
+
+    proc = subprocess.Popen([sys.executable, "-c", NATIVE_WORK], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.stdout.readline().strip() == "ready"
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    sent = time.monotonic()
+    code = proc.wait(timeout=120)
+    took = time.monotonic() - sent
+    err = proc.stderr.read().strip().splitlines()
+    assert code == EXIT_PREEMPTED and took < 6, (code, took)
+    assert err == ["stopped: SIGTERM received while preparing the data and the model: stopped; nothing was lost"]

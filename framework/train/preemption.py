@@ -23,13 +23,17 @@ finish and nothing to checkpoint: `StopAtOnce` turns the signal into an immediat
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
+import threading
+import time
 from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
 
-from framework.core.errors import Preempted
+from framework.core.errors import EXIT_PREEMPTED, Preempted
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
@@ -92,11 +96,20 @@ class StopSignal:
 class StopAtOnce:
     """While installed (a context manager), SIGTERM/SIGUSR1 raise `Preempted` at once, with `consequence` (what a
     stop now means: "nothing was lost; run the same command again") in its line. `phase` names where the run is.
-    The training loop's StopSignal replaces it while it trains and puts it back after."""
+    The training loop's StopSignal replaces it while it trains and puts it back after.
+
+    Python runs a signal handler only between bytecodes of the main thread, so a long native call (a Rust
+    tokenizer's training, a wait in a collective) would hold the stop back until it returns. A watcher thread,
+    woken by the signal itself (signal.set_wakeup_fd), ends the process with the same line and exit code when
+    the handler has not ended it within GRACE_S seconds: before training nothing is half-written (datasets and
+    the framework write their caches to temporary names and rename them)."""
+
+    GRACE_S = 2.0
 
     def __init__(self, phase: str, consequence: str):
         self.phase, self.consequence = phase, consequence
         self._previous: dict[int, Any] = {}
+        self._wakeup: Optional[tuple[int, int, int]] = None  # (read end, write end, previous wakeup fd)
 
     def __enter__(self) -> "StopAtOnce":
         for sig in STOP_SIGNALS:
@@ -104,12 +117,47 @@ class StopAtOnce:
                 self._previous[sig] = signal.signal(sig, self._stop)
             except ValueError:  # not the main thread: leave signals alone
                 pass
+        if self._previous:
+            read_end, write_end = os.pipe()
+            os.set_blocking(write_end, False)
+            try:
+                self._wakeup = (read_end, write_end, signal.set_wakeup_fd(write_end, warn_on_full_buffer=False))
+            except ValueError:
+                os.close(read_end), os.close(write_end)
+            else:
+                threading.Thread(target=self._watch, args=(read_end,), daemon=True, name="stop-watcher").start()
         return self
 
     def __exit__(self, *exc: Any) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+        if self._wakeup is not None:
+            read_end, write_end, previous = self._wakeup
+            signal.set_wakeup_fd(previous)
+            os.close(write_end)  # the watcher reads end-of-file and ends
+            self._wakeup = None
         self._previous.clear()
 
+    def _message(self, signum: int) -> str:
+        return f"{signal.Signals(signum).name} received while {self.phase}: stopped; {self.consequence}"
+
     def _stop(self, signum: int, frame: Any) -> None:
-        raise Preempted(f"{signal.Signals(signum).name} received while {self.phase}: stopped; {self.consequence}")
+        raise Preempted(self._message(signum))
+
+    def _watch(self, read_end: int) -> None:
+        try:
+            while True:
+                data = os.read(read_end, 64)
+                if not data:
+                    return
+                for signum in data:
+                    if signum not in STOP_SIGNALS:
+                        continue
+                    time.sleep(self.GRACE_S)
+                    if signal.getsignal(signum) != self._stop:  # training's StopSignal is in charge, or we are done
+                        continue
+                    if os.environ.get("RANK", "0") == "0":
+                        print(f"stopped: {self._message(signum)}", file=sys.stderr, flush=True)
+                    os._exit(EXIT_PREEMPTED)
+        finally:
+            os.close(read_end)
