@@ -4,8 +4,8 @@ Exit codes (README, "Exit codes"):
     0  the run finished
     2  bad input: a flag, config file, data file or checkpoint (fix the command)
     3  training diverged: NaN/inf loss, or too many fp16 steps skipped in a row (retry with other settings)
-    4  stopped by SIGTERM/SIGUSR1 after writing a checkpoint (rerun the same command with
-       --resume_from_checkpoint auto to continue)
+    4  stopped by SIGTERM/SIGUSR1: in training after writing a checkpoint (rerun the same command with
+       --resume_from_checkpoint auto to continue); before training with nothing written (rerun it)
 """
 
 from __future__ import annotations
