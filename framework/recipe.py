@@ -52,7 +52,7 @@ from torch.utils.data import default_collate
 
 from framework.core.config import TrainingConfig, config_to_dict, parse_config, validate_config
 from framework.core.errors import FlagError, UserError
-from framework.core.runtime import Precision, build_accelerator, say
+from framework.core.runtime import Precision, build_accelerator, peer_lost, say
 from framework.data.loaders import Augment, build_eval_loader, build_train_data
 from framework.data.streaming import build_stream_eval, build_stream_train_data, is_stream
 from framework.evaluate.evaluation import ExtraMetrics, build_report, evaluate, predict_probabilities
@@ -381,7 +381,13 @@ def run(recipe: Recipe, argv: Optional[list[str]] = None, *, config: Optional[Tr
     # preemption); during training the loop's own handler finishes the step and checkpoints.
     with StopAtOnce("preparing the data and the model", "nothing was written to --output_dir and no step was lost; "
                     "run the same command again") as stop:
-        return _run_phases(recipe, config, accelerator, precision, run_dir, trained, stop)
+        try:
+            return _run_phases(recipe, config, accelerator, precision, run_dir, trained, stop)
+        except RuntimeError as err:  # a collective that timed out (--ddp_timeout) or lost its peer: one line
+            lost = peer_lost(err, accelerator.num_processes, config.ddp_timeout)
+            if lost is None:
+                raise
+            raise lost from None
 
 
 def _run_phases(recipe: Recipe, config: TrainingConfig, accelerator: Accelerator, precision: Precision,

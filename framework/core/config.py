@@ -203,8 +203,13 @@ class RuntimeFlags:
         "Recompute each block's activations in the backward pass instead of keeping them: much less activation "
         "memory (a larger micro-batch fits) for about a third more compute; the math is unchanged.", default=False)
 
+    ddp_timeout: int = flag(
+        "Seconds a collective (the gradient all-reduce, a gather, a barrier) waits for the other processes before the "
+        "job ends with one line saying a process stalled or died (Hugging Face's name and default).", default=1800)
+
     def check_runtime(self) -> None:
         """Raise `InvalidFlag` for the first value of this group outside its allowed range."""
+        require("ddp_timeout", self.ddp_timeout >= 1, "an integer >= 1 (seconds)")
         require("max_consecutive_skipped_steps", self.max_consecutive_skipped_steps >= 1, "an integer >= 1")
         require("mixed_precision", self.mixed_precision in (None, *PRECISIONS), "one of " + ", ".join(PRECISIONS))
         require("torch_compile_mode", self.torch_compile_mode in (None, *COMPILE_MODES),

@@ -6,6 +6,7 @@ Exit codes (README, "Exit codes"):
     3  training diverged: NaN/inf loss, or too many fp16 steps skipped in a row (retry with other settings)
     4  stopped by SIGTERM/SIGUSR1: in training after writing a checkpoint (rerun the same command with
        --resume_from_checkpoint auto to continue); before training with nothing written (rerun it)
+    5  another process of the job stalled or died: a collective timed out (--ddp_timeout) or lost its peer
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Callable
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
 EXIT_PREEMPTED = 4
+EXIT_PEER_LOST = 5
 
 
 class RunStopped(Exception):
@@ -57,6 +59,12 @@ class TrainingDiverged(RunStopped):
     """Training produced a NaN/inf loss, or too many fp16 steps in a row were skipped."""
 
     exit_code = EXIT_DIVERGED
+
+
+class PeerLost(RunStopped):
+    """A collective across the job's processes timed out or lost its peer: another process stalled or died."""
+
+    exit_code = EXIT_PEER_LOST
 
 
 class Preempted(RunStopped):

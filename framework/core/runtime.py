@@ -5,16 +5,17 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Optional
 
 import datasets
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import InitProcessGroupKwargs, set_seed
 
 from framework.core.compilation import check_compile_toolchain, dynamo_plugin
 from framework.core.config import TrainingConfig
-from framework.core.errors import FlagError, UserError
+from framework.core.errors import FlagError, PeerLost, UserError
 
 
 @dataclass(frozen=True)
@@ -79,8 +80,10 @@ def build_accelerator(config: TrainingConfig) -> tuple[Accelerator, Precision]:
     # Gradient accumulation is done by framework.train.loop with exact per-sample
     # weights, so the Accelerator must not divide losses by N on its own.
     trackers = available_trackers(config.trackers, explicit=config.report_to != "all")
+    # --ddp_timeout bounds every collective of the default group (and of the framework's own CPU group).
+    timeout = InitProcessGroupKwargs(timeout=timedelta(seconds=config.ddp_timeout))
     accelerator = Accelerator(mixed_precision=precision.effective, cpu=not cuda, gradient_accumulation_steps=1,
-                              log_with=trackers or None, project_dir=config.output_dir,
+                              log_with=trackers or None, project_dir=config.output_dir, kwargs_handlers=[timeout],
                               dynamo_plugin=dynamo_plugin(config.torch_compile or config.torch_compile_mode is not None,
                                                           config.torch_compile_mode or "default"))
     check_process_group(int(os.environ.get("WORLD_SIZE", "1")), accelerator.num_processes)
@@ -179,3 +182,29 @@ def format_banner(*, world_size: int, device: str, precision: Precision, micro_b
            f"({loader[1]})"] if loader is not None else []),
         "=" * 72,
     ])
+
+
+# What torch.distributed's backends say when a peer stalls past the timeout (gloo: "Timed out waiting 5000ms for
+# recv operation"; NCCL's watchdog: "Watchdog caught collective operation timeout") or is gone ("Connection closed
+# by peer", "Connection reset by peer", "Broken pipe").
+_TIMED_OUT = ("timed out", "timeout")
+_PEER_GONE = ("connection closed by peer", "connection reset by peer", "broken pipe", "connection refused")
+
+
+def peer_lost(err: BaseException, num_processes: int, timeout_s: int) -> Optional[PeerLost]:
+    """The one-line PeerLost for a collective's failure (`err`) in a job of several processes, or None when `err` is
+    something else."""
+    text = str(err).strip()
+    lowered = text.lower()
+    if num_processes < 2 or not isinstance(err, RuntimeError):
+        return None
+    cause = text.splitlines()[0] if text else type(err).__name__
+    cause = cause.split("] ", 1)[-1][:160]  # gloo's messages start with a source location in brackets
+    if any(word in lowered for word in _TIMED_OUT):
+        return PeerLost(f"waited --ddp_timeout {timeout_s} s for another process in a collective ({cause}): a "
+                        f"process stalled (in its data loader, on a hung file system) or died; see its output. Raise "
+                        f"--ddp_timeout if a step, an evaluation or a checkpoint can legitimately take longer")
+    if any(word in lowered for word in _PEER_GONE):
+        return PeerLost(f"another process left the job during a collective ({cause}): it died or was killed; see "
+                        f"its output")
+    return None
