@@ -325,7 +325,7 @@ def setup(run: TrainingRun) -> TrainState:
         raise FlagError("checkpointing_steps", "and --resume_from_checkpoint are not supported with FSDP yet; "
                         "use a DDP config (multi_gpu.yaml) to checkpoint")
     run.total_steps = total_optimizer_steps(config, run.train_data.plan.windows_per_epoch)
-    run.stop = StopSignal(accelerator.num_processes)
+    run.stop = StopSignal(accelerator.num_processes, config.ddp_timeout)
     run.params = [p for p in run.model.parameters() if p.requires_grad]
     state = TrainState()
     path = resolve_checkpoint(config.resume_from_checkpoint, config.output_dir, note=lambda t: say(accelerator, t))

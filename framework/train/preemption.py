@@ -28,6 +28,7 @@ import signal
 import sys
 import threading
 import time
+from datetime import timedelta
 from typing import Any, Optional
 
 import torch
@@ -41,8 +42,9 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 class StopSignal:
     """Records SIGTERM/SIGUSR1 while installed (a context manager) and agrees across processes to stop."""
 
-    def __init__(self, num_processes: int):
+    def __init__(self, num_processes: int, timeout_s: Optional[int] = None):
         self.received: Optional[str] = None
+        self._timeout_s = timeout_s  # of the CPU group made beside an NCCL one (--ddp_timeout)
         self._distributed = num_processes > 1 and dist.is_available() and dist.is_initialized()
         self._group: Any = None
         self._pending: Optional[tuple[Any, torch.Tensor]] = None
@@ -51,7 +53,8 @@ class StopSignal:
     def __enter__(self) -> "StopSignal":
         if self._distributed:
             # A CPU group: the flag never touches the GPU, so reading it never syncs the device.
-            self._group = None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
+            timeout = None if self._timeout_s is None else timedelta(seconds=self._timeout_s)
+            self._group = None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo", timeout=timeout)
         for sig in STOP_SIGNALS:
             try:
                 self._previous[sig] = signal.signal(sig, self._record)
