@@ -37,7 +37,10 @@ class SignallingMLP(torch.nn.Module):
 
     def __init__(self, signal_at: int = 0, rank: int = 0):
         super().__init__()
-        self.net = torch.nn.Sequential(torch.nn.Linear(FEATURES, 16), torch.nn.GELU(), torch.nn.Linear(16, CLASSES))
+        # Dropout on: the resumed run must draw the same masks, so the evaluation's own use of the random
+        # stream (a DataLoader iterator takes a seed from it) must not count twice.
+        self.net = torch.nn.Sequential(torch.nn.Linear(FEATURES, 16), torch.nn.GELU(), torch.nn.Dropout(0.2),
+                                       torch.nn.Linear(16, CLASSES))
         self.signal_at, self.rank, self.eval_batches = signal_at, rank, 0
 
     def forward(self, x):

@@ -80,6 +80,7 @@ def build_accelerator(config: TrainingConfig) -> tuple[Accelerator, Precision]:
     # Gradient accumulation is done by framework.train.loop with exact per-sample
     # weights, so the Accelerator must not divide losses by N on its own.
     trackers = available_trackers(config.trackers, explicit=config.report_to != "all")
+    join_restarted_group(cuda, timedelta(seconds=config.ddp_timeout))
     # --ddp_timeout bounds every collective of the default group (and of the framework's own CPU group).
     timeout = InitProcessGroupKwargs(timeout=timedelta(seconds=config.ddp_timeout))
     accelerator = Accelerator(mixed_precision=precision.effective, cpu=not cuda, gradient_accumulation_steps=1,
@@ -98,6 +99,27 @@ def build_accelerator(config: TrainingConfig) -> tuple[Accelerator, Precision]:
     if precision.note:
         say(accelerator, f"note: {precision.note}")
     return accelerator, precision
+
+
+def join_restarted_group(cuda: bool, timeout: timedelta) -> None:
+    """Form the process group under a store namespace of this worker group's restart, before Accelerate does.
+
+    Under torch's elastic agent with its own store (torchrun's static rendezvous, which `accelerate launch` uses),
+    the workers of a restart (`--max-restarts` / `--max_restarts` after a worker died) reuse the store of the
+    worker group before them, where that group's process-group keys are still written: a new rank can read a dead
+    rank's address and fail to connect ("Gloo connectFullMesh failed ... Connection refused"), or wait on a
+    barrier counter already counted (a hang). Keys under "framework/restart_<n>/" are this restart's alone.
+    Accelerate then uses the group formed here."""
+    import torch.distributed as dist
+
+    restart, world = os.environ.get("TORCHELASTIC_RESTART_COUNT"), int(os.environ.get("WORLD_SIZE", "1"))
+    if (restart is None or world < 2 or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True"
+            or not dist.is_available() or dist.is_initialized()):
+        return
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False,
+                          timeout=timeout)
+    dist.init_process_group("nccl" if cuda else "gloo", store=dist.PrefixStore(f"framework/restart_{restart}", store),
+                            rank=int(os.environ["RANK"]), world_size=world, timeout=timeout)
 
 
 def available_trackers(names: list[str], explicit: bool) -> list[str]:

@@ -31,6 +31,7 @@ from framework.core.compilation import compile_description
 from framework.core.config import config_to_dict
 from framework.core.errors import FlagError, Preempted, TrainingDiverged
 from framework.core.progress import progress_bar
+from framework.core.rng import capture_rng_state, restore_rng_state
 from framework.core.runtime import device_name, format_banner, say
 from framework.data.loaders import Window, to_device
 from framework.evaluate.evaluation import EvaluationStopped, Report, evaluate, split_batch
@@ -183,12 +184,16 @@ def _log(ctx: TrainingRun, record: dict[str, Any]) -> None:
 def _evaluate(run: TrainingRun, state: TrainState, components: Sequence[Component], due: str = "") -> None:
     """Evaluate, log, tell the components. A stop signal agreed on during it abandons it on every process and
     stops with a checkpoint of this step that redoes it (`due`: where it was, see TrainState.evaluation_due)."""
+    # The evaluation draws from the random stream (each DataLoader iterator takes a seed from it): the checkpoint
+    # of an abandoned one keeps the stream as it was before it, so the resumed run, redoing it, draws alike.
+    before = capture_rng_state()
     try:
         run.report = evaluate(run.accelerator, run.model, run.eval_loader, run.class_names, run.loss_fn,
                               forward_batch=state.eval_batch, extra_metrics=run.extra_metrics,
                               errors=run.config.save_errors, thresholds=run.thresholds,
                               should_stop=run.stop.agreed)
     except EvaluationStopped:
+        restore_rng_state(before)
         state.evaluation_due = due
         run.stopping = True
         _stop_with_checkpoint(run, state, during_evaluation=True)
