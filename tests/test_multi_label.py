@@ -359,3 +359,15 @@ def test_bad_label_flags_are_refused_with_one_line(tmp_path, capsys, argv, messa
     assert run_main(lambda: text_classification.main(full)) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0] and not out.exists()
+
+
+def test_a_hub_style_list_of_class_labels_names_its_labels():
+    from datasets import ClassLabel, Features, List
+
+    features = Features({"labels": List(ClassLabel(names=["joy", "anger", "fear", "love"]))})
+    train = Dataset.from_dict({"labels": [[0, 2], [1], [2]]}, features=features)
+    names, split = multi_label_names_from(train, "labels", ",")
+    assert names == ["joy", "anger", "fear", "love"]  # the ClassLabel's names and order, "love" unseen included
+    assert split["labels"] == [[1, 0, 1, 0], [0, 1, 0, 0], [0, 0, 1, 0]]
+    valid = Dataset.from_dict({"labels": [[3]]}, features=features)
+    assert to_indicators(valid, "labels", names, ",", "valid")["labels"] == [[0, 0, 0, 1]]

@@ -2,8 +2,9 @@
 
 A label column holds lists (JSON lists, Parquet/Arrow list columns) or strings
 split at --label_delimiter ("news,sports"); every item is a label name as
-framework.data.labels names classes (3 and 3.0 name "3"). The labels of a run are
-the sorted names seen in the training split; every split becomes an indicator
+framework.data.labels names classes (3 and 3.0 name "3"), except the ids of a
+Hub dataset's list of ClassLabel, which name its labels. The labels of a run are
+the ClassLabel's names in its order, else the sorted names seen in the training split; every split becomes an indicator
 matrix over them (samples x labels, int8: 1 where the sample has the label),
 stored as a fixed-length list column, so a batch's `labels` is a samples x labels
 tensor. A test split without labels gets rows of -1 (unknown).
@@ -17,7 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from datasets import Dataset, concatenate_datasets
+from datasets import ClassLabel, Dataset, concatenate_datasets
 
 from framework.core.errors import UserError
 from framework.data.labels import label_name, sorted_class_names
@@ -46,7 +47,11 @@ def label_sets(split: Dataset, column: str, delimiter: str, what: str) -> list[l
             raise UserError(f"{what} row 1 has label {_describe(values[0].as_py())}, a list of "
                             f"{'lists' if pa.types.is_list(item) else 'objects'}; a multi-label label is a list "
                             f"of label names")
-        sets = [[label_name(v) for v in (row or []) if v is not None] for row in values.to_pylist()]
+        inner = class_label_items(split, column)
+        if inner is not None:  # ids of a ClassLabel (Hub datasets): its names, as for single-label classes
+            sets = [[inner.int2str(int(v)) for v in (row or []) if v is not None] for row in values.to_pylist()]
+        else:
+            sets = [[label_name(v) for v in (row or []) if v is not None] for row in values.to_pylist()]
     else:
         shown = _describe(values[0].as_py()) if len(values) else "nothing"
         raise UserError(f"{what} has label {shown} in row 1 ({kind}), not a list: with --problem_type "
@@ -58,6 +63,12 @@ def label_sets(split: Dataset, column: str, delimiter: str, what: str) -> list[l
         raise UserError(f"{what} row {empty + 1} has an empty label set; every sample needs at least one label "
                         f"(give such samples a label of their own, e.g. 'none', or drop them)")
     return sets
+
+
+def class_label_items(split: Dataset, column: str) -> ClassLabel | None:
+    """The ClassLabel of a list column's items (a Hub dataset's `List(ClassLabel(...))`), or None."""
+    inner = getattr(split.features[column], "feature", None)
+    return inner if isinstance(inner, ClassLabel) else None
 
 
 def indicator_matrix(sets: list[list[str]], names: list[str], what: str) -> np.ndarray:
@@ -91,7 +102,10 @@ def multi_label_names_from(train: Dataset, column: str, delimiter: str, *,
         raise UserError(f"{what} has no label column {column!r} (columns: {', '.join(train.column_names)}; "
                         f"set --label_column)")
     sets = label_sets(train, column, delimiter, what)
-    names = sorted_class_names({name for row in sets for name in row})
+    declared = class_label_items(train, column)
+    # A ClassLabel brings its names and their order (the model's outputs follow them, seen or not); else the
+    # sorted names seen.
+    names = list(declared.names) if declared is not None else sorted_class_names({n for row in sets for n in row})
     if len(names) < 2:
         raise UserError(f"{what} has only the label {names[0]!r}; a multi-label classifier needs at least two "
                         f"labels in its training data")
