@@ -91,7 +91,10 @@ def with_indicators(split: Dataset, column: str, matrix: np.ndarray) -> Dataset:
 
     width = matrix.shape[1]
     array = pa.FixedSizeListArray.from_arrays(pa.array(matrix.astype(np.int8).ravel()), width)
-    return concatenate_datasets([split.remove_columns(column), Dataset(pa.table({column: array}))], axis=1)
+    from datasets.table import InMemoryTable
+
+    indicators = Dataset(InMemoryTable(pa.table({column: array})))
+    return concatenate_datasets([split.remove_columns(column), indicators], axis=1)
 
 
 def multi_label_names_from(train: Dataset, column: str, delimiter: str, *,
