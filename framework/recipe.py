@@ -287,6 +287,7 @@ def _data_and_model(recipe: Recipe, config: TrainingConfig, accelerator: Acceler
         with accelerator.main_process_first():  # the main process downloads and caches; the others reuse it
             data = recipe.build_data(config, trained)
     check_same_preprocessing(accelerator, data.fingerprint)
+    check_label_shape(config, data)
     if trained and list(data.class_names) != list(trained.class_names):
         raise UserError(f"the data's classes {data.class_names} differ from those of --model_path "
                         f"{trained.class_names}")
@@ -305,6 +306,22 @@ def _eval_loader(data: RecipeData, config: TrainingConfig, accelerator: Accelera
     if is_stream(data.eval):
         return build_stream_eval(data.eval, config, accelerator, data.prepare or list, data.collate_fn or default_collate)
     return build_eval_loader(data.eval, config, accelerator, data.collate_fn)
+
+
+def check_label_shape(config: TrainingConfig, data: RecipeData) -> None:
+    """Refuse --problem_type when the recipe's samples say otherwise: one class id per sample (single-label), or
+    one indicator row over the labels (multi-label); a recipe that only builds one kind is told apart here, not by
+    a shape error in the loss."""
+    split = next((s for s in (data.train, data.eval) if s is not None and not is_stream(s)), None)
+    if split is None or len(split) == 0:
+        return
+    labels = np.asarray(split[0]["labels"])
+    if config.multi_label and labels.shape != (len(data.class_names),):
+        raise FlagError("problem_type", f"multi_label_classification: this recipe's samples carry one class each "
+                        f"(labels of shape {labels.shape}), not a set of labels; it does not build multi-label data")
+    if not config.multi_label and labels.ndim != 0:
+        raise FlagError("problem_type", f"single_label_classification: the samples carry label sets (labels of "
+                        f"shape {labels.shape}); pass --problem_type multi_label_classification")
 
 
 def default_loss(config: TrainingConfig, data: RecipeData) -> LossFn:

@@ -371,3 +371,26 @@ def test_a_hub_style_list_of_class_labels_names_its_labels():
     assert split["labels"] == [[1, 0, 1, 0], [0, 1, 0, 0], [0, 0, 1, 0]]
     valid = Dataset.from_dict({"labels": [[3]]}, features=features)
     assert to_indicators(valid, "labels", names, ",", "valid")["labels"] == [[0, 0, 0, 1]]
+
+
+def test_a_recipe_without_label_sets_refuses_multi_label_and_label_sets_need_the_flag(tmp_path, capsys):
+    from framework import TrainingConfig
+    from framework.recipe import Recipe, RecipeData, run
+
+    from helpers import run_digits_in_process
+
+    out = tmp_path / "digits"
+    assert run_digits_in_process(out, "--problem_type", "multi_label_classification", "--max_steps", "2") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: --problem_type multi_label_classification: this recipe's samples carry one class each "
+                   "(labels of shape ()), not a set of labels; it does not build multi-label data"]
+    assert not out.exists()
+    sets = Dataset.from_dict({"x": [[0.0, 1.0]] * 4, "labels": [[1, 0], [0, 1], [1, 1], [1, 0]]}).with_format("torch")
+    recipe = Recipe(TrainingConfig,
+                    lambda c, t: RecipeData(["a", "b"], train=sets, eval=sets), lambda c, d: None)
+    out = tmp_path / "own"
+    assert run_main(lambda: run(recipe, ["--output_dir", str(out), "--max_steps", "2"])) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: --problem_type single_label_classification: the samples carry label sets (labels of "
+                   "shape (2,)); pass --problem_type multi_label_classification"]
+    assert not out.exists()
