@@ -166,19 +166,23 @@ IMAGES = REPO / "recipes" / "image_classification.py"
 SHAPES = ("circle", "square", "triangle")
 
 
-def draw_shape(shape: str, rng: random.Random) -> Image.Image:
-    background = tuple(rng.randint(0, 90) for _ in range(3))
-    color = tuple(rng.randint(150, 255) for _ in range(3))
-    image = Image.new("RGB", (32, 32), background)
-    size = rng.randint(12, 22)
-    x, y = rng.randint(1, 31 - size), rng.randint(1, 31 - size)
-    draw = ImageDraw.Draw(image)
+def paint_shape(draw: ImageDraw.ImageDraw, shape: str, x: int, y: int, size: int, color: tuple) -> None:
+    """A filled circle, square or triangle in the size x size box at (x, y)."""
     if shape == "circle":
         draw.ellipse([x, y, x + size, y + size], fill=color)
     elif shape == "square":
         draw.rectangle([x, y, x + size, y + size], fill=color)
     else:
         draw.polygon([(x + size / 2, y), (x, y + size), (x + size, y + size)], fill=color)
+
+
+def draw_shape(shape: str, rng: random.Random) -> Image.Image:
+    background = tuple(rng.randint(0, 90) for _ in range(3))
+    color = tuple(rng.randint(150, 255) for _ in range(3))
+    image = Image.new("RGB", (32, 32), background)
+    size = rng.randint(12, 22)
+    x, y = rng.randint(1, 31 - size), rng.randint(1, 31 - size)
+    paint_shape(ImageDraw.Draw(image), shape, x, y, size, color)
     return image
 
 

@@ -229,18 +229,14 @@ def _draw_shapes(shapes: list[str], rng: random.Random):
     """A 32x32 image with each of `shapes` drawn small in its own half (left, right)."""
     from PIL import Image, ImageDraw
 
+    from helpers import paint_shape
+
     image = Image.new("RGB", (32, 32), tuple(rng.randint(0, 80) for _ in range(3)))
     draw = ImageDraw.Draw(image)
     for half, shape in zip(rng.sample([0, 16], len(shapes)), shapes):
         size = rng.randint(9, 13)
         x, y = half + rng.randint(1, 15 - size), rng.randint(1, 31 - size)
-        color = tuple(rng.randint(150, 255) for _ in range(3))
-        if shape == "circle":
-            draw.ellipse([x, y, x + size, y + size], fill=color)
-        elif shape == "square":
-            draw.rectangle([x, y, x + size, y + size], fill=color)
-        else:
-            draw.polygon([(x + size / 2, y), (x, y + size), (x + size, y + size)], fill=color)
+        paint_shape(draw, shape, x, y, size, tuple(rng.randint(150, 255) for _ in range(3)))
     return image
 
 
