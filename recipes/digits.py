@@ -21,7 +21,7 @@ from datasets import Array3D, ClassLabel, Dataset, Features
 from sklearn.datasets import load_digits
 from torch import nn
 
-from framework import TrainingConfig, run_main
+from framework import KeyedDropout, TrainingConfig, run_main
 from framework.core.config import flag, require
 from framework.data.loaders import check_labels
 from framework.recipe import Recipe, RecipeData, run
@@ -74,7 +74,7 @@ class DigitsCNN(nn.Module):
             nn.Conv2d(c, 2 * c, 3, padding=1), nn.GELU(), nn.AvgPool2d(2),  # 8x8 -> 4x4
             nn.Conv2d(2 * c, 2 * c, 3, padding=1), nn.GELU(), nn.AvgPool2d(2),  # 4x4 -> 2x2
         )
-        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(2 * c * 4, num_classes))
+        self.head = nn.Sequential(nn.Flatten(), KeyedDropout(dropout), nn.Linear(2 * c * 4, num_classes))
 
     def checkpoint_blocks(self) -> list[nn.Module]:
         """The convolution stack as one block, for --gradient_checkpointing."""

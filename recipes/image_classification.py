@@ -30,7 +30,7 @@ from accelerate import PartialState
 from datasets import Dataset, Image, load_dataset
 from torch import nn
 
-from framework import TrainingConfig, run_main
+from framework import KeyedDropout, TrainingConfig, run_main
 from framework.core.config import flag, require
 from framework.core.errors import FlagError, UserError
 from framework.data.hub import load_hub_splits
@@ -276,7 +276,7 @@ class SmallResNet(nn.Module):
             nn.Conv2d(3, c, 3, 1, 1, bias=False), nn.GroupNorm(g, c), nn.GELU(),
             ResidualBlock(c, c, 1, g), ResidualBlock(c, 2 * c, 2, g), ResidualBlock(2 * c, 4 * c, 2, g),
             nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.head = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(4 * c, num_classes))
+        self.head = nn.Sequential(KeyedDropout(config.dropout), nn.Linear(4 * c, num_classes))
 
     def checkpoint_blocks(self) -> list[nn.Module]:
         """The residual blocks, for --gradient_checkpointing."""

@@ -105,8 +105,9 @@ class WindowPlan:
 class WeightedSamples(Dataset):
     """A view of a map-style dataset addressed by (index, weight) keys.
 
-    Fetching a micro-batch returns (samples, weights); `WeightedCollate` collates the
-    samples with the recipe's collate function and adds the weights as `batch["weight"]`.
+    Fetching a micro-batch returns (samples, weights, indices); `WeightedCollate` collates the
+    samples with the recipe's collate function and adds the weights as `batch["weight"]` and
+    the dataset indices as `batch["index"]` (which key per-sample dropout, framework.train.keyed_dropout).
     Keys of training batches carry the epoch too, (index, weight, epoch): then each sample
     goes through `augment` with its own `sample_generator(seed, epoch, index)`.
     """
@@ -119,26 +120,27 @@ class WeightedSamples(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitems__(self, keys: list[tuple]) -> tuple[list[Any], list[float]]:
+    def __getitems__(self, keys: list[tuple]) -> tuple[list[Any], list[float], list[int]]:
         indices = [key[0] for key in keys]
         fetch = getattr(self.dataset, "__getitems__", None)
         samples = fetch(indices) if fetch else [self.dataset[i] for i in indices]
         if self.augment is not None and keys and len(keys[0]) > 2:
             samples = [self.augment(sample, sample_generator(self.seed, epoch, index))
                        for sample, (index, _, epoch) in zip(samples, keys)]
-        return samples, [key[1] for key in keys]
+        return samples, [key[1] for key in keys], indices
 
 
 class WeightedCollate:
-    """Collate (samples, weights) into the recipe's batch plus a float32 `weight` tensor."""
+    """Collate (samples, weights, indices) into the recipe's batch plus `weight` (float32) and `index` (int64)."""
 
     def __init__(self, collate_fn: Callable):
         self.collate_fn = collate_fn
 
-    def __call__(self, fetched: tuple[list[Any], list[float]]) -> dict[str, Any]:
-        samples, weights = fetched
+    def __call__(self, fetched: tuple[list[Any], list[float], list[int]]) -> dict[str, Any]:
+        samples, weights, indices = fetched
         batch = self.collate_fn(samples)
         batch["weight"] = torch.tensor(weights, dtype=torch.float32)
+        batch["index"] = torch.tensor(indices, dtype=torch.int64)
         return batch
 
 

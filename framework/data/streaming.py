@@ -26,7 +26,7 @@ import itertools
 import math
 import time
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -95,9 +95,11 @@ class StreamingTrainData:
                        for sample, (_, position) in zip(samples, chosen)]
         return samples
 
-    def _collated(self, samples: list[Any], real: bool) -> dict[str, Any]:
+    def _collated(self, samples: list[Any], real: bool, positions: Sequence[int]) -> dict[str, Any]:
+        """The recipe's batch plus `weight` and `index` (the samples' positions in the epoch's stream)."""
         batch = self.collate_fn(samples)
         batch["weight"] = torch.full((len(samples),), 1.0 if real else 0.0, dtype=torch.float32)
+        batch["index"] = torch.tensor(list(positions), dtype=torch.int64)
         return batch
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[Window, Iterator[dict[str, Any]]]]:
@@ -134,16 +136,16 @@ class StreamingTrainData:
                 keys = [[(position, 1.0) for _, position in part] if positions else [(first, 0.0)]
                         for positions, part in zip(slots, chosen)]
                 parts = [[next(prepared) for _ in part] for part in chosen]
-                yield Window(keys, count), self._timed(parts, slots)
+                yield Window(keys, count), self._timed(parts, keys)
                 k += 1
             if not windows or windows[-1][1] < size:
                 self.epoch_ended = True
                 return
 
-    def _timed(self, parts: list[list[Any]], slots: list[range]) -> Iterator[dict[str, Any]]:
-        for samples, positions in zip(parts, slots):
+    def _timed(self, parts: list[list[Any]], keys: list[list[tuple[int, float]]]) -> Iterator[dict[str, Any]]:
+        for samples, micro_keys in zip(parts, keys):
             began = time.perf_counter()
-            batch = self._collated(samples, real=len(positions) > 0)
+            batch = self._collated(samples, real=micro_keys[0][1] > 0, positions=[p for p, _ in micro_keys])
             self.wait_seconds += time.perf_counter() - began
             yield batch
 
@@ -152,7 +154,8 @@ class StreamingTrainData:
         raw = list(itertools.islice(self.ordered(0), min(limit, self.plan.micro_batch)))
         if not raw:
             raise UserError("the training stream is empty")
-        return self._collated(self._prepared([(sample, i) for i, sample in enumerate(raw)], 0), real=True)
+        return self._collated(self._prepared([(sample, i) for i, sample in enumerate(raw)], 0), real=True,
+                             positions=range(len(raw)))
 
     def use_micro_batch(self, micro_batch: int) -> None:
         """Re-cut every window into micro-batches of `micro_batch`."""

@@ -39,10 +39,11 @@ from framework.evaluate.temperature import calibrate
 from framework.evaluate.thresholds import tune_thresholds
 from framework.io.checkpoint import checkpoint_root, load_checkpoint, resolve_checkpoint, run_identity
 from framework.io.plots import save_plots
-from framework.io.weights import save_weights
+from framework.io.weights import bare_model, save_weights
 from framework.train.batch_search import choose_batch_sizes
 from framework.train.components import Component, default_components, write_checkpoint
 from framework.train.flops import peak_tflops
+from framework.train.keyed_dropout import assign_layer_keys, keyed_samples, sample_keys
 from framework.train.optim import total_optimizer_steps
 from framework.train.preemption import StopSignal
 from framework.train.sparse import clip_grad_norm_
@@ -81,15 +82,18 @@ class FitResult:
     model: Any = None  # the (prepared) model that trained
 
 
-def _optimizer_step(ctx: TrainingRun, window: Window, batches: Any, running: _Running) -> bool:
+def _optimizer_step(ctx: TrainingRun, window: Window, batches: Any, running: _Running, epoch: int) -> bool:
     """Forward/backward every micro-batch of `window`, then clip and step. Returns whether the step was skipped."""
     accelerator, model = ctx.accelerator, ctx.model
     scale = accelerator.num_processes / window.num_real
     last = len(window.micro_batches) - 1
     for j, batch in enumerate(batches):
+        keys = None
+        if ctx.keyed_dropout_layers:  # computed on the host, copied with the batch
+            keys = sample_keys(batch["index"], ctx.config.seed, epoch).to(accelerator.device, non_blocking=True)
         batch = to_device(batch, accelerator.device)
         inputs, labels = split_batch(batch)
-        with contextlib.nullcontext() if j == last else accelerator.no_sync(model):
+        with contextlib.nullcontext() if j == last else accelerator.no_sync(model), keyed_samples(keys):
             logits = model(**inputs)
             weighted = (ctx.loss_fn(logits.float(), labels) * batch["weight"]).sum()
             accelerator.backward(weighted * scale)
@@ -230,7 +234,7 @@ def train_epoch(run: TrainingRun, state: TrainState, components: Sequence[Compon
         if run.first_step_at is None:
             run.first_step_at = time.time()
         lr = run.scheduler.get_last_lr()[0]  # the lr this step applies
-        skipped = _optimizer_step(run, window, batches, running)
+        skipped = _optimizer_step(run, window, batches, running, state.epoch)
         state.step += 1
         state.window += 1
         state.samples_seen += window.num_real
@@ -332,6 +336,8 @@ def setup(run: TrainingRun) -> TrainState:
     run.total_steps = total_optimizer_steps(config, run.train_data.plan.windows_per_epoch)
     run.stop = StopSignal(accelerator.num_processes, config.ddp_timeout)
     run.params = [p for p in run.model.parameters() if p.requires_grad]
+    # Keyed by the names in the bare model: the same on 1 process and under DDP's or compile's wrapper.
+    run.keyed_dropout_layers = assign_layer_keys(bare_model(accelerator, run.model))
     state = TrainState()
     path = resolve_checkpoint(config.resume_from_checkpoint, config.output_dir, note=lambda t: say(accelerator, t))
     if path is not None:
@@ -454,6 +460,7 @@ def finish(run: TrainingRun, state: TrainState, components: Sequence[Component])
     summary["problem_type"] = run.config.problem_type
     summary["decision_thresholds"] = run.report.metrics.get("decision_thresholds")
     summary["time_to_first_step_s"] = _since_process_start(run.first_step_at)
+    summary["keyed_dropout_layers"] = run.keyed_dropout_layers
     run.run_dir.write_json("summary.json", summary)
     accelerator.wait_for_everyone()
     return FitResult(run.report, summary, state, run.optimizer, run.model)

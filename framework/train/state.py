@@ -71,6 +71,7 @@ class TrainingRun:
     total_steps: int = 0
     stop: Any = None  # framework.train.preemption.StopSignal
     params: list = field(default_factory=list)
+    keyed_dropout_layers: int = 0  # KeyedDropout modules in the model (setup counts them)
     loss_scale: Optional[float] = None  # fp16 GradScaler scale after the last step
     samples_at_start: int = 0  # samples seen before this process started (non-zero after a resume)
     bar: Any = None

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from framework import KeyedDropout
 from text.features import PAD_ID
 
 
@@ -55,6 +56,43 @@ class NgramClassifier(nn.Module):
         return self.table(input_ids, per_sample_weights=weights) + self.bias
 
 
+class EncoderLayer(nn.Module):
+    """A pre-norm transformer encoder layer whose dropouts are keyed per sample (framework.KeyedDropout).
+
+    torch's `nn.TransformerEncoderLayer(norm_first=True, activation="gelu")` with the same
+    parameter names, so its weights load either way, but its dropouts (after attention, inside
+    and after the feed-forward block) draw from the random stream. The attention weights
+    themselves are not dropped out: their mask would depend on the padded length.
+    """
+
+    def __init__(self, d_model: int, num_heads: int, dropout: float):
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(d_model, num_heads, batch_first=True)
+        self.linear1, self.linear2 = nn.Linear(d_model, 4 * d_model), nn.Linear(4 * d_model, d_model)
+        self.norm1, self.norm2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
+        self.dropout, self.dropout1, self.dropout2 = (KeyedDropout(dropout) for _ in range(3))
+
+    def forward(self, hidden: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
+        normed = self.norm1(hidden)
+        attended = self.self_attn(normed, normed, normed, key_padding_mask=padding, need_weights=False)[0]
+        hidden = hidden + self.dropout1(attended)
+        inner = self.dropout(nn.functional.gelu(self.linear1(self.norm2(hidden))))
+        return hidden + self.dropout2(self.linear2(inner))
+
+
+class Encoder(nn.Module):
+    """A stack of `EncoderLayer`s."""
+
+    def __init__(self, num_layers: int, d_model: int, num_heads: int, dropout: float):
+        super().__init__()
+        self.layers = nn.ModuleList(EncoderLayer(d_model, num_heads, dropout) for _ in range(num_layers))
+
+    def forward(self, hidden: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            hidden = layer(hidden, padding)
+        return hidden
+
+
 class TextEncoder(nn.Module):
     """Embeddings + sinusoidal positions, a pre-norm transformer encoder, masked mean pooling, a linear head."""
 
@@ -67,11 +105,9 @@ class TextEncoder(nn.Module):
         table = torch.zeros(max_length, d_model)
         table[:, 0::2], table[:, 1::2] = torch.sin(position * freq), torch.cos(position * freq[:d_model // 2])
         self.register_buffer("positions", table, persistent=False)
-        layer = nn.TransformerEncoderLayer(d_model, num_heads, 4 * d_model, dropout, activation="gelu",
-                                           batch_first=True, norm_first=True)
-        self.encoder = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
+        self.encoder = Encoder(num_layers, d_model, num_heads, dropout)
         self.norm = nn.LayerNorm(d_model)
-        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(d_model, num_classes))
+        self.head = nn.Sequential(KeyedDropout(dropout), nn.Linear(d_model, num_classes))
 
     def checkpoint_blocks(self) -> list[nn.Module]:
         """The encoder layers, for --gradient_checkpointing."""
@@ -79,6 +115,6 @@ class TextEncoder(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.embed(input_ids) + self.positions[:input_ids.shape[1]]
-        hidden = self.norm(self.encoder(hidden, src_key_padding_mask=attention_mask == 0))
+        hidden = self.norm(self.encoder(hidden, attention_mask == 0))
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         return self.head((hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0))

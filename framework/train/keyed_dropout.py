@@ -1,0 +1,188 @@
+"""Dropout whose masks are keyed by (seed, epoch, sample index, layer), not drawn from a random stream.
+
+`torch.nn.Dropout` draws its masks from the process's random stream, micro-batch by
+micro-batch: the mask a sample gets depends on which micro-batch and which process
+it landed in, so 32 x 1, 8 x 4 and 2 processes x 16 train different models, and a
+checkpoint resumed on another number of processes continues differently.
+
+`KeyedDropout` gives each element of each sample a keep/drop decision that is a
+hash of (seed, epoch, the sample's index in the training set, the layer, the
+element's position in the sample). The training loop says which samples a forward
+pass holds (`keyed_samples`), so a sample is dropped out the same way whatever
+the split into micro-batches and processes, whichever DataLoader worker loaded it,
+after a resume, on CPU and CUDA, eager or compiled (the hash is plain integer
+arithmetic, exact on every backend).
+
+Outside a training forward pass of the framework's loop (no `keyed_samples`
+around it, e.g. a user's own loop) it is ordinary `torch.nn.functional.dropout`.
+
+Positions are counted in the sample's own row-major layout, so padding a
+sequence at its end (a longer micro-batch) leaves the other positions' masks
+unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import zlib
+from typing import Iterator, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+_LOW32 = 0xFFFFFFFF
+# An odd 27-bit multiplier: a 32-bit value times it stays below 2**59, so int64
+# arithmetic never overflows and every backend computes the same bits.
+_MULTIPLIER = 0x45D9F3B
+
+
+def hash32(values: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer mix of int64 `values` in [0, 2**32): two multiply-xorshift rounds, exact on any device."""
+    return _mix_(values.to(torch.int64, copy=True))
+
+
+def _mix_(values: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
+    """hash32 in place, on an int64 tensor or NumPy array (the same operators, the same bits)."""
+    # In place: on a CPU, allocating a fresh tensor per operation made the mix three times slower.
+    shift = torch.bitwise_right_shift if torch.is_tensor(values) else np.right_shift
+    shifted = torch.empty_like(values) if torch.is_tensor(values) else np.empty_like(values)
+    for _ in range(2):
+        values ^= shift(values, 16, out=shifted)
+        values *= _MULTIPLIER
+        values &= _LOW32
+    values ^= shift(values, 16, out=shifted)
+    return values
+
+
+class _Keys:
+    """The samples of the forward pass in progress: per-sample 32-bit keys on the device, or None."""
+
+    sample_keys: Optional[torch.Tensor] = None
+
+
+_CURRENT = _Keys()
+
+
+def sample_keys(index: np.ndarray | torch.Tensor, seed: int, epoch: int) -> torch.Tensor:
+    """Per-sample 32-bit keys (int64, on the host) from the samples' dataset indices, the seed and the epoch.
+
+    Computed with NumPy: a micro-batch's few keys cost microseconds there, a dozen small device ops here."""
+    start = _mix_(np.array([seed & _LOW32], dtype=np.int64))
+    start = _mix_(start ^ (epoch & _LOW32))
+    index = index.numpy() if torch.is_tensor(index) else np.asarray(index)
+    return torch.from_numpy(_mix_((index.astype(np.int64) & _LOW32) ^ start))
+
+
+@contextlib.contextmanager
+def keyed_samples(keys: Optional[torch.Tensor]) -> Iterator[None]:
+    """Within this block, `KeyedDropout` layers key their masks by `keys` (`sample_keys`, one per batch row,
+    on the model's device; None: torch's dropout). Wrap forward AND backward: activation checkpointing recomputes the forward
+    pass during backward, and must draw the same masks."""
+    previous = _CURRENT.sample_keys
+    _CURRENT.sample_keys = keys
+    try:
+        yield
+    finally:
+        _CURRENT.sample_keys = previous
+
+
+def layer_key(name: str) -> int:
+    """The 32-bit key of a layer from its name in the model (`head.1`): the same in every process."""
+    return zlib.crc32(name.encode())
+
+
+def assign_layer_keys(model: nn.Module) -> int:
+    """Key every `KeyedDropout` of `model` that has none by its module name; returns how many the model has.
+
+    Call it on the bare model (before DDP or compile wrap it, which change the names)."""
+    count = 0
+    for name, module in model.named_modules():
+        if isinstance(module, KeyedDropout):
+            count += 1
+            if module.key is None:
+                module.key = layer_key(name)
+    return count
+
+
+class KeyedDropout(nn.Module):
+    """`nn.Dropout(p)` whose masks depend only on (seed, epoch, sample, layer, position).
+
+    A drop-in replacement in a model the framework trains: the batch dimension is the first.
+    `key` names the layer's masks (default: a hash of the module's name, set when the framework
+    builds the model); two layers with the same key drop the same positions.
+    """
+
+    def __init__(self, p: float = 0.1, key: Optional[int] = None):
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout probability {p!r} is not in [0, 1)")
+        self.p = p
+        self.key = key
+        self._position_hashes: dict[torch.device, torch.Tensor] = {}  # per device, the longest needed so far
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, key={self.key}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keys = _CURRENT.sample_keys
+        if keys is None or self.key is None:
+            return F.dropout(x, self.p, training=True)
+        if keys.shape[0] != x.shape[0]:
+            raise RuntimeError(f"KeyedDropout got a batch of {x.shape[0]} rows for {keys.shape[0]} keyed samples: "
+                               "its input must have the samples as its first dimension")
+        per_sample = x[0].numel() if x.shape[0] else 0
+        keep = keep_mask(self._positions(per_sample, x.device).view(x.shape[1:]), keys, self.p)
+        return _MaskedScale.apply(x, keep, 1.0 / (1.0 - self.p))
+
+    def _positions(self, count: int, device: torch.device) -> torch.Tensor:
+        """The hashes of positions 0..count-1 in this layer. A shape's positions in row-major order are a
+        prefix of a longer one's, so one cached vector per device serves every sequence length."""
+        if torch.compiler.is_compiling():  # compiled: fused into the kernel, nothing to cache
+            return position_hashes(count, self.key, device)
+        cached = self._position_hashes.get(device)
+        if cached is None or cached.numel() < count:
+            cached = self._position_hashes[device] = position_hashes(count, self.key, device)
+        return cached[:count]
+
+
+def position_hashes(count: int, layer: int, device: torch.device) -> torch.Tensor:
+    """hash32(position ^ layer) for positions 0..count-1 (int64)."""
+    return _mix_(torch.arange(count, device=device, dtype=torch.int64) ^ layer)
+
+
+# Elements hashed at once: the mix needs two int64 scratch tensors (16 bytes an element), so a large
+# activation is masked a block of samples at a time (compiled, the mix is fused and needs no scratch).
+_BLOCK_ELEMENTS = 1 << 20
+
+
+def keep_mask(position_hash: torch.Tensor, keys: torch.Tensor, p: float) -> torch.Tensor:
+    """The boolean keep mask, batch first, of samples with `keys` at positions hashed as `position_hash`
+    (one sample's shape): True with probability 1 - p, to 2**-32."""
+    threshold = int(p * 2 ** 32)
+    sample = keys.view((-1,) + (1,) * position_hash.dim())
+    rows = max(1, _BLOCK_ELEMENTS // max(1, position_hash.numel()))
+    if torch.compiler.is_compiling() or rows >= len(keys):
+        return _mix_(position_hash ^ sample) >= threshold
+    keep = torch.empty((len(keys),) + position_hash.shape, dtype=torch.bool, device=keys.device)
+    for start in range(0, len(keys), rows):
+        torch.ge(_mix_(position_hash ^ sample[start:start + rows]), threshold, out=keep[start:start + rows])
+    return keep
+
+
+class _MaskedScale(torch.autograd.Function):
+    """x * keep * scale, keeping only the boolean mask for backward (as torch's dropout does)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.save_for_backward(keep)
+        ctx.scale = scale
+        return x.mul(keep).mul_(scale)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (keep,) = ctx.saved_tensors
+        return grad.mul(keep).mul_(ctx.scale), None, None
