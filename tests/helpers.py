@@ -25,6 +25,8 @@ DIGITS = REPO / "recipes" / "digits.py"
 # Small and exact: fp32, no dropout, 2 epochs so a short window falls mid-run.
 EXACT_ARGS = ["--dropout", "0", "--num_train_epochs", "2", "--seed", "7", "--logging_steps", "1",
               "--mixed_precision", "no"]
+# The same with the recipe's default dropout (0.1): keyed per sample, it leaves training exact too.
+DROPOUT_ARGS = EXACT_ARGS[2:]
 
 
 def reset_accelerate() -> None:

@@ -1,12 +1,15 @@
 """Exact accumulation: the same effective batch gives the same model, however it is split.
 
-fp32, dropout 0, 2 epochs (a short window falls mid-run), final weights compared
-by max |difference| <= 5e-5. Exact weighting lands near 1e-6 here; dividing by
-N (plain `accelerator.accumulate`) lands near 1e-4 and above, so the bound
-tells them apart (the contrast test below proves it on the same data).
+fp32, the digits CNN's default dropout (0.1, keyed per sample), 2 epochs (a short
+window falls mid-run), final weights compared by max |difference| <= 5e-5. Exact
+weighting lands near 1e-6 here; dividing by N (plain `accelerator.accumulate`) lands
+near 1e-4 and above, and torch's own dropout (masks drawn per micro-batch) near 1e-2,
+so the bound tells them apart (the contrast tests below prove it on the same data).
 """
 
 from __future__ import annotations
+
+import shutil
 
 import pytest
 import torch
@@ -16,16 +19,19 @@ from accelerate.utils import set_seed
 from torch.utils.data import default_collate
 
 from framework.data.loaders import WindowPlan
+from framework.train.keyed_dropout import assign_layer_keys, keyed_samples, sample_keys
 from framework.train.optim import build_optimizer, build_scheduler, total_optimizer_steps
 
 from helpers import (
     DIGITS,
+    DROPOUT_ARGS,
     EXACT_ARGS,
     accelerate_launch,
     assert_same_report,
     debug_launch,
     max_abs_diff,
     read_json,
+    reset_accelerate,
     run_digits_in_process,
     train_lr_pairs,
     weights,
@@ -36,9 +42,11 @@ TOLERANCE = 5e-5
 
 @pytest.fixture(scope="module")
 def reference_32(tmp_path_factory):
-    """1 process, micro-batch 32, no accumulation: the big-batch reference."""
+    """1 process, micro-batch 32, no accumulation: the big-batch reference (checkpointed at step 20)."""
     out = tmp_path_factory.mktemp("ref32")
-    assert run_digits_in_process(out, *EXACT_ARGS, "--per_device_train_batch_size", "32") == 0
+    assert run_digits_in_process(out, *DROPOUT_ARGS, "--per_device_train_batch_size", "32",
+                                 "--checkpointing_steps", "20") == 0
+    assert read_json(out / "summary.json")["keyed_dropout_layers"] == 1
     return out
 
 
@@ -47,9 +55,9 @@ def test_one_process_accumulation_equals_big_batch(tmp_path, reference_32, micro
     reference = reference_32
     if big != 32:
         reference = tmp_path / "big"
-        assert run_digits_in_process(reference, *EXACT_ARGS, "--per_device_train_batch_size", str(big)) == 0
+        assert run_digits_in_process(reference, *DROPOUT_ARGS, "--per_device_train_batch_size", str(big)) == 0
     split = tmp_path / "split"
-    assert run_digits_in_process(split, *EXACT_ARGS, "--per_device_train_batch_size", str(micro),
+    assert run_digits_in_process(split, *DROPOUT_ARGS, "--per_device_train_batch_size", str(micro),
                                  "--gradient_accumulation_steps", str(accum)) == 0
     assert max_abs_diff(reference, split) <= TOLERANCE
     assert train_lr_pairs(split) == train_lr_pairs(reference)
@@ -65,8 +73,9 @@ def _digits_main(argv):
 
 def test_two_processes_debug_launcher_equal_one_process(tmp_path, reference_32):
     out = tmp_path / "two"
-    argv = ["--output_dir", str(out), *EXACT_ARGS, "--per_device_train_batch_size", "8",
+    argv = ["--output_dir", str(out), *DROPOUT_ARGS, "--per_device_train_batch_size", "8",
             "--gradient_accumulation_steps", "2"]
+    reset_accelerate()  # forked processes must not inherit the in-process run's Accelerate state
     debug_launch(_digits_main, argv)
     assert read_json(out / "summary.json")["world_size"] == 2
     assert max_abs_diff(reference_32, out) <= TOLERANCE
@@ -77,8 +86,8 @@ def test_two_processes_debug_launcher_equal_one_process(tmp_path, reference_32):
 @pytest.mark.slow
 def test_two_processes_accelerate_launch_equal_one_process(tmp_path, reference_32):
     out = tmp_path / "launched"
-    result = accelerate_launch("cpu_2proc.yaml", DIGITS, "--output_dir", str(out), *EXACT_ARGS,
-                               "--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "2")
+    result = accelerate_launch("cpu_2proc.yaml", DIGITS, "--output_dir", str(out), *DROPOUT_ARGS,
+                               "--per_device_train_batch_size", "16")
     assert result.returncode == 0, result.stderr[-3000:]
     assert read_json(out / "summary.json")["world_size"] == 2
     assert max_abs_diff(reference_32, out) <= TOLERANCE
@@ -86,20 +95,47 @@ def test_two_processes_accelerate_launch_equal_one_process(tmp_path, reference_3
     assert_same_report(read_json(out / "report.json"), read_json(reference_32 / "report.json"))
 
 
+def test_a_one_process_checkpoint_resumed_on_two_processes_ends_the_same(tmp_path, reference_32):
+    out = tmp_path / "resumed_on_two"
+    shutil.copytree(reference_32 / "checkpoints" / "step_20", out / "checkpoints" / "step_20")
+    reset_accelerate()
+    debug_launch(_digits_main, ["--output_dir", str(out), *DROPOUT_ARGS, "--per_device_train_batch_size", "16",
+                                "--resume_from_checkpoint", "latest"])
+    summary = read_json(out / "summary.json")
+    assert summary["world_size"] == 2 and summary["optimizer_steps"] == 90
+    assert max_abs_diff(reference_32, out) <= TOLERANCE
+
+
+def test_contrast_torch_dropout_fails_the_same_tolerance(tmp_path, reference_32, monkeypatch):
+    from recipes import digits
+
+    # Masks drawn from each process's random stream. (On one process, 8 x 4 draws the same stream as
+    # 32 x 1 in the same order; the processes' split is what torch's dropout cannot follow.)
+    monkeypatch.setattr(digits, "KeyedDropout", torch.nn.Dropout)
+    one, two = tmp_path / "one", tmp_path / "two"
+    reset_accelerate()
+    debug_launch(_digits_main, ["--output_dir", str(two), *DROPOUT_ARGS, "--per_device_train_batch_size", "16"])
+    assert run_digits_in_process(one, *DROPOUT_ARGS, "--per_device_train_batch_size", "32") == 0
+    assert read_json(one / "summary.json")["keyed_dropout_layers"] == 0
+    diff = max_abs_diff(one, two)
+    assert diff > 20 * TOLERANCE, f"torch's dropout came within {diff:.2e}: the tolerance cannot tell them apart"
+
+
 def _divide_by_n_weights(micro: int, accum: int) -> dict[str, torch.Tensor]:
     """What a plain Accelerate loop computes on the same data: mean loss per micro-batch, `accumulate()` divides by N.
 
-    Same model init, same micro-batches in the same order, same optimizer, schedule and clipping as the
-    framework; only the loss weighting differs.
+    Same model init, same micro-batches in the same order, same keyed dropout masks, same optimizer,
+    schedule and clipping as the framework; only the loss weighting differs.
     """
     from recipes import digits
 
-    config = digits.DigitsConfig(dropout=0.0, num_train_epochs=2, seed=7, per_device_train_batch_size=micro,
+    config = digits.DigitsConfig(num_train_epochs=2, seed=7, per_device_train_batch_size=micro,
                                  gradient_accumulation_steps=accum)
     accelerator = Accelerator(cpu=True, gradient_accumulation_steps=accum)
     set_seed(config.seed)
     train_set, _, names = digits.load_splits(config)
     model = digits.DigitsCNN(config.channels, len(names), config.dropout)
+    assign_layer_keys(model)
     optimizer = build_optimizer(model, config)
     plan = WindowPlan(len(train_set), micro, accum, seed=config.seed)
     scheduler = build_scheduler(optimizer, config, total_optimizer_steps(config, plan.windows_per_epoch))
@@ -108,7 +144,8 @@ def _divide_by_n_weights(micro: int, accum: int) -> dict[str, torch.Tensor]:
         for window in plan.windows(epoch):
             for micro_batch in window.micro_batches:
                 batch = default_collate([train_set[i] for i, _ in micro_batch])
-                with accelerator.accumulate(model):
+                keys = sample_keys([i for i, _ in micro_batch], config.seed, epoch)
+                with accelerator.accumulate(model), keyed_samples(keys):
                     loss = F.cross_entropy(model(batch["pixel_values"]), batch["labels"])
                     accelerator.backward(loss)
                     if accelerator.sync_gradients:

@@ -1,7 +1,8 @@
 """`--torch_compile`: TorchInductor through Accelerate trains the same model, saves plain keys, resumes exactly.
 
 The compiled runs are real subprocesses (the recipe as users run it), so
-Dynamo's caches and compile workers never leak into the test process.
+Dynamo's caches and compile workers never leak into the test process. Dropout is on
+(the recipe's default, keyed per sample): compiled, it draws the same masks.
 """
 
 from __future__ import annotations
@@ -16,14 +17,14 @@ from torch import nn
 
 from framework.io.weights import model_state_dict
 
-from helpers import DIGITS, EXACT_ARGS, accelerate_launch, launch, max_abs_diff, read_json, weights
+from helpers import DIGITS, DROPOUT_ARGS, accelerate_launch, launch, max_abs_diff, read_json, weights
 
 # Inductor fuses and reorders float ops, so compiled fp32 is not bitwise eager; 1e-6 is typical here.
 TOLERANCE = 5e-5
 
 
 def run_digits(out, *args: str):
-    return launch([sys.executable, str(DIGITS), "--output_dir", str(out), *EXACT_ARGS, *args], timeout=300)
+    return launch([sys.executable, str(DIGITS), "--output_dir", str(out), *DROPOUT_ARGS, *args], timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +70,7 @@ def test_compiled_run_matches_eager_saves_plain_keys_and_resumes_exactly(tmp_pat
 @pytest.mark.slow
 def test_compiled_two_processes_with_accumulation_match_the_big_batch(tmp_path, eager_32):
     out = tmp_path / "2proc"
-    done = accelerate_launch("cpu_2proc.yaml", DIGITS, "--output_dir", str(out), *EXACT_ARGS, "--torch_compile",
+    done = accelerate_launch("cpu_2proc.yaml", DIGITS, "--output_dir", str(out), *DROPOUT_ARGS, "--torch_compile",
                              "--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "2", timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = read_json(out / "summary.json")

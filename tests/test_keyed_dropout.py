@@ -186,9 +186,12 @@ def test_cuda_masks_equal_cpu_masks_also_under_fp16_autocast():
     layer = KeyedDropout(0.25, key=31).train()
     x = torch.randn(16, 7, 33)
     cpu = keyed(layer, x, range(16))
-    with torch.autocast("cuda", dtype=torch.float16):
-        cuda = keyed(layer, x.cuda().half(), torch.arange(16).tolist())
+    with torch.autocast("cuda", dtype=torch.float16), keyed_samples(sample_keys(torch.arange(16), 3, 0).cuda()):
+        cuda = layer(x.cuda().half())
+    assert cuda.dtype == torch.float16
     assert ((cpu == 0) == (cuda.cpu() == 0)).all()
+    with keyed_samples(sample_keys(torch.arange(16), 3, 0)):  # keys on the host: moved to the input's device
+        assert ((layer(x.cuda()).cpu() == 0) == (cpu == 0)).all()
 
 
 # --- the recipes: the same weights on any split, with their default dropout on ---------------------------------
@@ -218,9 +221,11 @@ def _four_splits(tmp_path, module_name: str, args: list[str], checkpoint_step: i
         reset_accelerate()
         assert run_main(lambda: main(["--output_dir", str(out), *args, *extra])) == 0
 
+    # The 2-process group first: forked processes would inherit the Accelerate state of an in-process run.
+    debug_launch(_main(module_name), ["--output_dir", str(runs["two_16"]), *args, "--per_device_train_batch_size", "16"])
     in_process(runs["one_32"], "--per_device_train_batch_size", "32", "--checkpointing_steps", str(checkpoint_step))
     in_process(runs["one_8x4"], "--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "4")
-    debug_launch(_main(module_name), ["--output_dir", str(runs["two_16"]), *args, "--per_device_train_batch_size", "16"])
+    reset_accelerate()
     checkpoint = runs["one_32"] / "checkpoints" / f"step_{checkpoint_step}"
     shutil.copytree(checkpoint, runs["resumed_on_two"] / "checkpoints" / checkpoint.name)
     debug_launch(_main(module_name), ["--output_dir", str(runs["resumed_on_two"]), *args,
@@ -232,6 +237,7 @@ def _four_splits(tmp_path, module_name: str, args: list[str], checkpoint_step: i
 def _assert_all_close(runs: dict, bound: float = TOLERANCE) -> None:
     reference = runs["one_32"]
     diffs = {name: max_abs_diff(reference, out) for name, out in runs.items() if name != "one_32"}
+    print("weight differences from 1 x 32:", diffs)
     assert all(d <= bound for d in diffs.values()), diffs
 
 
@@ -248,8 +254,8 @@ def test_image_recipe_with_dropout_trains_the_same_weights_on_any_split(tmp_path
 @pytest.mark.slow
 def test_text_encoder_with_dropout_trains_the_same_weights_on_any_split(tmp_path, text_files):
     args = ["--train_file", str(text_files / "train.csv"), "--validation_file", str(text_files / "valid.csv"),
-            "--model", "transformer", "--d_model", "64", "--max_length", "32", "--max_steps", "8",
+            "--model", "transformer", "--d_model", "64", "--max_length", "32", "--max_steps", "5",
             "--mixed_precision", "no", "--seed", "3"]
-    runs = _four_splits(tmp_path, "text_classification", args, checkpoint_step=4)
+    runs = _four_splits(tmp_path, "text_classification", args, checkpoint_step=2)
     _assert_all_close(runs)
     assert read_json(runs["one_32"] / "summary.json")["keyed_dropout_layers"] == 2 * 3 + 1

@@ -65,12 +65,19 @@ class _Keys:
 _CURRENT = _Keys()
 
 
+def _mix_int(value: int) -> int:
+    """hash32 of one Python integer in [0, 2**32)."""
+    for _ in range(2):
+        value = ((value ^ (value >> 16)) * _MULTIPLIER) & _LOW32
+    return value ^ (value >> 16)
+
+
 def sample_keys(index: np.ndarray | torch.Tensor, seed: int, epoch: int) -> torch.Tensor:
-    """Per-sample 32-bit keys (int64, on the host) from the samples' dataset indices, the seed and the epoch.
+    """Per-sample 32-bit keys (int64, on the host) from the samples' dataset indices, the seed and the epoch:
+    hash32(index ^ hash32(hash32(seed) ^ epoch)).
 
     Computed with NumPy: a micro-batch's few keys cost microseconds there, a dozen small device ops here."""
-    start = _mix_(np.array([seed & _LOW32], dtype=np.int64))
-    start = _mix_(start ^ (epoch & _LOW32))
+    start = _mix_int(_mix_int(seed & _LOW32) ^ (epoch & _LOW32))
     index = index.numpy() if torch.is_tensor(index) else np.asarray(index)
     return torch.from_numpy(_mix_((index.astype(np.int64) & _LOW32) ^ start))
 
@@ -134,9 +141,12 @@ class KeyedDropout(nn.Module):
         if keys.shape[0] != x.shape[0]:
             raise RuntimeError(f"KeyedDropout got a batch of {x.shape[0]} rows for {keys.shape[0]} keyed samples: "
                                "its input must have the samples as its first dimension")
-        per_sample = x[0].numel() if x.shape[0] else 0
+        if keys.device != x.device:  # e.g. keys made on the host for a user's own loop
+            keys = keys.to(x.device)
+        per_sample = x.numel() // x.shape[0] if x.shape[0] else 0
         keep = keep_mask(self._positions(per_sample, x.device).view(x.shape[1:]), keys, self.p)
-        return _MaskedScale.apply(x, keep, 1.0 / (1.0 - self.p))
+        # Autograd keeps only the boolean mask for backward (as torch's dropout does).
+        return x * keep * (1.0 / (1.0 - self.p))
 
     def _positions(self, count: int, device: torch.device) -> torch.Tensor:
         """The hashes of positions 0..count-1 in this layer. A shape's positions in row-major order are a
@@ -165,24 +175,9 @@ def keep_mask(position_hash: torch.Tensor, keys: torch.Tensor, p: float) -> torc
     threshold = int(p * 2 ** 32)
     sample = keys.view((-1,) + (1,) * position_hash.dim())
     rows = max(1, _BLOCK_ELEMENTS // max(1, position_hash.numel()))
-    if torch.compiler.is_compiling() or rows >= len(keys):
+    if rows >= len(keys) or torch.compiler.is_compiling():
         return _mix_(position_hash ^ sample) >= threshold
     keep = torch.empty((len(keys),) + position_hash.shape, dtype=torch.bool, device=keys.device)
     for start in range(0, len(keys), rows):
         torch.ge(_mix_(position_hash ^ sample[start:start + rows]), threshold, out=keep[start:start + rows])
     return keep
-
-
-class _MaskedScale(torch.autograd.Function):
-    """x * keep * scale, keeping only the boolean mask for backward (as torch's dropout does)."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:
-        ctx.save_for_backward(keep)
-        ctx.scale = scale
-        return x.mul(keep).mul_(scale)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        (keep,) = ctx.saved_tensors
-        return grad.mul(keep).mul_(ctx.scale), None, None
