@@ -3,11 +3,17 @@ waiting process) within the timeout plus the launcher's shutdown grace; a proces
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
-from helpers import REPO, accelerate_launch
+from helpers import CONFIGS, REPO, accelerate_launch
 
 STALLING_RECIPE = '''
 import os, sys, time
@@ -75,3 +81,78 @@ def test_a_stalled_or_dead_process_ends_the_job_with_one_line(tmp_path, monkeypa
         assert "exitcode  : 5" in result.stderr
     # the timeout, then torch's elastic agent stops the stalled process (SIGTERM, SIGKILL 30 s later); start-up
     assert took < 5 + 30 + 60, took
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_a_stalled_process_on_another_node_ends_both_nodes(tmp_path):
+    """Two "nodes" on loopback, one process each; node 1's process stalls in its data loader. Node 0's process
+    times out in the gradient all-reduce and its launcher ends; node 1's launcher is not told, so its stalled
+    process ends when the job's rendezvous store stops answering (framework.core.job_watch)."""
+    script = tmp_path / "stalling.py"
+    script.write_text(STALLING_RECIPE.format(repo=str(REPO)))
+    port = str(_free_port())
+    accelerate = str(Path(sys.executable).with_name("accelerate"))
+    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "STALL_MODE": "sleep"}
+    started = time.monotonic()
+    nodes = [subprocess.Popen([accelerate, "launch", "--config_file", str(CONFIGS / "multi_node.yaml"),
+                               "--num_machines", "2", "--num_processes", "2", "--machine_rank", str(rank),
+                               "--main_process_ip", "127.0.0.1", "--main_process_port", port,
+                               str(script), "--output_dir", str(tmp_path / "out"), "--ddp_timeout", "5",
+                               "--per_device_train_batch_size", "4", "--max_steps", "20", "--mixed_precision", "no"],
+                              cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, start_new_session=True)
+             for rank in (0, 1)]
+    finished = []
+    try:
+        for node in nodes:
+            _, stderr = node.communicate(timeout=200)
+            finished.append((node.returncode, stderr, time.monotonic() - started))
+    finally:  # a hang must not leave the stalled process behind
+        for node in nodes:
+            if node.poll() is None:
+                os.killpg(node.pid, signal.SIGKILL)
+    print("seconds until each node's launcher ended:", [round(took, 1) for *_, took in finished])
+    expected = ("error: waited --ddp_timeout 5 s for another process in a collective (",
+                "error: the launcher of another node has ended (the job's rendezvous store at 127.0.0.1:")
+    for (code, stderr, took), start in zip(finished, expected):
+        assert code != 0
+        errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and errors[0].startswith(start), stderr[-3000:]
+        assert took < 5 + 30 + 60, took  # the timeout, a launcher's shutdown, start-up; not the 600 s stall
+    assert "exitcode  : 5" in finished[1][1]  # node 1's launcher reports its process's code
+
+
+@pytest.mark.parametrize("env,watched", [
+    ({"WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "2", "TORCHELASTIC_USE_AGENT_STORE": "True"}, True),
+    ({"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "TORCHELASTIC_USE_AGENT_STORE": "True"}, False),  # one node
+    # a store hosted by rank 0's process (not a launcher that outlives the workers): rank 0 may end first
+    ({"WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "2", "TORCHELASTIC_USE_AGENT_STORE": "False"}, False),
+    ({"WORLD_SIZE": "1"}, False),
+])
+def test_only_workers_of_a_multi_node_launch_watch_the_other_nodes(monkeypatch, env, watched):
+    from framework.core.job_watch import other_nodes_watched
+
+    for name in ("WORLD_SIZE", "LOCAL_WORLD_SIZE", "TORCHELASTIC_USE_AGENT_STORE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert other_nodes_watched() is watched
+
+
+def test_the_store_check_tells_a_listening_port_from_a_closed_one():
+    from framework.core.job_watch import store_answers
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        assert store_answers("127.0.0.1", port)
+    assert not store_answers("127.0.0.1", port)  # closed: refused at once

@@ -21,7 +21,7 @@ from torch import nn
 from framework import KeyedDropout
 from framework.train.keyed_dropout import assign_layer_keys, keyed_samples, sample_keys
 
-from helpers import IMAGES, debug_launch, max_abs_diff, read_json, reset_accelerate
+from helpers import debug_launch, max_abs_diff, read_json, reset_accelerate
 
 MASK32 = 0xFFFFFFFF
 
@@ -110,6 +110,8 @@ def test_bad_probability_and_batch_mismatch_are_refused():
         KeyedDropout(1.0)
     with pytest.raises(RuntimeError, match="batch of 2 rows for 3 keyed samples"):
         keyed(KeyedDropout(0.1, key=1).train(), torch.ones(2, 4), [0, 1, 2])
+    with pytest.raises(RuntimeError, match=r"no key: call .*assign_layer_keys\(model\)"):
+        keyed(KeyedDropout(0.1).train(), torch.ones(2, 4), [0, 1])
 
 
 class Block(nn.Module):
@@ -222,7 +224,8 @@ def _four_splits(tmp_path, module_name: str, args: list[str], checkpoint_step: i
         assert run_main(lambda: main(["--output_dir", str(out), *args, *extra])) == 0
 
     # The 2-process group first: forked processes would inherit the Accelerate state of an in-process run.
-    debug_launch(_main(module_name), ["--output_dir", str(runs["two_16"]), *args, "--per_device_train_batch_size", "16"])
+    debug_launch(_main(module_name), ["--output_dir", str(runs["two_16"]), *args,
+                                      "--per_device_train_batch_size", "16"])
     in_process(runs["one_32"], "--per_device_train_batch_size", "32", "--checkpointing_steps", str(checkpoint_step))
     in_process(runs["one_8x4"], "--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "4")
     reset_accelerate()

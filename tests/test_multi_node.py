@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import CONFIGS, DIGITS, EXACT_ARGS, REPO, assert_same_report, max_abs_diff, read_json, run_digits_in_process
+from helpers import CONFIGS, DIGITS, DROPOUT_ARGS, REPO, assert_same_report, max_abs_diff, read_json, run_digits_in_process
 
 
 def _free_port() -> int:
@@ -22,7 +22,7 @@ def _free_port() -> int:
 @pytest.mark.slow
 def test_two_machine_ranks_on_loopback_form_one_group(tmp_path):
     reference = tmp_path / "one_process"
-    assert run_digits_in_process(reference, *EXACT_ARGS, "--per_device_train_batch_size", "32") == 0
+    assert run_digits_in_process(reference, *DROPOUT_ARGS, "--per_device_train_batch_size", "32") == 0
     out = tmp_path / "two_nodes"
     port = str(_free_port())
     accelerate = str(Path(sys.executable).with_name("accelerate"))
@@ -31,7 +31,7 @@ def test_two_machine_ranks_on_loopback_form_one_group(tmp_path):
         subprocess.Popen([accelerate, "launch", "--config_file", str(CONFIGS / "multi_node.yaml"),
                           "--num_machines", "2", "--num_processes", "2", "--machine_rank", str(rank),
                           "--main_process_ip", "127.0.0.1", "--main_process_port", port, "--mixed_precision", "no",
-                          str(DIGITS), "--output_dir", str(out), *EXACT_ARGS, "--per_device_train_batch_size", "16"],
+                          str(DIGITS), "--output_dir", str(out), *DROPOUT_ARGS, "--per_device_train_batch_size", "16"],
                          cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
         for rank in (0, 1)

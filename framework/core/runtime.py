@@ -16,6 +16,7 @@ from accelerate.utils import InitProcessGroupKwargs, set_seed
 from framework.core.compilation import check_compile_toolchain, dynamo_plugin
 from framework.core.config import TrainingConfig
 from framework.core.errors import FlagError, PeerLost, UserError
+from framework.core.job_watch import watch_other_nodes
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,7 @@ def build_accelerator(config: TrainingConfig) -> tuple[Accelerator, Precision]:
                               dynamo_plugin=dynamo_plugin(config.torch_compile or config.torch_compile_mode is not None,
                                                           config.torch_compile_mode or "default"))
     check_process_group(int(os.environ.get("WORLD_SIZE", "1")), accelerator.num_processes)
+    watch_other_nodes()  # multi-node: end with the job when another node's launcher has ended
     enable_cpu_fp16(accelerator)
     check_compile_toolchain(accelerator)
     if config.max_memory_gib:

@@ -38,13 +38,9 @@ _LOW32 = 0xFFFFFFFF
 _MULTIPLIER = 0x45D9F3B
 
 
-def hash32(values: torch.Tensor) -> torch.Tensor:
-    """A 32-bit integer mix of int64 `values` in [0, 2**32): two multiply-xorshift rounds, exact on any device."""
-    return _mix_(values.to(torch.int64, copy=True))
-
-
 def _mix_(values: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
-    """hash32 in place, on an int64 tensor or NumPy array (the same operators, the same bits)."""
+    """hash32, in place, of int64 `values` in [0, 2**32) (a tensor on any device, or a NumPy array: the same
+    operators, the same bits): two rounds of x = (x ^ x >> 16) * 0x45D9F3B mod 2**32, then x ^ x >> 16."""
     # In place: on a CPU, allocating a fresh tensor per operation made the mix three times slower.
     shift = torch.bitwise_right_shift if torch.is_tensor(values) else np.right_shift
     shifted = torch.empty_like(values) if torch.is_tensor(values) else np.empty_like(values)
@@ -85,8 +81,8 @@ def sample_keys(index: np.ndarray | torch.Tensor, seed: int, epoch: int) -> torc
 @contextlib.contextmanager
 def keyed_samples(keys: Optional[torch.Tensor]) -> Iterator[None]:
     """Within this block, `KeyedDropout` layers key their masks by `keys` (`sample_keys`, one per batch row,
-    on the model's device; None: torch's dropout). Wrap forward AND backward: activation checkpointing recomputes the forward
-    pass during backward, and must draw the same masks."""
+    best on the model's device; None: torch's dropout). Wrap forward AND backward: activation checkpointing
+    recomputes the forward pass during backward, and must draw the same masks."""
     previous = _CURRENT.sample_keys
     _CURRENT.sample_keys = keys
     try:
@@ -103,7 +99,7 @@ def layer_key(name: str) -> int:
 def assign_layer_keys(model: nn.Module) -> int:
     """Key every `KeyedDropout` of `model` that has none by its module name; returns how many the model has.
 
-    Call it on the bare model (before DDP or compile wrap it, which change the names)."""
+    Call it on the bare model: DDP's and compile's wrappers prefix the names (`module.`, `_orig_mod.`)."""
     count = 0
     for name, module in model.named_modules():
         if isinstance(module, KeyedDropout):
@@ -136,8 +132,11 @@ class KeyedDropout(nn.Module):
         if not self.training or self.p == 0.0:
             return x
         keys = _CURRENT.sample_keys
-        if keys is None or self.key is None:
+        if keys is None:
             return F.dropout(x, self.p, training=True)
+        if self.key is None:
+            raise RuntimeError("a KeyedDropout layer has no key: call "
+                               "framework.train.keyed_dropout.assign_layer_keys(model) before training")
         if keys.shape[0] != x.shape[0]:
             raise RuntimeError(f"KeyedDropout got a batch of {x.shape[0]} rows for {keys.shape[0]} keyed samples: "
                                "its input must have the samples as its first dimension")

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from framework import KeyedDropout
+
 from text.features import PAD_ID
 
 
