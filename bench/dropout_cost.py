@@ -74,6 +74,7 @@ def one_run(kind: str, name: str, out: Path, args: argparse.Namespace) -> dict:
 
 
 def main() -> None:
+    """Run the recipes with each kind of dropout in turn and write the table (or, with --child, one run)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      allow_abbrev=False)
     parser.add_argument("--out", help="a folder for the runs and results.json (required)")

@@ -7,6 +7,7 @@ import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -72,6 +73,13 @@ def run_and_kill_after(command: list[str], out: Path, step: int) -> int:
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGKILL)
     return proc.wait()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for a launch's rendezvous)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def weights(output_dir: Path) -> dict[str, torch.Tensor]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import CONFIGS, REPO, accelerate_launch
+from helpers import CONFIGS, REPO, accelerate_launch, free_port
 
 STALLING_RECIPE = '''
 import os, sys, time
@@ -83,11 +83,6 @@ def test_a_stalled_or_dead_process_ends_the_job_with_one_line(tmp_path, monkeypa
     assert took < 5 + 30 + 60, took
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 @pytest.mark.slow
 def test_a_stalled_process_on_another_node_ends_both_nodes(tmp_path):
@@ -96,7 +91,7 @@ def test_a_stalled_process_on_another_node_ends_both_nodes(tmp_path):
     process ends when the job's rendezvous store stops answering (framework.core.job_watch)."""
     script = tmp_path / "stalling.py"
     script.write_text(STALLING_RECIPE.format(repo=str(REPO)))
-    port = str(_free_port())
+    port = str(free_port())
     accelerate = str(Path(sys.executable).with_name("accelerate"))
     env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "STALL_MODE": "sleep"}
     started = time.monotonic()

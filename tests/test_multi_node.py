@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from helpers import CONFIGS, DIGITS, DROPOUT_ARGS, REPO, assert_same_report, max_abs_diff, read_json, run_digits_in_process
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from helpers import (
+    CONFIGS,
+    DIGITS,
+    DROPOUT_ARGS,
+    REPO,
+    assert_same_report,
+    free_port,
+    max_abs_diff,
+    read_json,
+    run_digits_in_process,
+)
 
 
 @pytest.mark.slow
@@ -24,7 +27,7 @@ def test_two_machine_ranks_on_loopback_form_one_group(tmp_path):
     reference = tmp_path / "one_process"
     assert run_digits_in_process(reference, *DROPOUT_ARGS, "--per_device_train_batch_size", "32") == 0
     out = tmp_path / "two_nodes"
-    port = str(_free_port())
+    port = str(free_port())
     accelerate = str(Path(sys.executable).with_name("accelerate"))
     env = {**os.environ, "HF_DATASETS_OFFLINE": "1"}
     nodes = [

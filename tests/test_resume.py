@@ -46,7 +46,7 @@ def test_killed_runs_resume_bitwise_identical(reference, tmp_path):
     processes, ref_out = reference
     steps = read_json(ref_out / "summary.json")["optimizer_steps"]
     checkpoints = list(range(10, steps - 20, 10))
-    kill_points = random.Random(processes).sample(checkpoints, 5)
+    kill_points = random.Random(processes).sample(checkpoints, 3)
     for kill_after in kill_points:
         out = tmp_path / f"killed_after_{kill_after}"
         code = run_and_kill_after(_command(processes, out), out, kill_after)

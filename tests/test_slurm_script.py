@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO, read_json
+from helpers import REPO, free_port, read_json
 
 # srun: one task per node, and (as the real srun does) signals it receives passed on to every task.
 SRUN = """#!/bin/bash
@@ -49,9 +48,7 @@ def _slurm_env(tmp_path: Path) -> dict:
     for name, text in (("srun", SRUN), ("scontrol", SCONTROL)):
         (shims / name).write_text(text)
         (shims / name).chmod(0o755)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     return {**os.environ, "PATH": f"{shims}:{Path(sys.executable).parent}:{os.environ['PATH']}",
             "SLURM_JOB_NODELIST": "node[1-2]", "SLURM_NNODES": "2", "SLURM_JOB_ID": "4242",
             "GPUS_PER_NODE": "1", "MAIN_PORT": str(port), "HF_DATASETS_OFFLINE": "1",
