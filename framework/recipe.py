@@ -391,20 +391,23 @@ def run(recipe: Recipe, argv: Optional[list[str]] = None, *, config: Optional[Tr
     accelerator, precision = build_accelerator(config)
     if setup is not None:
         setup(accelerator)
-    run_dir = RunDirectory.for_run(config, accelerator)
-    resolve_checkpoint(config.resume_from_checkpoint, config.output_dir)  # a damaged one stops before data loads
-    run_dir.recipe_name = recipe.name
-    # A stop signal before training (or after it) stops at once: there is no step to finish (framework.train.
-    # preemption); during training the loop's own handler finishes the step and checkpoints.
-    with StopAtOnce("preparing the data and the model", "nothing was written to --output_dir and no step was lost; "
-                    "run the same command again") as stop:
-        try:
-            return _run_phases(recipe, config, accelerator, precision, run_dir, trained, stop)
-        except RuntimeError as err:  # a collective that timed out (--ddp_timeout) or lost its peer: one line
-            lost = peer_lost(err, accelerator.num_processes, config.ddp_timeout)
-            if lost is None:
-                raise
-            raise lost from None
+    run_dir = RunDirectory.for_run(config, accelerator)  # held (locked) until this run ends
+    try:
+        resolve_checkpoint(config.resume_from_checkpoint, config.output_dir)  # a damaged one stops before data loads
+        run_dir.recipe_name = recipe.name
+        # A stop signal before training (or after it) stops at once: there is no step to finish (framework.train.
+        # preemption); during training the loop's own handler finishes the step and checkpoints.
+        with StopAtOnce("preparing the data and the model", "nothing was written to --output_dir and no step was "
+                        "lost; run the same command again", on_stop=run_dir.release) as stop:
+            try:
+                return _run_phases(recipe, config, accelerator, precision, run_dir, trained, stop)
+            except RuntimeError as err:  # a collective that timed out (--ddp_timeout) or lost its peer: one line
+                lost = peer_lost(err, accelerator.num_processes, config.ddp_timeout)
+                if lost is None:
+                    raise
+                raise lost from None
+    finally:
+        run_dir.release()
 
 
 def _run_phases(recipe: Recipe, config: TrainingConfig, accelerator: Accelerator, precision: Precision,

@@ -24,6 +24,7 @@ from accelerate import Accelerator
 from framework.core.config import TrainingConfig
 from framework.core.errors import FlagError
 from framework.io.files import json_safe, write_atomic
+from framework.io.run_lock import RunLock
 
 FINISHED_MARKER = "summary.json"
 ERRORS_FILE = "errors.csv"
@@ -49,6 +50,9 @@ class RunDirectory:
         self.label_delimiter = ","  # joins a multi-label sample's labels in errors.csv
         # evaluation indices -> {column: values} that identify those samples in errors.csv (RecipeData.describe_eval)
         self.describe_eval: Optional[Callable[[list[int]], dict[str, list]]] = None
+        self._lock: Optional[RunLock] = None
+        self._created: list[Path] = []  # folders made to hold the lock (removed again if the run never starts)
+        self._started = False
 
     @classmethod
     def for_run(cls, config: TrainingConfig, accelerator: Accelerator) -> "RunDirectory":
@@ -57,20 +61,63 @@ class RunDirectory:
         from framework.io.checkpoint import list_checkpoints
 
         run_dir = cls(config.output_dir, accelerator.is_main_process)
-        spec = config.resume_from_checkpoint
-        # `auto` with nothing to resume is a fresh start, and is refused like one where a run already is.
-        resuming = spec is not None and (spec != "auto" or bool(list_checkpoints(config.output_dir)))
-        run_dir.claim(overwrite=config.overwrite_output_dir, resuming=resuming)
+        run_dir.check_writable()
+        run_dir.lock(accelerator)
+        try:
+            spec = config.resume_from_checkpoint
+            # `auto` with nothing to resume is a fresh start, and is refused like one where a run already is.
+            resuming = spec is not None and (spec != "auto" or bool(list_checkpoints(config.output_dir)))
+            run_dir.claim(overwrite=config.overwrite_output_dir, resuming=resuming)
+        except BaseException:
+            run_dir.release()
+            raise
         return run_dir
 
-    def claim(self, *, overwrite: bool, resuming: bool) -> None:
-        """Check the directory can be written and holds no run this one would clobber; creates nothing.
+    def lock(self, accelerator: Accelerator) -> None:
+        """Hold the folder for this run (framework.io.run_lock): the main process takes the lock, every process
+        learns whether it got it, and all refuse together with one line naming the holder when another run
+        has it. A folder created only to hold the lock is removed again by `release` if the run never starts."""
+        outcome: list = [None]
+        if self.is_main:
+            try:
+                missing = [p for p in [self.path, *self.path.parents] if not p.exists()]
+                self.path.mkdir(parents=True, exist_ok=True)
+                self._created = missing  # deepest first
+                self._lock = RunLock(self.path)
+                holder = self._lock.acquire(note=lambda line: print(line, flush=True))
+                outcome = [("held", holder) if holder else None]
+            except OSError as err:
+                outcome = [("unwritable", err.strerror or str(err))]
+            if outcome[0] is not None:
+                self.release()
+        if accelerator.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
 
-        Raises `UserError` on a file in the way, an unwritable location, or an earlier run
-        (finished, or with checkpoints) unless `overwrite` or `resuming`.
-        """
-        from framework.io.checkpoint import list_checkpoints
+            broadcast_object_list(outcome, from_process=0)
+        if outcome[0] is None:
+            return
+        kind, what = outcome[0]
+        if kind == "unwritable":
+            raise FlagError("output_dir", f"{str(self.path)!r} is not writable ({what})")
+        raise FlagError("output_dir", f"{str(self.path)!r} is in use by another run: {what}; wait for it to end, "
+                        f"stop it, or give another --output_dir (nothing of that run was changed)")
 
+    def release(self) -> None:
+        """Give the folder back (at the end of the run, or when it is refused); a folder that `lock` created and
+        the run never used is removed, so a refused run leaves no trace."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+        if not self._started:
+            for folder in self._created:
+                try:
+                    folder.rmdir()  # only if empty
+                except OSError:
+                    break
+        self._created = []
+
+    def check_writable(self) -> None:
+        """Raise `FlagError` when output_dir is a file or cannot be created or written."""
         where = str(self.path)
         if self.path.exists() and not self.path.is_dir():
             raise FlagError("output_dir", f"{where!r} exists and is not a directory")
@@ -80,6 +127,15 @@ class RunDirectory:
         if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
             raise FlagError("output_dir", f"{where!r} is not writable ({str(existing)!r} is "
                             f"{'not a directory' if not existing.is_dir() else 'read-only'})")
+
+    def claim(self, *, overwrite: bool, resuming: bool) -> None:
+        """Check the directory holds no run this one would clobber; creates nothing.
+
+        Raises `UserError` on an earlier run (finished, or with checkpoints) unless `overwrite` or `resuming`.
+        """
+        from framework.io.checkpoint import list_checkpoints
+
+        where = str(self.path)
         if overwrite or resuming:
             return
         if (self.path / FINISHED_MARKER).exists():
@@ -100,6 +156,7 @@ class RunDirectory:
         """
         if not self.is_main:
             return
+        self._started = True
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as err:

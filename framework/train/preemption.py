@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 from datetime import timedelta
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.distributed as dist
@@ -109,8 +109,9 @@ class StopAtOnce:
 
     GRACE_S = 2.0
 
-    def __init__(self, phase: str, consequence: str):
+    def __init__(self, phase: str, consequence: str, on_stop: Optional[Callable[[], None]] = None):
         self.phase, self.consequence = phase, consequence
+        self.on_stop = on_stop  # called before the watcher ends the process (give back the run's folder)
         self._previous: dict[int, Any] = {}
         self._wakeup: Optional[tuple[int, int, int]] = None  # (read end, write end, previous wakeup fd)
 
@@ -161,6 +162,8 @@ class StopAtOnce:
                         continue
                     if os.environ.get("RANK", "0") == "0":
                         print(f"stopped: {self._message(signum)}", file=sys.stderr, flush=True)
+                    if self.on_stop is not None:
+                        self.on_stop()
                     os._exit(EXIT_PREEMPTED)
         finally:
             os.close(read_end)
