@@ -53,6 +53,7 @@ from torch.utils.data import default_collate
 from framework.core.config import TrainingConfig, config_to_dict, parse_config, validate_config
 from framework.core.errors import FlagError, UserError
 from framework.core.runtime import Precision, build_accelerator, peer_lost, say
+from framework.data.identity import forget_sources, recorded_sources
 from framework.data.loaders import Augment, build_eval_loader, build_train_data
 from framework.data.streaming import build_stream_eval, build_stream_train_data, is_stream
 from framework.evaluate.evaluation import ExtraMetrics, build_report, evaluate, predict_probabilities
@@ -99,6 +100,8 @@ class RecipeData:
     prepare: Optional[Callable[[list[dict]], list[dict]]] = None
     # evaluation indices -> {column: values} identifying those samples in errors.csv (a file, a text)
     describe_eval: Optional[Callable[[list[int]], dict[str, list]]] = None
+    # flag -> {"path", "sha256"} of the local data read (framework.data.identity records what the loaders read)
+    sources: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -128,6 +131,8 @@ class TrainedModel:
     weights: Path
     config: dict[str, Any]
     class_names: list[str]
+    temperature: Optional[float] = None  # its calibration.json, checked
+    thresholds: Optional[np.ndarray] = None  # its thresholds.json, checked (None: argmax, or 0.5 per label)
 
 
 def _read_run_file(path: Path, model_path: str, parse: Callable[[str], Any], kind: type, what: str) -> Any:
@@ -271,7 +276,13 @@ def _trained_model(recipe: Recipe, config: TrainingConfig) -> Optional[TrainedMo
     if not config.model_path:
         return None
     trained = load_trained_model(config.model_path, recipe.name)
-    adopt_model_flags(config, trained, recipe.model_flags)
+    # How the model's outputs are read (softmax or one sigmoid per label, the label separator) is part of it too.
+    adopt_model_flags(config, trained, (*recipe.model_flags, "problem_type", "label_delimiter"))
+    # What the run saved beside the weights is checked before anything is written (one line naming file and value).
+    folder = trained.weights.parent
+    multi_label = config.problem_type == "multi_label_classification"
+    trained = dataclasses.replace(trained, temperature=load_temperature(folder),
+                                  thresholds=load_thresholds(folder, trained.class_names, multi_label))
     if Path(config.output_dir).resolve() == trained.run_dir.resolve():
         raise FlagError("output_dir", f"{config.output_dir!r} is the run of --model_path; write this run's "
                         f"outputs to another --output_dir")
@@ -281,11 +292,13 @@ def _trained_model(recipe: Recipe, config: TrainingConfig) -> Optional[TrainedMo
 def _data_and_model(recipe: Recipe, config: TrainingConfig, accelerator: Accelerator,
                     trained: Optional[TrainedModel]) -> tuple[RecipeData, torch.nn.Module]:
     """The recipe's data (the same preprocessing on every process) and its model on the device."""
+    forget_sources()  # the local files build_data reads are recorded by content (framework.data.identity)
     if recipe.shared_preparation:
         data = recipe.build_data(config, trained)
     else:
         with accelerator.main_process_first():  # the main process downloads and caches; the others reuse it
             data = recipe.build_data(config, trained)
+    data.sources = {**recorded_sources(), **data.sources}
     check_same_preprocessing(accelerator, data.fingerprint)
     check_label_shape(config, data)
     if trained and list(data.class_names) != list(trained.class_names):
@@ -363,6 +376,7 @@ def _train(recipe: Recipe, config: TrainingConfig, accelerator: Accelerator, pre
                            data.class_names, precision, run_dir, loss_fn, recipe.extra_metrics, flops, notes,
                            preparation_s)
     training.thresholds = fixed_thresholds(config, len(data.class_names))
+    training.data_sources = data.sources
     result = fit(training, components)
     if "baseline_accuracy" in notes:
         metrics = result.report.metrics
@@ -431,11 +445,11 @@ def _run_phases(recipe: Recipe, config: TrainingConfig, accelerator: Accelerator
     run_dir.label_delimiter = config.label_delimiter
     result = None
     # The temperature of --calibrate (framework.evaluate.temperature): the trained run's, or this run's.
-    temperature = load_temperature(trained.weights.parent) if trained else None
+    temperature = trained.temperature if trained else None
     # The decision thresholds: a fixed --decision_threshold, else the trained run's thresholds.json.
     thresholds = fixed_thresholds(config, len(data.class_names))
     if thresholds is None and trained and config.decision_threshold != "auto":
-        thresholds = load_thresholds(trained.weights.parent, data.class_names, config.multi_label)
+        thresholds = trained.thresholds
     if config.do_train:
         stop.phase = "setting up training"
         stop.consequence = "no optimizer step was lost: run the same command again (with --resume_from_checkpoint " \
@@ -479,7 +493,8 @@ def _evaluate_only(accelerator: Accelerator, config: TrainingConfig, model: torc
     at the run's saved temperature, decided by its saved thresholds; with --calibrate, a temperature fitted on
     this evaluation split, with --decision_threshold auto thresholds fitted on it). Returns the temperature and
     the thresholds in use."""
-    run_dir.start(config_to_dict(config) | {"mixed_precision": precision.requested})
+    run_dir.start(config_to_dict(config) | {"mixed_precision": precision.requested} |
+                  ({"data_sources": data.sources} if data.sources else {}))
     summary: dict[str, Any] = {"do_train": False, "model_path": config.model_path, "world_size":
                                accelerator.num_processes}
     if eval_loader is not None:

@@ -129,8 +129,9 @@ class TextConfig(TrainingConfig):
                                          default=10000)
     streaming_fit_rows: int = flag("With --streaming: the tokenizer (and the n-gram IDF) are fit on this many first "
                                    "training rows.", default=100000)
-    overwrite_cache: bool = flag("Prepare the texts again instead of reusing the prepared splits that datasets "
-                                 "cached for the same files and preparation flags.", default=False)
+    overwrite_cache: bool = flag("Read the files and prepare the texts again instead of reusing what datasets "
+                                 "cached for the same files (checked by content) and preparation flags.",
+                                 default=False)
     model_name_or_path: str = flag("Fine-tune this pretrained transformers model (Hub name or folder) with its "
                                    "own tokenizer instead of --model; needs `pip install transformers`.",
                                    default="")
@@ -189,10 +190,10 @@ def load_splits(config: TextConfig) -> tuple[Dataset | None, Dataset | None]:
     columns, texts = [config.text_column, config.label_column], (config.text_column,)
     train = evaluation = None
     if config.do_train:
-        train = load_local_file(config.train_file, "--train_file")
+        train = load_local_file(config.train_file, "--train_file", columns, config.overwrite_cache)
         check_complete_rows(train, columns, config.train_file, "--train_file", texts, config.multi_label)
     if config.do_eval and config.validation_file:
-        evaluation = load_local_file(config.validation_file, "--validation_file")
+        evaluation = load_local_file(config.validation_file, "--validation_file", columns, config.overwrite_cache)
         check_complete_rows(evaluation, columns, config.validation_file, "--validation_file", texts,
                             config.multi_label)
     for what, split in (("training data", train), ("evaluation data", evaluation)):
@@ -278,7 +279,8 @@ def build_stream_data(config: TextConfig, trained=None) -> RecipeData:
 
 def load_test(config: TextConfig) -> Dataset:
     """--test_file, read whole and checked (a label column is optional)."""
-    test = load_local_file(config.test_file, "--test_file")
+    test = load_local_file(config.test_file, "--test_file", (config.text_column, config.label_column),
+                           config.overwrite_cache)
     if config.text_column not in test.column_names:
         raise UserError(f"the test data has no text column {config.text_column!r} "
                         f"(columns: {', '.join(test.column_names)}; set --text_column)")

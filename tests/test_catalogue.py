@@ -19,6 +19,7 @@ import pytest
 from PIL import Image
 
 from framework.core.errors import run_main
+from framework.io.run_lock import RunLock
 
 from helpers import run_digits_in_process
 
@@ -135,6 +136,17 @@ def _unreadable(tmp: Path) -> str:
     folder = _images(tmp / "train", {"a": 2, "b": 2})
     (tmp / "train" / "b" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     return folder
+
+
+_HELD: list[RunLock] = []
+
+
+def _hold(folder: Path) -> list[str]:
+    """Hold `folder` as a running run would (the lock stays taken until the test session ends)."""
+    lock = RunLock(folder)
+    assert lock.acquire() is None
+    _HELD.append(lock)
+    return []
 
 
 def _immutable_report(out: Path) -> None:
@@ -273,7 +285,58 @@ CASES: list[tuple[str, Callable[[list[str]], int], Setup, str]] = [
     ("checkpoint: --model_path with damaged config.yaml", _digits,
      _model_path_case(lambda run: (run / "config.yaml").write_text("seed: [1\n"), _digits_eval),
      "error: --model_path '{tmp}/run': {tmp}/run/config.yaml is damaged (...); train the run again"),
+    # files read back (--model_path) and resumes with other flags
+    ("read back: a negative temperature", _digits,
+     _model_path_case(lambda run: (run / "calibration.json").write_text('{"temperature": -1}'), _digits_eval),
+     "error: --model_path: '{tmp}/run/calibration.json' has temperature -1; a temperature is a finite number > 0 (it "
+     "scales the logits and never changes the predicted class); calibrate the run again or remove the file"),
+    ("read back: a temperature of 0", _digits,
+     _model_path_case(lambda run: (run / "calibration.json").write_text('{"temperature": 0}'), _digits_eval),
+     "error: --model_path: '{tmp}/run/calibration.json' has temperature 0; a temperature is a finite number > 0 (it "
+     "scales the logits and never changes the predicted class); calibrate the run again or remove the file"),
+    ("read back: NaN as the temperature", _digits,
+     _model_path_case(lambda run: (run / "calibration.json").write_text('{"temperature": NaN}'), _digits_eval),
+     "error: --model_path: '{tmp}/run/calibration.json' is not valid JSON (NaN is not a JSON number); it should "
+     "hold an object with \"temperature\", a number > 0"),
+    ("read back: calibration.json not JSON", _digits,
+     _model_path_case(lambda run: (run / "calibration.json").write_text("temperature = 2"), _digits_eval),
+     "error: --model_path: '{tmp}/run/calibration.json' is not valid JSON (...); it should hold an object with "
+     "\"temperature\", a number > 0"),
+    ("read back: a list as calibration.json", _digits,
+     _model_path_case(lambda run: (run / "calibration.json").write_text("[1.5]"), _digits_eval),
+     "error: --model_path: '{tmp}/run/calibration.json' has temperature [1.5]; a temperature is a finite number > 0 "
+     "(it scales the logits and never changes the predicted class); calibrate the run again or remove the file"),
+    ("read back: thresholds for a 10-class model", _digits,
+     _model_path_case(lambda run: (run / "thresholds.json").write_text('{"thresholds": {"1": 7}}'), _digits_eval),
+     "error: --model_path: '{tmp}/run/thresholds.json' holds decision thresholds, but the model has 10 classes and "
+     "one label each (thresholds decide binary and multi-label tasks); remove the file"),
+    ("resume: another --learning_rate", _digits,
+     lambda tmp, run: ["--output_dir", str(_copy_run(run, tmp)), "--max_steps", "6", "--checkpointing_steps", "3",
+                       "--dropout", "0", "--mixed_precision", "no", "--resume_from_checkpoint", "auto",
+                       "--learning_rate", "0.5"],
+     "error: --learning_rate 0.5 differs from the checkpoint '{tmp}/run/checkpoints/step_6' (0.003); a resume "
+     "continues with the checkpoint's optimizer state, so pass the same value, or start a new run for the new one"),
+    # labels as written
+    ("text: labels that differ by a trailing space", _text,
+     _text_case(lambda tmp: _csv(tmp / "t.csv", 8 * list(zip(ROWS, ["sports", "food", "tech", "sports ", "food", "tech"])))),
+     "error: --train_file '{tmp}/t.csv' has the labels 'sports' and 'sports ', which differ only by surrounding "
+     "spaces or letter case; write each class one way in the file"),
+    ("text: labels that differ by case", _text,
+     _text_case(lambda tmp: _csv(tmp / "t.csv", 8 * list(zip(ROWS, ["Food", "food", "tech", "sports", "food", "tech"])))),
+     "error: --train_file '{tmp}/t.csv' has the labels 'Food' and 'food', which differ only by surrounding "
+     "spaces or letter case; write each class one way in the file"),
+    ("text: a multi-label label containing the delimiter", _text,
+     _text_case(lambda tmp: _jsonl(tmp / "t.jsonl", [{"text": r, "label": [t, "a,b"] if i == 2 else [t]}
+                                                      for i, (r, t) in enumerate(zip(ROWS, TOPICS))]),
+                "--problem_type", "multi_label_classification"),
+     "error: --train_file '{tmp}/t.jsonl' has the label 'a,b', which contains --label_delimiter ','; rename the "
+     "label or choose another --label_delimiter"),
     # output directories
+    ("output: a folder another run holds", _digits,
+     lambda tmp, run: _hold(_copy_run(run, tmp)) + ["--output_dir", str(tmp / "run"), "--max_steps", "2",
+                                                    "--overwrite_output_dir", "true"],
+     "error: --output_dir '{tmp}/run' is in use by another run: host ...; wait for it to end, stop it, or give "
+     "another --output_dir (nothing of that run was changed)"),
     ("output: a finished run in the way", _digits,
      lambda tmp, run: ["--output_dir", str(_copy_run(run, tmp)), "--max_steps", "2"],
      "error: --output_dir '{tmp}/run' holds a finished run; pass --overwrite_output_dir true to replace it, "

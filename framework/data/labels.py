@@ -2,7 +2,10 @@
 
 A label value is a class *name* whatever its type: a CSV column of 1, 2, 3 holds
 three classes named "1", "2" and "3" (not four classes 0..3 of which 0 is never
-seen), and 1.0 names the same class as 1. Classes are ordered by sorting their
+seen). A CSV label is the text in the file (framework.data.local_files reads it
+so): `01` and `1` are two classes, and `NA` or `None` are names. In a typed
+column (JSON, Parquet) 1.0 names the same class as 1. Names that differ only by
+surrounding spaces or case are refused, never split into two classes. Classes are ordered by sorting their
 names, numerically when every name is a number. Only a `ClassLabel` feature (Hub
 datasets, image folders) carries indices, since it brings its names with it.
 A fractional number is refused: it is a regression target, not a class.
@@ -100,6 +103,18 @@ def _as_ids(split: Dataset, column: str, ids: np.ndarray, names: list[str]) -> D
     return split
 
 
+def check_distinct_names(names: list[str], what: str) -> None:
+    """Refuse class names that differ only by surrounding whitespace or letter case ("sports" and "sports ",
+    "Food" and "food"): almost always one class written two ways, which would silently train as two."""
+    seen: dict[str, str] = {}
+    for name in sorted(names):
+        key = name.strip().casefold()
+        if key in seen and seen[key] != name:
+            raise UserError(f"{what} has the labels {seen[key]!r} and {name!r}, which differ only by surrounding "
+                            f"spaces or letter case; write each class one way in the file")
+        seen.setdefault(key, name)
+
+
 def class_names_from(train: Dataset, column: str, *, what: str = "the training data",
                      hint: str = "set --label_column") -> tuple[list[str], Dataset]:
     """The classes of a training split and the split with label ids: a ClassLabel's own names (and ids),
@@ -119,6 +134,7 @@ def class_names_from(train: Dataset, column: str, *, what: str = "the training d
         seen = [names[i] for i in present]
     else:
         distinct, codes = _label_codes(train, column, what)
+        check_distinct_names(distinct, what)
         names = sorted_class_names(set(distinct))
         index = {name: i for i, name in enumerate(names)}
         train = _as_ids(train, column, np.array([index[v] for v in distinct], dtype=np.int64)[codes], names)

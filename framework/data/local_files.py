@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import contextlib
+import csv
+import json
+import math
+import os
+import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional, Sequence
 
 from datasets import Dataset, load_dataset, load_from_disk
+from datasets.fingerprint import Hasher
 from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 from datasets.utils import logging as ds_logging
 
 from framework.core.errors import FlagError
+from framework.data.identity import record_source
 
 FORMATS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+SOURCE_RECORD = "framework-source.json"  # beside datasets' cache of a file: the content hash it was built from
 STREAM_SHARDS = 64  # a saved dataset streamed in this many shards, so that shuffling also reorders the shards
 
 
@@ -62,38 +70,111 @@ def _format_of(path: str, flag: str) -> str:
     return kind
 
 
-def load_local_stream(path: str, flag: str) -> Any:
+def _csv_as_written(path: str, strings: Sequence[str]) -> dict[str, Any]:
+    """pandas options that read the CSV columns `strings` as the text in the file: `01` stays `01` (not 1), and
+    `NA`, `None`, `null`, `NaN` are values; only an empty cell is missing. Other columns keep pandas' defaults."""
+    from pandas._libs.parsers import STR_NA_VALUES
+
+    with open(path, newline="", encoding="utf-8", errors="replace") as handle:
+        header = next(csv.reader(handle), [])
+    wanted = [name for name in header if name in strings]
+    if not wanted:
+        return {}
+    defaults = sorted(STR_NA_VALUES)
+    return {"converters": {name: str for name in wanted}, "keep_default_na": False,
+            "na_values": {name: ([""] if name in wanted else defaults) for name in header}}
+
+
+def load_local_stream(path: str, flag: str, strings: Sequence[str] = ()) -> Any:
     """One local file, or a folder of one split saved with `save_to_disk`, as a stream (`datasets.IterableDataset`):
-    rows are read as training asks for them, nothing before."""
+    rows are read as training asks for them, nothing before. The file's content hash is recorded for the run
+    (framework.data.identity); CSV columns in `strings` are read as written (see `load_local_file`)."""
     folder = Path(path)
     if folder.is_dir() and _saved_dataset(folder, path, flag):
+        record_source(flag, path)
         with quiet_datasets():  # memory-mapped: opening reads no rows
             return load_from_disk(path).to_iterable_dataset(num_shards=STREAM_SHARDS)
     kind = _format_of(path, flag)
+    record_source(flag, path)
+    options = _csv_as_written(path, strings) if kind == "csv" else {}
     with quiet_datasets():
-        return load_dataset(kind, data_files=path, split="train", streaming=True)
+        return load_dataset(kind, data_files=path, split="train", streaming=True, **options)
 
 
-def load_local_file(path: str, flag: str) -> Dataset:
+def _cache_is_fresh(dataset: Dataset, started: float) -> bool:
+    """Whether datasets built its cache of a file during this load (its files are newer than `started`)."""
+    return all(Path(entry["filename"]).stat().st_mtime >= started for entry in dataset.cache_files)
+
+
+def _cache_record(dataset: Dataset) -> Optional[Path]:
+    files = dataset.cache_files
+    return Path(files[0]["filename"]).parent / SOURCE_RECORD if files else None
+
+
+def _cached_content(dataset: Dataset) -> Optional[str]:
+    """The content hash recorded beside datasets' cache of a file, or None."""
+    record = _cache_record(dataset)
+    try:
+        return json.loads(record.read_text()).get("sha256") if record else None
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _remember_content(dataset: Dataset, digest: str) -> None:
+    """Record beside datasets' cache of a file the content hash it was built from."""
+    record = _cache_record(dataset)
+    if record is None:
+        return
+    temporary = record.with_name(f".{record.name}.{os.getpid()}")
+    try:
+        temporary.write_text(json.dumps({"sha256": digest}) + "\n")
+        os.replace(temporary, record)
+    except OSError:  # a read-only cache: checked, and read again, next time
+        temporary.unlink(missing_ok=True)
+
+
+def load_local_file(path: str, flag: str, strings: Sequence[str] = (), reread: bool = False) -> Dataset:
     """One local file, or a folder of one split saved with `save_to_disk`, as a `datasets.Dataset`; `flag` names
-    the CLI flag that gave the path (for errors)."""
+    the CLI flag that gave the path (for errors).
+
+    CSV columns named in `strings` (labels, texts) are read as the strings in the file (`01` and `1` are two
+    values; `NA` is a value, only an empty cell is missing). The file's content hash is recorded for the run
+    (framework.data.identity) and checked against datasets' cache, which is keyed by path and modification time:
+    a file changed with its time restored (`touch -r`, `cp -p`, an unpacked archive) is read again. `reread`
+    (--overwrite_cache) always reads it again.
+    """
     file = Path(path)
     if file.is_dir() and _saved_dataset(file, path, flag):
+        digest = record_source(flag, path)
         with quiet_datasets():
             dataset = load_from_disk(path)
         if len(dataset) == 0:
             raise FlagError(flag.lstrip("-"), f"{path!r} holds no rows")
+        dataset._fingerprint = Hasher.hash(["saved dataset", digest])  # its state.json's fingerprint: see below
         return dataset
     kind = _format_of(path, flag)
+    digest = record_source(flag, path)
+    options = _csv_as_written(path, strings) if kind == "csv" else {}
+    # datasets keys its cache by path and modification time; the content hash decides whether the cache is this
+    # file's (a re-read must not check the row count against the stale cache's: verification_mode).
+    reread_options = {"download_mode": "force_redownload", "verification_mode": "no_checks"}
     try:
         with quiet_datasets():
-            dataset = load_dataset(kind, data_files=str(file), split="train")
+            started = time.time()
+            dataset = load_dataset(kind, data_files=str(file), split="train", **options,
+                                   **(reread_options if reread else {}))
+            if not reread and not _cache_is_fresh(dataset, started) and _cached_content(dataset) != digest:
+                dataset = load_dataset(kind, data_files=str(file), split="train", **options, **reread_options)
+            _remember_content(dataset, digest)
     except Exception as err:  # datasets raises several types for unreadable files
         if "corresponds to no data" in str(err):  # what datasets says of a file without rows
             raise FlagError(flag.lstrip("-"), f"{path!r} holds no rows") from None
         raise FlagError(flag.lstrip("-"), f"{path!r} could not be read as {kind}: {_root_cause(err)}") from None
     if len(dataset) == 0:
         raise FlagError(flag.lstrip("-"), f"{path!r} holds no rows")
+    # datasets' fingerprint of a loaded file comes from its path, so the caches keyed by it downstream (prepared
+    # splits, a trained tokenizer) would outlive a change of content: key it by the content instead.
+    dataset._fingerprint = Hasher.hash(["local file", digest, sorted(options.get("converters", {}))])
     return dataset
 
 
@@ -161,6 +242,8 @@ def check_complete_rows(dataset: Dataset, columns: list[str], path: str, flag: s
                 "a label must be one value (a class name or number)"
             raise FlagError(flag.lstrip("-"), f"{path!r} {_row_name(path, 0)} has {column!r} {_shown(values[0].as_py())} "
                             f"({kinds[column]}); {want}")
+        if column not in text_columns and kinds[column] == "a string":
+            _refuse_fractional_strings(values, column, path, flag)
         if column not in text_columns and pa.types.is_floating(values.type):
             fractional = pc.not_equal(values, pc.round(values)).fill_null(False)
             rows = pc.indices_nonzero(pc.or_(fractional, pc.is_nan(values).fill_null(False))).to_pylist()
@@ -168,3 +251,28 @@ def check_complete_rows(dataset: Dataset, columns: list[str], path: str, flag: s
                 raise FlagError(flag.lstrip("-"), f"{path!r} {_row_name(path, rows[0])} has {column!r} "
                                 f"{values[rows[0]].as_py()!r}, not a whole number: labels are class names, and "
                                 f"fractional values are a regression target, not classes")
+
+
+def _number(text: str) -> Optional[float]:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _refuse_fractional_strings(values: Any, column: str, path: str, flag: str) -> None:
+    """A label column read as text (a CSV's, as written) whose every value is a number and some fractional:
+    a regression target, not class names (`1.0` and `2` are names)."""
+    import pyarrow.compute as pc
+
+    distinct = [v for v in pc.unique(values).to_pylist() if v is not None]
+    numbers = [_number(v) for v in distinct]
+    if not distinct or any(n is None for n in numbers):
+        return
+    fractional = [v for v, n in zip(distinct, numbers) if not n.is_integer()]
+    if fractional:
+        row = pc.index(values, fractional[0]).as_py()
+        raise FlagError(flag.lstrip("-"), f"{path!r} {_row_name(path, row)} has {column!r} {_number(fractional[0])!r}, "
+                        f"not a whole number: labels are class names, and fractional values are a regression "
+                        f"target, not classes")

@@ -21,7 +21,7 @@ import numpy as np
 from datasets import ClassLabel, Dataset, concatenate_datasets
 
 from framework.core.errors import UserError
-from framework.data.labels import label_name, sorted_class_names
+from framework.data.labels import check_distinct_names, label_name, sorted_class_names
 
 UNKNOWN = -1  # an indicator row of a test input without labels
 
@@ -58,6 +58,10 @@ def label_sets(split: Dataset, column: str, delimiter: str, what: str) -> list[l
                         f"multi_label_classification a label is a list of names (a JSON list, or a string split "
                         f"at --label_delimiter {delimiter!r})")
     sets = [list(dict.fromkeys(row)) for row in sets]
+    joined = next((n for row in sets for n in row if delimiter in n), None)
+    if joined is not None:  # predictions.csv joins a sample's labels with the delimiter: it could not be split back
+        raise UserError(f"{what} has the label {joined!r}, which contains --label_delimiter "
+                        f"{delimiter!r}; rename the label or choose another --label_delimiter")
     empty = next((i for i, row in enumerate(sets) if not row), None)
     if empty is not None:
         raise UserError(f"{what} row {empty + 1} has an empty label set; every sample needs at least one label "
@@ -109,6 +113,8 @@ def multi_label_names_from(train: Dataset, column: str, delimiter: str, *,
     # A ClassLabel brings its names and their order (the model's outputs follow them, seen or not); else the
     # sorted names seen.
     names = list(declared.names) if declared is not None else sorted_class_names({n for row in sets for n in row})
+    if declared is None:
+        check_distinct_names(names, what)
     if len(names) < 2:
         raise UserError(f"{what} has only the label {names[0]!r}; a multi-label classifier needs at least two "
                         f"labels in its training data")

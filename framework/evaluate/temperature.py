@@ -11,6 +11,7 @@ then refined by a parabola through the grid point and its neighbours.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Optional
 
@@ -98,7 +99,19 @@ def save_temperature(folder: Path, temperature: float, before: dict[str, float],
                                                         "after": after}, indent=2) + "\n")
 
 
-def load_temperature(folder: Path) -> Optional[float]:
-    """The temperature a run saved (calibration.json), or None."""
+def load_temperature(folder: Path, flag: str = "model_path") -> Optional[float]:
+    """The temperature a run saved (calibration.json), or None; a file that does not hold a finite number > 0
+    under "temperature" is one line naming the file and the value (a FlagError for `flag`)."""
+    from framework.core.errors import FlagError
+    from framework.io.files import read_json_file
+
     path = folder / CALIBRATION_FILE
-    return float(json.loads(path.read_text())["temperature"]) if path.is_file() else None
+    if not path.is_file():
+        return None
+    record = read_json_file(path, flag, 'an object with "temperature", a number > 0')
+    value = record.get("temperature") if isinstance(record, dict) else record
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise FlagError(flag, f": {str(path)!r} has temperature {value!r}; a temperature is a finite number > 0 "
+                        f"(it scales the logits and never changes the predicted class); calibrate the run again "
+                        f"or remove the file")
+    return float(value)

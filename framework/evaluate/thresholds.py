@@ -79,14 +79,37 @@ def save_thresholds(folder: Path, thresholds: np.ndarray, class_names: Sequence[
     write_atomic(folder / THRESHOLDS_FILE, json.dumps(record, indent=2) + "\n")
 
 
-def load_thresholds(folder: Path, class_names: Sequence[str], multi_label: bool) -> Optional[np.ndarray]:
-    """The thresholds a run saved (thresholds.json), in the order of `class_names`, or None."""
+def load_thresholds(folder: Path, class_names: Sequence[str], multi_label: bool,
+                    flag: str = "model_path") -> Optional[np.ndarray]:
+    """The thresholds a run saved (thresholds.json), in the order of `class_names`, or None; every label needs a
+    number in (0, 1) and no other name may appear (otherwise one line naming the file and the value)."""
+    from framework.io.files import read_json_file
+
     path = folder / THRESHOLDS_FILE
     if not path.is_file():
         return None
-    saved = json.loads(path.read_text())["thresholds"]
+    if not multi_label and len(class_names) != 2:
+        raise FlagError(flag, f": {str(path)!r} holds decision thresholds, but the model has {len(class_names)} "
+                        f"classes and one label each (thresholds decide binary and multi-label tasks); remove the "
+                        f"file")
     names = list(class_names) if multi_label else [class_names[1]]
-    return np.array([float(saved.get(name, DEFAULT_THRESHOLD)) for name in names], np.float32)
+    what = f'an object with "thresholds": {{label: a number in (0, 1)}} for {", ".join(map(repr, names[:5]))}' \
+        + (", ..." if len(names) > 5 else "")
+    record = read_json_file(path, flag, what)
+    saved = record.get("thresholds") if isinstance(record, dict) else None
+    if not isinstance(saved, dict):
+        raise FlagError(flag, f": {str(path)!r} does not hold {what}")
+    unknown = sorted(set(saved) - set(names))
+    if unknown:
+        raise FlagError(flag, f": {str(path)!r} has a threshold for {unknown[0]!r}, which is not "
+                        f"{'a label' if multi_label else 'the positive class'} of the model "
+                        f"({', '.join(map(repr, names[:5]))}{', ...' if len(names) > 5 else ''})")
+    for name in names:
+        value = saved.get(name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+            shown = "no threshold" if name not in saved else f"threshold {value!r}"
+            raise FlagError(flag, f": {str(path)!r} has {shown} for {name!r}; a threshold is a number in (0, 1)")
+    return np.array([float(saved[name]) for name in names], np.float32)
 
 
 def tune_thresholds(accelerator: Any, model: Any, loader: Any, class_names: Sequence[str], loss_fn: Any,

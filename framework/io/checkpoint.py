@@ -30,6 +30,7 @@ from safetensors.torch import save_file
 
 from framework.core.errors import FlagError, UserError
 from framework.core.rng import capture_rng_state, restore_rng_state
+from framework.data.identity import identity_problem, training_identity
 from framework.io.files import umask_mode
 from framework.io.weights import WEIGHTS_FILE, bare_model, model_state_dict, weights_problem
 
@@ -131,9 +132,23 @@ def resolve_checkpoint(spec: Optional[str], output_dir: str | Path,
     return path
 
 
-def run_identity(plan: Any, seed: int) -> dict[str, int]:
-    """What a resumed run must share with the checkpoint for the data order to continue unchanged."""
-    return {"effective_batch": plan.effective_batch, "seed": seed, "train_samples": plan.num_samples}
+# Flags whose values a resume takes from the checkpoint (the optimizer's state holds them): a resume that asks
+# for other values is refused rather than silently keeping the old ones. The schedule's flags (--max_steps,
+# --num_train_epochs, warmup, --lr_scheduler_type), the loss's and clipping are applied as given.
+KEPT_FROM_CHECKPOINT = ("optim", "learning_rate", "weight_decay", "momentum")
+
+
+def run_identity(plan: Any, config: Any, sources: Optional[dict] = None) -> dict[str, Any]:
+    """What a resumed run must share with the checkpoint: for the data order to continue unchanged, the effective
+    batch, the seed, the number of training samples and the training files' content (framework.data.identity);
+    and the optimizer's flags that the checkpoint's optimizer state would keep (KEPT_FROM_CHECKPOINT)."""
+    identity: dict[str, Any] = {"effective_batch": plan.effective_batch, "seed": config.seed,
+                                "train_samples": plan.num_samples}
+    identity.update({name: getattr(config, name) for name in KEPT_FROM_CHECKPOINT if hasattr(config, name)})
+    if sources:
+        identity["train_data"] = training_identity(sources)
+        identity["_sources"] = sources  # for the refusal's wording; not saved
+    return identity
 
 
 def _fsync(path: Path) -> None:
@@ -167,6 +182,7 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, *, model: 
                    tmp / TRAINER_FILE)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        identity = {k: v for k, v in identity.items() if not k.startswith("_")}
         record = {"state": dataclasses.asdict(state), "identity": identity,
                   "world_size": accelerator.num_processes}
         (tmp / STATE_FILE).write_text(json.dumps(record, indent=2) + "\n")
@@ -203,8 +219,20 @@ def load_checkpoint(accelerator: Accelerator, path: Path, *, model: torch.nn.Mod
     Refuses (UserError) a checkpoint of another model shape, effective batch, seed or dataset size.
     """
     record = json.loads((path / STATE_FILE).read_text())
+    sources = identity.get("_sources", {})
+    problem = identity_problem(record["identity"].get("train_data"), identity.get("train_data", {}), sources)
+    if problem:
+        raise UserError(f"checkpoint {str(path)!r} is of a run on other training data: {problem}; resuming would "
+                        f"continue the old run on new data: start a new run (--overwrite_output_dir true, or "
+                        f"another --output_dir)")
     for key, value in identity.items():
-        if record["identity"].get(key) != value:
+        if key.startswith("_") or key == "train_data":
+            continue
+        if key in KEPT_FROM_CHECKPOINT and key in record["identity"] and record["identity"][key] != value:
+            raise FlagError(key, f"{value} differs from the checkpoint {str(path)!r} ({record['identity'][key]}); a "
+                            f"resume continues with the checkpoint's optimizer state, so pass the same value, or "
+                            f"start a new run for the new one")
+        if key not in KEPT_FROM_CHECKPOINT and record["identity"].get(key) != value:
             raise UserError(f"checkpoint {str(path)!r} was made with {key}={record['identity'].get(key)}, "
                             f"this run has {key}={value}; resuming would not continue the same run")
     unwrapped = bare_model(accelerator, model)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import tempfile
@@ -43,3 +44,20 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [json_safe(v) for v in value]
     return value
+
+
+def read_json_file(path: Path, flag: str, what: str) -> Any:
+    """A JSON file the framework wrote and now reads back (a run's calibration.json, thresholds.json), parsed;
+    unreadable or invalid JSON is one line naming the file (a `FlagError` for `flag`), and `what` says what the
+    file should hold."""
+    from framework.core.errors import FlagError
+
+    try:
+        return json.loads(Path(path).read_text(), parse_constant=_no_constant)
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise FlagError(flag, f": {str(path)!r} is not valid JSON ({reason}); it should hold {what}") from None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")

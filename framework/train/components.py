@@ -48,7 +48,8 @@ def write_checkpoint(run: TrainingRun, state: TrainState) -> None:
     """Save `checkpoints/step_<state.step>` (every process calls it)."""
     run.checkpointed_step = state.step
     save_checkpoint(run.accelerator, run.config.output_dir, model=run.model, optimizer=run.optimizer,
-                    scheduler=run.scheduler, state=state, identity=run_identity(run.train_data.plan, run.config.seed),
+                    scheduler=run.scheduler, state=state,
+                    identity=run_identity(run.train_data.plan, run.config, run.data_sources),
                     save_total_limit=run.config.save_total_limit)
 
 

@@ -342,7 +342,8 @@ def setup(run: TrainingRun) -> TrainState:
     path = resolve_checkpoint(config.resume_from_checkpoint, config.output_dir, note=lambda t: say(accelerator, t))
     if path is not None:
         state = load_checkpoint(accelerator, path, model=run.model, optimizer=run.optimizer, scheduler=run.scheduler,
-                                identity=run_identity(run.train_data.plan, config.seed), state_type=TrainState)
+                                identity=run_identity(run.train_data.plan, config, run.data_sources),
+                                state_type=TrainState)
         say(accelerator, f"resumed from {path} at optimizer step {state.step}")
         run.samples_at_start = state.samples_seen
         run.checkpointed_step = state.step  # this step has its checkpoint: the one resumed from
@@ -350,6 +351,8 @@ def setup(run: TrainingRun) -> TrainState:
         choose_batch_sizes(accelerator, config, run.model, run.optimizer, run.train_data, run.eval_loader,
                            run.loss_fn, state)
     resolved = config_to_dict(config) | {"mixed_precision": run.precision.requested}
+    if run.data_sources:
+        resolved["data_sources"] = run.data_sources
     run.run_dir.start(resolved, resume_step=state.step if path is not None else None)
     # Trackers take flat scalars and strings only (TensorBoard's hparams reject None).
     accelerator.init_trackers(run.run_dir.path.name or "run",

@@ -84,3 +84,4 @@ class TrainingRun:
     temperature: Optional[float] = None  # --calibrate: the fitted temperature
     # --decision_threshold: a fixed value's thresholds from the start; auto's, fitted after training
     thresholds: Any = None
+    data_sources: dict = field(default_factory=dict)  # flag -> {"path", "sha256"}: what the run reads (config.yaml)

@@ -26,8 +26,10 @@ def open_streams(config: Any) -> tuple[Optional[Any], Optional[Any]]:
     if config.dataset_name:
         return load_hub_splits(config.dataset_name, config.dataset_config, train=config.do_train,
                                evaluate=config.do_eval, streaming=True)
-    train = load_local_stream(config.train_file, "--train_file") if config.do_train else None
-    evaluation = load_local_stream(config.validation_file, "--validation_file") if config.do_eval else None
+    as_written = (config.text_column, config.label_column)
+    train = load_local_stream(config.train_file, "--train_file", as_written) if config.do_train else None
+    evaluation = load_local_stream(config.validation_file, "--validation_file", as_written) if config.do_eval \
+        else None
     return train, evaluation
 
 
