@@ -51,7 +51,7 @@ from safetensors.torch import load_file
 from torch.utils.data import default_collate
 
 from framework.core.config import TrainingConfig, config_to_dict, parse_config, validate_config
-from framework.core.errors import FlagError, UserError
+from framework.core.errors import FlagError, RunStopped, UserError, write_failure
 from framework.core.runtime import Precision, build_accelerator, peer_lost, say
 from framework.data.identity import forget_sources, recorded_sources
 from framework.data.loaders import Augment, build_eval_loader, build_train_data
@@ -415,11 +415,13 @@ def run(recipe: Recipe, argv: Optional[list[str]] = None, *, config: Optional[Tr
                         "lost; run the same command again", on_stop=run_dir.release) as stop:
             try:
                 return _run_phases(recipe, config, accelerator, precision, run_dir, trained, stop)
-            except RuntimeError as err:  # a collective that timed out (--ddp_timeout) or lost its peer: one line
-                lost = peer_lost(err, accelerator.num_processes, config.ddp_timeout)
-                if lost is None:
+            except RunStopped:
+                raise
+            except Exception as err:  # a collective that timed out (--ddp_timeout) or lost its peer, a full disk
+                stopped = write_failure(err) or peer_lost(err, accelerator.num_processes, config.ddp_timeout)
+                if stopped is None:
                     raise
-                raise lost from None
+                raise stopped from None
     finally:
         run_dir.release()
 

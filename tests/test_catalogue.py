@@ -138,6 +138,13 @@ def _unreadable(tmp: Path) -> str:
     return folder
 
 
+def _broken_jsonl(path: Path) -> str:
+    """JSON Lines whose 7th line is cut in the middle of a record."""
+    path.write_text("".join(json.dumps({"text": r, "label": t}) + "\n" for r, t in zip(ROWS, TOPICS))
+                    + '{"text": "x, "label"\n')
+    return str(path)
+
+
 _HELD: list[RunLock] = []
 
 
@@ -285,6 +292,15 @@ CASES: list[tuple[str, Callable[[list[str]], int], Setup, str]] = [
     ("checkpoint: --model_path with damaged config.yaml", _digits,
      _model_path_case(lambda run: (run / "config.yaml").write_text("seed: [1\n"), _digits_eval),
      "error: --model_path '{tmp}/run': {tmp}/run/config.yaml is damaged (...); train the run again"),
+    ("text: a missing label after quoted newlines (the physical line)", _text,
+     _text_case(lambda tmp: (tmp / "t.csv").write_text('text,label\n"a\nb c",x\nd e,y\n"f\ng\nh",x\ni j,\n')
+                and str(tmp / "t.csv")),
+     "error: --train_file '{tmp}/t.csv' line 8 has no 'label' value"),
+    ("text: a broken line in a streamed file", _text,
+     lambda tmp, _: ["--train_file", _broken_jsonl(tmp / "t.jsonl"), "--validation_file", _good_csv(tmp / "v.csv"),
+                     "--streaming", "true", "--max_steps", "3", "--label_names", "food,sports,tech",
+                     "--output_dir", str(tmp / "out")],
+     "error: --train_file '{tmp}/t.jsonl' line 7 is not valid JSON (...); fix or remove that line"),
     # files read back (--model_path) and resumes with other flags
     ("read back: a negative temperature", _digits,
      _model_path_case(lambda run: (run / "calibration.json").write_text('{"temperature": -1}'), _digits_eval),

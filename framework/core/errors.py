@@ -7,18 +7,25 @@ Exit codes (README, "Exit codes"):
     4  stopped by SIGTERM/SIGUSR1: in training after writing a checkpoint (rerun the same command with
        --resume_from_checkpoint auto to continue); before training with nothing written (rerun it)
     5  another process of the job stalled or died: a collective timed out (--ddp_timeout) or lost its peer
+    6  a write failed: the disk or quota is full, or the folder is read-only (earlier checkpoints are intact:
+       free space and rerun with --resume_from_checkpoint auto)
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import sys
-from typing import Callable
+from typing import Callable, Optional
 
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
 EXIT_PREEMPTED = 4
 EXIT_PEER_LOST = 5
+EXIT_WRITE_FAILED = 6
+# errno values of a write that fails for lack of room or permission, not because of the framework's own logic
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
 
 
 class RunStopped(Exception):
@@ -65,6 +72,26 @@ class PeerLost(RunStopped):
     """A collective across the job's processes timed out or lost its peer: another process stalled or died."""
 
     exit_code = EXIT_PEER_LOST
+
+
+class WriteFailed(RunStopped):
+    """Writing a checkpoint or an output failed: no space, a quota, a read-only or forbidden folder."""
+
+    exit_code = EXIT_WRITE_FAILED
+
+
+def write_failure(err: BaseException) -> Optional[WriteFailed]:
+    """The one-line WriteFailed for an exception that is a failed write (an OSError with a disk-full, quota or
+    permission errno, or a library's error quoting one, as safetensors' "(os error 28)"), else None."""
+    code, where = getattr(err, "errno", None), getattr(err, "filename", None)
+    if not isinstance(err, OSError):
+        found = re.search(r"os error (\d+)", str(err))
+        code = int(found.group(1)) if found else None
+    if code not in _WRITE_ERRNOS:
+        return None
+    what = f"writing {where}" if where else "writing the run's files"
+    return WriteFailed(f"{what} failed: {os.strerror(code)}; the checkpoints written before are intact: free space "
+                       f"(or make the folder writable) and run the same command with --resume_from_checkpoint auto")
 
 
 class Preempted(RunStopped):

@@ -85,6 +85,37 @@ def _csv_as_written(path: str, strings: Sequence[str]) -> dict[str, Any]:
             "na_values": {name: ([""] if name in wanted else defaults) for name in header}}
 
 
+def check_stream_file(path: str, kind: str, flag: str) -> None:
+    """Read a file that will be streamed once before training, so that a broken record stops the run now, with
+    the file and its physical line, rather than as a parser's traceback in the middle of training: JSON Lines,
+    each line one JSON value; CSV, no record with more fields than the header."""
+    if kind == "json":
+        with open(path, "rb") as handle:
+            first = handle.read(64).lstrip()
+        if first.startswith(b"["):  # one JSON list: datasets reads it whole anyway
+            return
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    json.loads(line)
+                except ValueError as err:
+                    reason = getattr(err, "msg", str(err))
+                    raise FlagError(flag.lstrip("-"), f"{path!r} line {number} is not valid JSON ({reason}); fix or "
+                                    f"remove that line") from None
+    elif kind == "csv":
+        with open(path, newline="", encoding="utf-8", errors="replace") as handle:
+            reader = csv.reader(handle)
+            header = next(reader, [])
+            start = reader.line_num + 1
+            for record in reader:
+                if len(record) > len(header):
+                    raise FlagError(flag.lstrip("-"), f"{path!r} line {start} has {len(record)} fields, the header "
+                                    f"{len(header)}; quote values that contain a comma")
+                start = reader.line_num + 1
+
+
 def load_local_stream(path: str, flag: str, strings: Sequence[str] = ()) -> Any:
     """One local file, or a folder of one split saved with `save_to_disk`, as a stream (`datasets.IterableDataset`):
     rows are read as training asks for them, nothing before. The file's content hash is recorded for the run
@@ -96,6 +127,7 @@ def load_local_stream(path: str, flag: str, strings: Sequence[str] = ()) -> Any:
             return load_from_disk(path).to_iterable_dataset(num_shards=STREAM_SHARDS)
     kind = _format_of(path, flag)
     record_source(flag, path)
+    check_stream_file(path, kind, flag)
     options = _csv_as_written(path, strings) if kind == "csv" else {}
     with quiet_datasets():
         return load_dataset(kind, data_files=path, split="train", streaming=True, **options)
@@ -178,11 +210,26 @@ def load_local_file(path: str, flag: str, strings: Sequence[str] = (), reread: b
     return dataset
 
 
+def _csv_record_line(path: str, row: int) -> int:
+    """The physical line (1-based) where record `row` (0-based, after the header) of a CSV file starts: a quoted
+    value may hold newlines, so records and lines differ."""
+    with open(path, newline="", encoding="utf-8", errors="replace") as handle:
+        reader = csv.reader(handle)
+        next(reader, None)
+        start = reader.line_num + 1
+        for index, _ in enumerate(reader):
+            if index == row:
+                return start
+            start = reader.line_num + 1
+    return row + 2
+
+
 def _row_name(path: str, row: int) -> str:
-    """How a person finds row `row` (0-based) of a data file: csv counts the header line."""
+    """How a person finds row `row` (0-based) of a data file: its physical line in csv (the header counted, and
+    newlines inside quoted values) and JSON Lines, else its record number."""
     suffix = Path(path).suffix.lower()
     if suffix == ".csv":
-        return f"line {row + 2}"
+        return f"line {_csv_record_line(path, row)}"
     if suffix == ".jsonl":
         return f"line {row + 1}"
     return f"record {row + 1}"

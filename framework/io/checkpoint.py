@@ -15,6 +15,7 @@ beyond tensors and plain containers.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import re
@@ -160,6 +161,25 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+def _discard_and_raise(tmp: Path, err: Exception) -> None:
+    """Remove a checkpoint folder whose writing failed, and raise. torch.save reports a full disk as a bare
+    RuntimeError ("iostream error", no errno): the folder's filesystem is asked first (nearly no room left, or
+    read-only), so the error says what happened (framework.core.errors.write_failure)."""
+    cause = None
+    try:
+        stats = os.statvfs(tmp.parent)
+        if stats.f_flag & os.ST_RDONLY:
+            cause = errno.EROFS
+        elif stats.f_bavail * stats.f_frsize < (1 << 20):
+            cause = errno.ENOSPC
+    except OSError:
+        pass
+    shutil.rmtree(tmp, ignore_errors=True)
+    if cause is not None and not isinstance(err, OSError):
+        raise OSError(cause, os.strerror(cause), str(tmp)) from err
+    raise err
+
+
 def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, *, model: torch.nn.Module, optimizer: Any,
                     scheduler: Any, state: Any, identity: dict[str, int], save_total_limit: int = 0) -> Path:
     """Write `checkpoints/step_<state.step>` atomically on every process; returns its path."""
@@ -171,21 +191,27 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, *, model: 
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     model_state = model_state_dict(accelerator, model)  # a collective under FSDP: every process calls it
-    rng_file = tmp / f"rng_{accelerator.process_index}.pt"
-    torch.save(capture_rng_state(), rng_file)
-    _fsync(rng_file)
-    if accelerator.is_main_process:
-        save_file(model_state, str(tmp / WEIGHTS_FILE))
-        umask_mode(tmp / WEIGHTS_FILE)
-        scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler},
-                   tmp / TRAINER_FILE)
+    try:
+        rng_file = tmp / f"rng_{accelerator.process_index}.pt"
+        torch.save(capture_rng_state(), rng_file)
+        _fsync(rng_file)
+        if accelerator.is_main_process:
+            save_file(model_state, str(tmp / WEIGHTS_FILE))
+            umask_mode(tmp / WEIGHTS_FILE)
+            scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
+            torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler},
+                       tmp / TRAINER_FILE)
+    except Exception as err:  # a full disk: the half-written folder goes (it frees the space), the earlier ones stay
+        _discard_and_raise(tmp, err)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         identity = {k: v for k, v in identity.items() if not k.startswith("_")}
         record = {"state": dataclasses.asdict(state), "identity": identity,
                   "world_size": accelerator.num_processes}
-        (tmp / STATE_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        try:
+            (tmp / STATE_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        except Exception as err:
+            _discard_and_raise(tmp, err)
         # Durable before visible: a power cut after the rename must not leave a "complete" checkpoint
         # whose files never reached the disk.
         for file in tmp.iterdir():
