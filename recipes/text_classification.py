@@ -37,7 +37,7 @@ from framework import TrainingConfig, run_main
 from framework.core.config import flag, require
 from framework.core.errors import FlagError, UserError
 from framework.data.hub import load_hub_splits
-from framework.data.labels import class_names_from, to_class_ids
+from framework.data.labels import class_names_from, stratified_hold_out, to_class_ids
 from framework.data.local_files import check_complete_rows, load_local_file
 from framework.data.multi_label import multi_label_names_from, to_indicators
 from framework.data.preparation import cached_beside, column_batches, map_with_progress, preparation_workers
@@ -91,7 +91,8 @@ class TextConfig(TrainingConfig):
     dataset_name: str = flag("A Hub dataset, e.g. ag_news, imdb or glue (with --dataset_config).", default="")
     dataset_config: str = flag("The Hub dataset's configuration, e.g. sst2.", default="")
     train_file: str = flag("A local csv/json/jsonl/parquet training file (instead of --dataset_name).", default="")
-    validation_file: str = flag("A local evaluation file; without it 10% of the training file is held out.",
+    validation_file: str = flag("A local evaluation file; without it 10% of each class of the training file is held "
+                                "out.",
                                 default="")
     test_file: str = flag("A local file of texts to classify with --do_predict (the label column optional: with "
                           "it, a test report too).", default="")
@@ -205,8 +206,7 @@ def load_splits(config: TextConfig) -> tuple[Dataset | None, Dataset | None]:
         if len(train) < 2:
             raise FlagError("train_file", f"{config.train_file!r} holds {len(train)} row: too few to hold 10% out for "
                             f"evaluation; give --validation_file, or --do_eval false")
-        split = train.train_test_split(test_size=0.1, seed=0)
-        train, evaluation = split["train"], split["test"]
+        train, evaluation = stratified_hold_out(train, config.label_column, 0.1)
     return train, evaluation
 
 

@@ -292,6 +292,10 @@ CASES: list[tuple[str, Callable[[list[str]], int], Setup, str]] = [
     ("checkpoint: --model_path with damaged config.yaml", _digits,
      _model_path_case(lambda run: (run / "config.yaml").write_text("seed: [1\n"), _digits_eval),
      "error: --model_path '{tmp}/run': {tmp}/run/config.yaml is damaged (...); train the run again"),
+    ("text: NaN as a label", _text,
+     _text_case(lambda tmp: (tmp / "t.jsonl").write_text('{"text": "a b", "label": 1}\n{"text": "c d", "label": NaN}\n'
+                                                        '{"text": "e f", "label": 2}\n') and str(tmp / "t.jsonl")),
+     "error: --train_file '{tmp}/t.jsonl' line 2 has 'label' NaN, which names no class; give every row its label"),
     ("text: a missing label after quoted newlines (the physical line)", _text,
      _text_case(lambda tmp: (tmp / "t.csv").write_text('text,label\n"a\nb c",x\nd e,y\n"f\ng\nh",x\ni j,\n')
                 and str(tmp / "t.csv")),

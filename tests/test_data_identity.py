@@ -98,3 +98,18 @@ def test_csv_labels_and_texts_are_the_strings_in_the_file(tmp_path):
     assert _text("--train_file", str(texts), "--validation_file", str(texts), "--output_dir", str(out),
                  "--max_steps", "2") == 0
     assert json.loads((out / "report.json").read_text())["macro avg"]["support"] == 40  # none taken for missing
+
+
+def test_a_streamed_resume_on_a_replaced_file_names_the_file_not_a_shape(tmp_path, capsys):
+    train = _write(tmp_path / "train.csv", ["sports", "food", "tech"])
+    stream = ["--streaming", "true", "--label_names", "food,sports,tech", "--validation_file", str(train),
+              "--checkpointing_steps", "2"]
+    out = tmp_path / "run"
+    assert _text("--train_file", str(train), "--output_dir", str(out), "--max_steps", "4", *stream) == 0
+    (out / "summary.json").unlink()
+    _write(train, ["sports", "food", "tech"], texts=["other words entirely", "a new vocabulary here"])
+    capsys.readouterr()
+    assert _text("--train_file", str(train), "--output_dir", str(out), "--max_steps", "8",
+                 "--resume_from_checkpoint", "auto", *stream) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"--train_file {str(train)!r} has other content" in err[0], err

@@ -165,3 +165,23 @@ def test_value_features_of_hub_style_data_are_names_too():
     data = Dataset.from_dict({"label": [0, 1, 0]}, features=Features({"label": Value("int64")}))
     names, ids = class_names_from(data, "label")
     assert names == ["0", "1"] and ids["label"] == [0, 1, 0]
+
+
+def test_the_automatic_hold_out_keeps_every_class_in_training_and_holds_out_each_class_with_two_rows():
+    from datasets import Dataset
+
+    from framework.data.labels import stratified_hold_out
+
+    labels = [f"c{i}" for i in range(300) for _ in range(2)] + ["alone"] + ["big"] * 100
+    split = Dataset.from_dict({"text": [f"t{i}" for i in range(len(labels))], "label": labels})
+    train, held = stratified_hold_out(split, "label", 0.1)
+    assert len(train) + len(held) == len(split)
+    assert set(held["text"]).isdisjoint(train["text"])
+    assert set(train["label"]) == set(labels)  # no class lost to the hold-out, the single row included
+    assert set(held["label"]) == set(labels) - {"alone"}
+    assert held["label"].count("big") == 10  # 10% of a large class
+    assert train["text"] == sorted(train["text"], key=lambda t: int(t[1:]))  # the file's order
+    again = stratified_hold_out(split, "label", 0.1)[1]
+    assert again["text"] == held["text"]
+    sets = Dataset.from_dict({"label": [[f"l{i}", "x"] for i in range(50)]})  # every label set once: at random
+    assert len(stratified_hold_out(sets, "label", 0.1)[1]) == 5

@@ -167,3 +167,29 @@ def to_class_ids(split: Dataset, column: str, names: list[str], what: str, *, re
         shown = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
         raise UserError(f"{what} has label {unknown[0]!r}, not one of the model's classes ({shown})")
     return _as_ids(split, column, np.array([index[v] for v in distinct], dtype=np.int64)[codes], names)
+
+
+def stratified_hold_out(split: Dataset, column: str, fraction: float, seed: int = 0) -> tuple[Dataset, Dataset]:
+    """Split `split` into (training, evaluation) with `fraction` of each class's rows held out (at least one of a
+    class with two or more rows; a class with one row stays in training), so every evaluation label is one of the
+    model's classes. Where that holds out less than half of `fraction` (label sets, each seen once), the rows are
+    held out at random instead. Both parts keep the file's row order; the same `seed` gives the same split."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    values = split.with_format("arrow")[column]
+    values = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    if pa.types.is_nested(values.type):  # label sets: one group per distinct set
+        values = pa.array([repr(v) for v in values.to_pylist()])
+    codes = pc.dictionary_encode(values, null_encoding="encode").indices.to_numpy(zero_copy_only=False)
+    rng = np.random.default_rng(seed)
+    order = np.argsort(codes, kind="stable")
+    _, starts, counts = np.unique(codes[order], return_index=True, return_counts=True)
+    held = [order[start + rng.permutation(count)[:max(1, int(round(fraction * count)))]]
+            for start, count in zip(starts, counts) if count >= 2]
+    chosen = np.concatenate(held) if held else np.zeros(0, np.int64)
+    if len(chosen) < fraction * len(split) / 2:
+        chosen = rng.permutation(len(split))[:max(1, int(round(fraction * len(split))))]
+    mask = np.zeros(len(split), bool)
+    mask[chosen] = True
+    return split.select(np.flatnonzero(~mask)), split.select(np.flatnonzero(mask))

@@ -292,6 +292,10 @@ def check_complete_rows(dataset: Dataset, columns: list[str], path: str, flag: s
         if column not in text_columns and kinds[column] == "a string":
             _refuse_fractional_strings(values, column, path, flag)
         if column not in text_columns and pa.types.is_floating(values.type):
+            nan = pc.indices_nonzero(pc.is_nan(values).fill_null(False)).to_pylist()
+            if nan:
+                raise FlagError(flag.lstrip("-"), f"{path!r} {_row_name(path, nan[0])} has {column!r} NaN, which "
+                                f"names no class; give every row its label")
             fractional = pc.not_equal(values, pc.round(values)).fill_null(False)
             rows = pc.indices_nonzero(pc.or_(fractional, pc.is_nan(values).fill_null(False))).to_pylist()
             if rows:
