@@ -21,10 +21,7 @@ from datasets import Array3D, ClassLabel, Dataset, Features
 from sklearn.datasets import load_digits
 from torch import nn
 
-from framework import KeyedDropout, TrainingConfig, run_main
-from framework.core.config import flag, require
-from framework.data.loaders import check_labels
-from framework.recipe import Recipe, RecipeData, run
+from framework import KeyedDropout, Recipe, RecipeData, TrainingConfig, check_labels, flag, require, run, run_main
 
 
 @dataclass
@@ -99,7 +96,7 @@ RECIPE = Recipe(DigitsConfig, build_data, build_model, model_flags=("channels",)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Parse flags, then train, evaluate and predict as they say (framework.recipe.run)."""
+    """Parse flags, then train, evaluate and predict as they say (framework.run)."""
     run(RECIPE, argv)
 
 

@@ -30,15 +30,27 @@ from accelerate import PartialState
 from datasets import Dataset, Image, load_dataset
 from torch import nn
 
-from framework import KeyedDropout, TrainingConfig, run_main
-from framework.core.config import flag, require
-from framework.core.errors import FlagError, UserError
-from framework.data.hub import load_hub_splits
-from framework.data.labels import class_names_from, to_class_ids
-from framework.data.local_files import quiet_datasets
-from framework.data.multi_label import multi_label_names_from, to_indicators
-from framework.evaluate.baseline import pixel_logistic_regression, score, wanted
-from framework.recipe import Recipe, RecipeData, run
+from framework import (
+    FlagError,
+    KeyedDropout,
+    Recipe,
+    RecipeData,
+    TrainingConfig,
+    UserError,
+    class_names_from,
+    flag,
+    load_hub_splits,
+    multi_label_names_from,
+    pixel_logistic_regression,
+    quiet_datasets,
+    require,
+    run,
+    run_main,
+    score,
+    to_class_ids,
+    to_indicators,
+    wanted,
+)
 
 from image.files import list_image_folder, to_rgb, unreadable_images
 
@@ -296,7 +308,7 @@ RECIPE = Recipe(ImageConfig, build_data, build_model, model_flags=("channels", "
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Parse flags, then train, evaluate and predict as they say (framework.recipe.run)."""
+    """Parse flags, then train, evaluate and predict as they say (framework.run)."""
     run(RECIPE, argv)
 
 

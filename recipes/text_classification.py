@@ -33,17 +33,33 @@ from datasets import Dataset
 from tokenizers import Tokenizer
 from torch import nn
 
-from framework import TrainingConfig, run_main
-from framework.core.config import flag, require
-from framework.core.errors import FlagError, UserError
-from framework.data.hub import load_hub_splits
-from framework.data.labels import class_names_from, stratified_hold_out, to_class_ids
-from framework.data.local_files import check_complete_rows, load_local_file
-from framework.data.multi_label import multi_label_names_from, to_indicators
-from framework.data.preparation import cached_beside, column_batches, map_with_progress, preparation_workers
-from framework.evaluate.baseline import score, tfidf_logistic_regression, wanted
-from framework.recipe import Recipe, RecipeData, run
-from framework.train.sparse import sparse_updates_apply
+from framework import (
+    FlagError,
+    Recipe,
+    RecipeData,
+    TrainingConfig,
+    UserError,
+    cached_beside,
+    check_complete_rows,
+    class_names_from,
+    column_batches,
+    flag,
+    load_hub_splits,
+    load_local_file,
+    map_with_progress,
+    multi_label_names_from,
+    preparation_workers,
+    require,
+    run,
+    run_main,
+    score,
+    sparse_updates_apply,
+    stratified_hold_out,
+    tfidf_logistic_regression,
+    to_class_ids,
+    to_indicators,
+    wanted,
+)
 
 from text.batches import padder, tokenizer_function
 from text.features import (
@@ -417,7 +433,7 @@ RECIPE = Recipe(TextConfig, build_data, build_model, save_preprocessing=save_tok
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Parse flags, then train, evaluate and predict as they say (framework.recipe.run)."""
+    """Parse flags, then train, evaluate and predict as they say (framework.run)."""
     run(RECIPE, argv)
 
 

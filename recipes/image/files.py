@@ -24,10 +24,7 @@ from accelerate import PartialState
 from datasets import ClassLabel, Dataset, Features, Image
 from datasets.fingerprint import Hasher
 
-from framework.core.errors import FlagError
-from framework.core.progress import progress_bar
-from framework.data.preparation import shared_work
-from framework.io.files import write_atomic
+from framework import FlagError, progress_bar, shared_work, write_atomic
 
 Problem = tuple[int, str, str]  # (row, file name or row label, reason)
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
@@ -184,7 +181,7 @@ def unreadable_images(dataset: Dataset, column: str, *, cache_dir: Optional[Path
     """Decode every image of `column`; the (row, name, reason) of each one that fails, in row order.
 
     Every process of a job calls it together: the processes split the images to decode and merge what
-    they find (framework.data.preparation.shared_work), so each image is decoded once per job. With
+    they find (framework.shared_work), so each image is decoded once per job. With
     `cache_dir` the result is kept there: for images that are files, with each file's size and
     modification time (the next run decodes only files whose size or time changed; another set of
     files starts afresh); for images stored in a cached dataset, under its fingerprint. `overwrite`

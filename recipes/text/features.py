@@ -433,7 +433,7 @@ def inverse_document_frequency(feature_ids: Iterable[Sequence[int]], num_feature
     if hasattr(feature_ids, "with_format"):  # a prepared datasets.Dataset: counted in Arrow batches, no Python lists
         import pyarrow.compute as pc
 
-        from framework.data.preparation import arrow_batches
+        from framework import arrow_batches
 
         for batch in arrow_batches(feature_ids, "input_ids"):
             df += np.bincount(pc.list_flatten(batch).to_numpy(), minlength=num_features)  # distinct in a sample

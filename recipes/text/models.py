@@ -26,7 +26,7 @@ class NgramClassifier(nn.Module):
     `char_start` are buffers, saved with the weights.
 
     With `sparse=True` the table's gradient holds only the rows of the step's features, so a
-    step costs what its batch touches instead of the whole table (framework.train.sparse
+    step costs what its batch touches instead of the whole table (framework.sparse_updates_apply
     says when that is exact: plain SGD, no NCCL).
     """
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from framework.core.errors import FlagError
+from framework import FlagError
 
 
 def _transformers():

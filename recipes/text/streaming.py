@@ -15,10 +15,7 @@ from typing import Any, Callable, Optional
 import torch
 from datasets import ClassLabel
 
-from framework.core.errors import FlagError, UserError
-from framework.data.hub import load_hub_splits
-from framework.data.labels import label_name, sorted_class_names
-from framework.data.local_files import load_local_stream
+from framework import FlagError, UserError, label_name, load_hub_splits, load_local_stream, sorted_class_names
 
 
 def open_streams(config: Any) -> tuple[Optional[Any], Optional[Any]]:
