@@ -10,6 +10,7 @@ import random
 
 import numpy as np
 import pytest
+import yaml
 from datasets import Dataset
 
 from framework.core.errors import UserError, run_main
@@ -189,9 +190,10 @@ def test_multi_label_text_runs_equal_on_one_and_two_processes_and_predict_uses_t
     again = tmp_path / "again"
     result = accelerate_launch("cpu.yaml", TEXT, "--model_path", str(run), "--do_train", "false", "--do_eval",
                                "false", "--do_predict", "--test_file", str(tagged / "test.csv"), "--output_dir",
-                               str(again), "--problem_type", "multi_label_classification", "--label_column", "tags")
+                               str(again), "--label_column", "tags")  # the problem type comes from the run
     assert result.returncode == 0, result.stderr[-3000:]
     assert (again / "predictions.csv").read_text() == (run / "predictions.csv").read_text()
+    assert yaml.safe_load((again / "config.yaml").read_text())["problem_type"] == "multi_label_classification"
     high = tmp_path / "high"
     result = accelerate_launch("cpu.yaml", TEXT, "--model_path", str(run), "--do_train", "false", "--do_eval",
                                "false", "--do_predict", "--test_file", str(tagged / "test.csv"), "--output_dir",
@@ -319,6 +321,18 @@ def test_a_binary_threshold_is_tuned_saved_and_decides_predict(tmp_path, capsys)
     rows = list(csv.DictReader(open(out / "predictions.csv")))
     assert [r["prediction"] for r in rows] == ["sports" if float(r["prob_sports"]) >= saved["sports"] - 5e-7
                                                else "food" for r in rows]
+    # thresholds.json read back by --model_path is checked before anything is written
+    for record, problem in (({"sports": 7}, "has threshold 7 for 'sports'; a threshold is a number in (0, 1)"),
+                            ({"meal": 0.3}, "has a threshold for 'meal', which is not the positive class"),
+                            ({}, "has no threshold for 'sports'")):
+        (out / "thresholds.json").write_text(json.dumps({"thresholds": record}))
+        capsys.readouterr()
+        again = ["--model_path", str(out), "--do_train", "false", "--validation_file", str(tmp_path / "valid.csv"),
+                 "--output_dir", str(tmp_path / "again")]
+        assert run_main(lambda: text_classification.main(again)) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"thresholds.json' {problem}" in err[0], err
+        assert not (tmp_path / "again").exists()
 
 
 def test_a_threshold_for_more_than_two_classes_is_refused(tmp_path, capsys):
