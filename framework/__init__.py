@@ -10,7 +10,7 @@ from framework.core.errors import ConfigError, FlagError, UserError, run_main
 from framework.core.progress import progress_bar
 from framework.core.runtime import build_accelerator
 from framework.data.hub import load_hub_splits
-from framework.data.identity import record_source
+from framework.data.identity import content_hash, record_source
 from framework.data.labels import (
     class_names_from,
     label_name,
@@ -19,7 +19,13 @@ from framework.data.labels import (
     to_class_ids,
 )
 from framework.data.loaders import build_eval_loader, build_train_data, check_labels
-from framework.data.local_files import check_complete_rows, load_local_file, load_local_stream, quiet_datasets
+from framework.data.local_files import (
+    check_complete_rows,
+    load_by_content,
+    load_local_file,
+    load_local_stream,
+    quiet_datasets,
+)
 from framework.data.multi_label import multi_label_names_from, to_indicators
 from framework.data.preparation import (
     arrow_batches,
@@ -45,10 +51,10 @@ __all__ = [
     # configuration and errors
     "TrainingConfig", "flag", "require", "parse_config", "ConfigError", "FlagError", "UserError",
     # data
-    "load_local_file", "load_local_stream", "check_complete_rows", "quiet_datasets", "load_hub_splits",
-    "record_source", "class_names_from", "to_class_ids", "stratified_hold_out", "label_name", "sorted_class_names",
-    "multi_label_names_from", "to_indicators", "check_labels", "cached_beside", "column_batches",
-    "map_with_progress", "arrow_batches", "preparation_workers", "shared_work", "build_train_data",
+    "load_local_file", "load_local_stream", "load_by_content", "check_complete_rows", "quiet_datasets",
+    "load_hub_splits", "record_source", "content_hash", "class_names_from", "to_class_ids", "stratified_hold_out",
+    "label_name", "sorted_class_names", "multi_label_names_from", "to_indicators", "check_labels", "cached_beside",
+    "column_batches", "map_with_progress", "arrow_batches", "preparation_workers", "shared_work", "build_train_data",
     "build_eval_loader",
     # model parts
     "KeyedDropout", "sparse_updates_apply",

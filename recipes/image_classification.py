@@ -18,16 +18,17 @@ keeps training exact on any split, any number of DataLoader workers, and a resum
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import datasets
 import numpy as np
 import torch
 from accelerate import PartialState
-from datasets import Dataset, Image, load_dataset
+from datasets import Dataset, Image
 from torch import nn
 
 from framework import (
@@ -38,11 +39,12 @@ from framework import (
     TrainingConfig,
     UserError,
     class_names_from,
+    content_hash,
     flag,
+    load_by_content,
     load_hub_splits,
     multi_label_names_from,
     pixel_logistic_regression,
-    quiet_datasets,
     require,
     run,
     run_main,
@@ -52,7 +54,7 @@ from framework import (
     wanted,
 )
 
-from image.files import list_image_folder, to_rgb, unreadable_images
+from image.files import METADATA_FILES, list_image_folder, to_rgb, unreadable_images
 
 CHECKS_FOLDER = "framework-image-checks"  # under datasets' cache folder: the decode checks kept for the next run
 
@@ -116,15 +118,16 @@ class ImageConfig(TrainingConfig):
 AUGMENTATIONS = ("crop", "flip")
 
 
-def load_folder(flag_name: str, folder: str, classes_required: bool = True) -> Dataset:
+def load_folder(flag_name: str, folder: str, classes_required: bool = True, reread: bool = False) -> Dataset:
     """A local image folder (class sub-folders give a label column) as a Dataset, in file order: listed by the
     recipe, or by datasets' imagefolder where a metadata file names the labels."""
     listed = list_image_folder(folder, flag_name, classes_required=classes_required)
     if listed is not None:
         return listed
+    # The metadata file names the labels: datasets' cache of it must follow its content, not its time.
+    metadata = [Path(folder) / name for name in METADATA_FILES if (Path(folder) / name).is_file()]
     try:
-        with quiet_datasets():
-            return load_dataset("imagefolder", data_dir=folder, split="train")
+        return load_by_content(content_hash(metadata[0]), reread, "imagefolder", data_dir=folder, split="train")
     except (FileNotFoundError, ValueError) as err:
         raise UserError(f"{flag_name} {folder!r} holds no images ({type(err).__name__})") from None
 
@@ -133,8 +136,9 @@ def load_splits(config: ImageConfig) -> tuple[Dataset | None, Dataset | None]:
     """The raw train and evaluation splits the run needs (None for one it does not), Hub or folders."""
     if config.dataset_name:
         return load_hub_splits(config.dataset_name, train=config.do_train, evaluate=config.do_eval)
-    return (load_folder("--train_dir", config.train_dir) if config.do_train else None,
-            load_folder("--validation_dir", config.validation_dir) if config.do_eval else None)
+    return (load_folder("--train_dir", config.train_dir, reread=config.overwrite_cache) if config.do_train else None,
+            load_folder("--validation_dir", config.validation_dir, reread=config.overwrite_cache) if config.do_eval
+            else None)
 
 
 def image_column_of(dataset: Dataset, wanted: str) -> str:
@@ -168,20 +172,44 @@ def augment(sample: dict, generator: torch.Generator, ops: tuple[str, ...]) -> d
     return {**sample, "pixel_values": pixels}
 
 
+def decode(value: dict) -> Any:
+    """One image of a column cast to Image(decode=False) (its path or bytes), decoded; an image that cannot be
+    decoded now (changed on disk since the check before training) stops the run with one line naming it."""
+    from PIL import Image as PILImage
+
+    name = value.get("path") or "an image stored in the dataset"
+    try:
+        image = PILImage.open(io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"])
+        image.load()
+        return image
+    except Exception as err:  # PIL raises many types for corrupt, truncated or missing files
+        reason = (str(err).splitlines() or [type(err).__name__])[0]
+        raise UserError(f"image {name!r} cannot be decoded ({reason}); it changed after the check before training: "
+                        f"fix or remove it and run again (with --resume_from_checkpoint auto the data's content "
+                        f"check refuses the changed folder: start a new run)") from None
+
+
 def transform(image_column: str, label_column: str, size: int) -> Callable[[dict], dict]:
-    """A batched `Dataset.set_transform` function producing pixel_values and labels."""
+    """A batched `Dataset.set_transform` function producing pixel_values and labels from a split whose image column
+    is cast to Image(decode=False): each image is decoded here (`decode`)."""
     def apply(batch: dict) -> dict:
         labels = batch[label_column]  # class ids, or multi-label indicator rows (tensors, to be stacked)
-        return {"pixel_values": [to_tensor(image, size) for image in batch[image_column]],
+        return {"pixel_values": [to_tensor(decode(value), size) for value in batch[image_column]],
                 "labels": [torch.tensor(row) for row in labels] if labels and isinstance(labels[0], list) else labels}
     return apply
 
 
+FOLDER_FLAGS = {"training data": "train_dir", "evaluation data": "validation_dir", "test data": "test_dir"}
+
+
 def drop_unreadable(dataset: Dataset, column: str, what: str, config: ImageConfig) -> tuple[Dataset, set[int]]:
     """Decode every image first (once per job, kept for the next run); stop with one line naming the first bad one,
-    or leave them out with --skip_bad_images."""
+    or leave them out with --skip_bad_images. A local folder's content is recorded for the run on the way."""
+    flag_name = FOLDER_FLAGS[what]
+    folder = getattr(config, flag_name)
     bad = unreadable_images(dataset, column, cache_dir=Path(datasets.config.HF_DATASETS_CACHE) / CHECKS_FOLDER,
-                            overwrite=config.overwrite_cache, desc=f"check {what}")
+                            overwrite=config.overwrite_cache, desc=f"check {what}",
+                            source=(flag_name, folder) if folder and not config.dataset_name else None)
     skip = config.skip_bad_images
     if bad and not skip:
         _, name, reason = bad[0]
@@ -198,7 +226,8 @@ def build_data(config: ImageConfig, trained=None) -> RecipeData:
     Runs on every process at once (the Recipe's shared_preparation): the processes share the decode check."""
     with PartialState().main_process_first():  # a Hub download, imagefolder's cache files: the main process first
         train, evaluation = load_splits(config)
-        test = load_folder("--test_dir", config.test_dir, classes_required=False) if config.do_predict else None
+        test = load_folder("--test_dir", config.test_dir, classes_required=False, reread=config.overwrite_cache) \
+            if config.do_predict else None
     present = [s for s in (train, evaluation, test) if s is not None]
     column = image_column_of(present[0], config.image_column)
     hint = "set --label_column, or put the images in one sub-folder per class"
@@ -235,6 +264,7 @@ def build_data(config: ImageConfig, trained=None) -> RecipeData:
             split = split.remove_columns([c for c in ("labels",) if c in split.column_names])
             split = split.rename_column(config.label_column, "labels")
         raw[what] = split.with_format(None)  # a view without the transform below, for the baseline
+        split = split.cast_column(column, Image(decode=False))
         split.set_transform(transform(column, "labels", config.image_size))
         splits[what] = split
     ops = config.augment_ops

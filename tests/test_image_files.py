@@ -4,6 +4,7 @@ decode check, shared by a job's processes and kept for the next run."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -116,3 +117,41 @@ def test_two_processes_share_the_decode_check_and_the_next_run_decodes_only_what
     _check(*args, True, 2)  # one process, --overwrite_cache: everything decoded again, by two decode workers
     (decoded,), workers = _decoded(tmp_path)
     assert sorted(decoded) == list(range(rows)) and workers == 2
+
+
+def test_a_corrupt_image_with_the_size_and_time_of_a_checked_one_is_decoded_again_and_the_record_follows(tmp_path):
+    from framework.data.identity import forget_sources, recorded_sources
+
+    root = tmp_path / "train"
+    for i in range(6):
+        _png(root / ("a" if i % 2 else "b") / f"{i}.png", shade=i)
+    listed = list_image_folder(str(root), "--train_dir", classes_required=True)
+    cache = tmp_path / "cache"
+    forget_sources()
+    assert unreadable_images(listed, "image", cache_dir=cache, source=("train_dir", str(root))) == []
+    before = recorded_sources()["train_dir"]["sha256"]
+    victim = root / "a" / "1.png"
+    stat = victim.stat()
+    victim.write_bytes(b"\x89PNG\r\n\x1a\n" + b"x" * (stat.st_size - 8))  # same size, damaged
+    os.utime(victim, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # same time
+    problems = unreadable_images(listed, "image", cache_dir=cache, source=("train_dir", str(root)))
+    assert [Path(name).name for _, name, _ in problems] == ["1.png"]
+    assert recorded_sources()["train_dir"]["sha256"] != before
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_an_image_that_breaks_after_the_check_stops_the_run_with_one_line_naming_it(tmp_path, capsys, workers):
+    from datasets import Dataset, Image
+    from image_classification import transform
+    from torch.utils.data import DataLoader
+
+    from framework.core.errors import run_main
+
+    broken = tmp_path / "late.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"changed after the check" * 4)
+    split = Dataset.from_dict({"image": [str(broken)], "labels": [0]}).cast_column("image", Image(decode=False))
+    split.set_transform(transform("image", "labels", 16))
+    loader = DataLoader(split, batch_size=1, num_workers=workers, collate_fn=lambda rows: rows)
+    assert run_main(lambda: next(iter(loader))) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: image {str(broken)!r} cannot be decoded ("), lines

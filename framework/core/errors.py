@@ -101,6 +101,16 @@ class Preempted(RunStopped):
     prefix = "stopped"
 
 
+def _unwrapped(text: str) -> str:
+    """The original message of an error that a DataLoader worker raised: torch re-raises it in the main process
+    with the worker's traceback in the message ("Caught UserError in DataLoader worker process 0. Original
+    Traceback ..."), whose last line is "module.UserError: <the message>"."""
+    if not (text.startswith("Caught ") and "Original Traceback" in text):
+        return text
+    last = [line for line in text.splitlines() if line.strip()][-1]
+    return last.split(": ", 1)[1] if ": " in last else last
+
+
 def run_main(main: Callable[[], object]) -> int:
     """Call a recipe's `main()` and turn a `RunStopped` into one line on stderr and its exit code.
 
@@ -112,7 +122,7 @@ def run_main(main: Callable[[], object]) -> int:
         main()
     except RunStopped as err:
         if os.environ.get("RANK", "0") == "0":
-            text = err.as_flag() if isinstance(err, FlagError) else str(err)
+            text = err.as_flag() if isinstance(err, FlagError) else _unwrapped(str(err))
             print(f"{err.prefix}: {text}", file=sys.stderr, flush=True)
         return err.exit_code
     return 0

@@ -187,26 +187,33 @@ def load_local_file(path: str, flag: str, strings: Sequence[str] = (), reread: b
     kind = _format_of(path, flag)
     digest = record_source(flag, path)
     options = _csv_as_written(path, strings) if kind == "csv" else {}
-    # datasets keys its cache by path and modification time; the content hash decides whether the cache is this
-    # file's (a re-read must not check the row count against the stale cache's: verification_mode).
-    reread_options = {"download_mode": "force_redownload", "verification_mode": "no_checks"}
     try:
-        with quiet_datasets():
-            started = time.time()
-            dataset = load_dataset(kind, data_files=str(file), split="train", **options,
-                                   **(reread_options if reread else {}))
-            if not reread and not _cache_is_fresh(dataset, started) and _cached_content(dataset) != digest:
-                dataset = load_dataset(kind, data_files=str(file), split="train", **options, **reread_options)
-            _remember_content(dataset, digest)
+        dataset = load_by_content(digest, reread, kind, data_files=str(file), split="train", **options)
     except Exception as err:  # datasets raises several types for unreadable files
         if "corresponds to no data" in str(err):  # what datasets says of a file without rows
             raise FlagError(flag.lstrip("-"), f"{path!r} holds no rows") from None
         raise FlagError(flag.lstrip("-"), f"{path!r} could not be read as {kind}: {_root_cause(err)}") from None
     if len(dataset) == 0:
         raise FlagError(flag.lstrip("-"), f"{path!r} holds no rows")
-    # datasets' fingerprint of a loaded file comes from its path, so the caches keyed by it downstream (prepared
-    # splits, a trained tokenizer) would outlive a change of content: key it by the content instead.
-    dataset._fingerprint = Hasher.hash(["local file", digest, sorted(options.get("converters", {}))])
+    return dataset
+
+
+def load_by_content(digest: str, reread: bool, *args: Any, **kwargs: Any) -> Dataset:
+    """`datasets.load_dataset(*args, **kwargs)` for local files whose bytes hash to `digest`: datasets keys its
+    cache by path and modification time, so the cache is used only when a record beside it names this content
+    (or this load built it), and is built again otherwise or with `reread` (--overwrite_cache). The result's
+    fingerprint is keyed by the content and the arguments too: datasets derives it from the path, so the caches
+    keyed by it downstream (prepared splits, a trained tokenizer) would outlive a change of content."""
+    # A re-read must not check the row count against the stale cache's (verification_mode).
+    reread_options = {"download_mode": "force_redownload", "verification_mode": "no_checks"}
+    with quiet_datasets():
+        started = time.time()
+        dataset = load_dataset(*args, **kwargs, **(reread_options if reread else {}))
+        if not reread and not _cache_is_fresh(dataset, started) and _cached_content(dataset) != digest:
+            dataset = load_dataset(*args, **kwargs, **reread_options)
+        _remember_content(dataset, digest)
+    dataset._fingerprint = Hasher.hash(["local files", digest, args, sorted(kwargs.get("converters", {})),
+                                        {k: v for k, v in kwargs.items() if k != "converters"}])
     return dataset
 
 

@@ -6,11 +6,12 @@ give wrong classes is refused with a line that shows the layout expected. Unread
 found before training, not at the batch that happens to hold them hours later: each image is
 decoded once per job (the job's processes share the work and merge what they find), a batch of
 images at a time, and the result is kept with the files' sizes and modification times, so the
-next run decodes only the files that changed.
+next run decodes only the files that changed (by content).
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import multiprocessing
@@ -24,7 +25,7 @@ from accelerate import PartialState
 from datasets import ClassLabel, Dataset, Features, Image
 from datasets.fingerprint import Hasher
 
-from framework import FlagError, progress_bar, shared_work, write_atomic
+from framework import FlagError, content_hash, progress_bar, record_source, shared_work, write_atomic
 
 Problem = tuple[int, str, str]  # (row, file name or row label, reason)
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
@@ -145,16 +146,32 @@ def _decode_rows(dataset: Dataset, column: str, rows: list[int], paths: Optional
         bar.close()
 
 
-def _file_stats(paths: list[str]) -> list[list[int]]:
-    """[size, modification time in ns] of each file; [-1, -1] for one that cannot be read."""
+def _file_stats(paths: list[str]) -> list[list]:
+    """[size, modification time in ns, content hash] of each file; [-1, -1, ""] for one that cannot be read.
+    The hash (BLAKE2b of the bytes) makes the kept check, and the run's record of its data, follow the content:
+    a file rewritten with its size and time restored is decoded again."""
     stats = []
     for path in paths:
         try:
-            info = os.stat(path)
-            stats.append([info.st_size, info.st_mtime_ns])
+            with open(path, "rb") as handle:
+                info = os.fstat(handle.fileno())
+                digest = hashlib.blake2b(handle.read(), digest_size=16).hexdigest()
+            stats.append([info.st_size, info.st_mtime_ns, digest])
         except OSError:
-            stats.append([-1, -1])
+            stats.append([-1, -1, ""])
     return stats
+
+
+def folder_content(folder: str, paths: list[str], stats: list[list]) -> str:
+    """One content hash of a folder of images: each image file's name and the hash of its bytes, in listing
+    order, and the bytes of a metadata file (it names the labels)."""
+    digest = hashlib.sha256()
+    for path, (_, _, content) in zip(paths, stats):
+        digest.update(f"{path}\0{content}\n".encode())
+    for name in METADATA_FILES:
+        if (Path(folder) / name).is_file():
+            digest.update(f"{name}\0{content_hash(Path(folder) / name)}\n".encode())
+    return digest.hexdigest()
 
 
 def _cached_problems(cache: Optional[Path], stats: Optional[list[list[int]]], rows: int
@@ -177,15 +194,17 @@ def _cached_problems(cache: Optional[Path], stats: Optional[list[list[int]]], ro
 
 
 def unreadable_images(dataset: Dataset, column: str, *, cache_dir: Optional[Path] = None, overwrite: bool = False,
-                      workers: Optional[int] = None, desc: str = "check images") -> list[Problem]:
+                      workers: Optional[int] = None, desc: str = "check images",
+                      source: Optional[tuple[str, str]] = None) -> list[Problem]:
     """Decode every image of `column`; the (row, name, reason) of each one that fails, in row order.
 
     Every process of a job calls it together: the processes split the images to decode and merge what
     they find (framework.shared_work), so each image is decoded once per job. With
     `cache_dir` the result is kept there: for images that are files, with each file's size and
-    modification time (the next run decodes only files whose size or time changed; another set of
-    files starts afresh); for images stored in a cached dataset, under its fingerprint. `overwrite`
-    decodes everything again.
+    modification time and content hash (the next run decodes only files that changed, even with their
+    size and time restored; another set of files starts afresh); for images stored in a cached dataset,
+    under its fingerprint. `overwrite` decodes everything again. `source` (flag, folder) records the
+    folder's content for the run (framework.record_source) on every process.
     """
     import pyarrow as pa
 
@@ -210,6 +229,8 @@ def unreadable_images(dataset: Dataset, column: str, *, cache_dir: Optional[Path
     (known, stats), found = shared_work(plan, lambda rows: _decode_rows(
         dataset, column, rows, paths if files else None, workers, desc))
     problems = sorted(known + [tuple(p) for p in found])
+    if source is not None and stats is not None:
+        record_source(source[0], source[1], folder_content(source[1], paths, stats))
     if cache is not None and decoded and PartialState().is_main_process:
         try:
             cache.parent.mkdir(parents=True, exist_ok=True)
