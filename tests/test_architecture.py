@@ -1,4 +1,4 @@
-"""The library's layers (README, "Architecture"): each imports only the layers below it, and nothing cycles.
+"""The library's layers (docs/architecture.md): each imports only the layers below it, and nothing cycles.
 
 Read from the source with `ast` (imports inside functions count too), so a new upward import or
 cycle fails here before it can become a circular-import error at run time.

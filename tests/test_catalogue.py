@@ -1,4 +1,4 @@
-"""The catalogue of bad and surprising inputs across the three recipes (README, "Errors and exit codes").
+"""The catalogue of bad and surprising inputs across the three recipes (docs/errors.md).
 
 Each case builds its inputs in a fresh folder, runs a recipe's main in this process exactly as
 `python recipes/<recipe>.py ...` would, and asserts: exit code 2, exactly one line on stderr, that

@@ -1,4 +1,4 @@
-"""Run-level features are components beside the loop, and a recipe may bring its own loss (README, "Architecture")."""
+"""Run-level features are components beside the loop, and a recipe may bring its own loss (docs/architecture.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""What a user sees on bad input under each launcher the README shows (README, "Errors and exit codes").
+"""What a user sees on bad input under each launcher the README shows (docs/errors.md).
 
 The recipe prints one `error:` line, once per job, and exits 2. A launcher reports a failed child
 its own way: Accelerate's single-process launcher adds a CalledProcessError traceback, torch's

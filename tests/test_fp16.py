@@ -185,7 +185,7 @@ ACCUMULATION_ARGS = [*FP16, "--dropout", "0", "--num_train_epochs", "2", "--seed
 
 
 def test_fp16_accumulation_and_two_processes_track_the_big_batch(tmp_path):
-    # Measured figures (README, "What is exact, where"): 2 x 16 vs 32 x 1 agree to about 1e-3 in the weights;
+    # Measured figures (docs/exactness.md): 2 x 16 vs 32 x 1 agree to about 1e-3 in the weights;
     # 8 x 4 vs 32 x 1 can differ by one skipped step, since a float16 overflow depends on the micro-batch.
     debug_launch(_digits_main, ["--output_dir", str(tmp_path / "two"), *ACCUMULATION_ARGS,
                                 "--per_device_train_batch_size", "16"])

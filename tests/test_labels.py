@@ -1,4 +1,4 @@
-"""Labels mean what users mean: label values are class names whatever their type (README, "Labels")."""
+"""Labels mean what users mean: label values are class names whatever their type (docs/recipes.md, "Labels")."""
 
 from __future__ import annotations
 

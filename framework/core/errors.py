@@ -1,6 +1,6 @@
 """How a run ends when it does not finish: one line on stderr and a documented exit code, never a stack trace.
 
-Exit codes (README, "Exit codes"):
+Exit codes (docs/errors.md):
     0  the run finished
     2  bad input: a flag, config file, data file or checkpoint (fix the command)
     3  training diverged: NaN/inf loss, or too many fp16 steps skipped in a row (retry with other settings)
