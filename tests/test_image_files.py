@@ -155,3 +155,18 @@ def test_an_image_that_breaks_after_the_check_stops_the_run_with_one_line_naming
     assert run_main(lambda: next(iter(loader))) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: image {str(broken)!r} cannot be decoded ("), lines
+
+
+def test_a_relabelled_metadata_file_with_its_time_restored_is_read_again(tmp_path):
+    from image_classification import load_folder
+
+    root = tmp_path / "train"
+    for i in range(4):
+        _png(root / f"{i}.png", shade=i * 40)
+    metadata = root / "metadata.csv"
+    metadata.write_text("file_name,label\n" + "".join(f"{i}.png,{'food' if i % 2 else 'tech'}\n" for i in range(4)))
+    assert sorted(set(load_folder("--train_dir", str(root))["label"])) == ["food", "tech"]
+    stat = metadata.stat()
+    metadata.write_text(metadata.read_text().replace("food", "meal"))
+    os.utime(metadata, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # as cp -p or an unpacked archive leave it
+    assert sorted(set(load_folder("--train_dir", str(root))["label"])) == ["meal", "tech"]
