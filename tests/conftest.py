@@ -15,6 +15,15 @@ from helpers import SHAPES, draw_shape, reset_accelerate, write_text_split  # no
 
 
 @pytest.fixture(autouse=True)
+def free_launcher_port(monkeypatch):
+    """torchrun's rendezvous port (its --master_port, read from PET_MASTER_PORT) free for each test, so that
+    launches of tests running at once (pytest-xdist workers) do not collide on 29500."""
+    from helpers import free_port
+
+    monkeypatch.setenv("PET_MASTER_PORT", str(free_port()))
+
+
+@pytest.fixture(autouse=True)
 def clean_accelerate_state():
     """Accelerate keeps process-wide singletons; a leftover one breaks the next Accelerator or debug_launcher."""
     reset_accelerate()

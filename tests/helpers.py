@@ -118,10 +118,20 @@ def _single_threaded(fn, *args):
 
 
 def debug_launch(fn, *args, num_processes: int = 2) -> None:
-    """`accelerate.debug_launcher` (a real forked gloo group) that is safe after torch ran in this process."""
-    from accelerate import debug_launcher
+    """A real forked gloo group of `num_processes` running `fn(*args)`, as `accelerate.debug_launcher` forms one,
+    but on a free port (debug_launcher always takes 29500, so two test workers would collide) and safe after
+    torch ran in this process (one thread per child)."""
+    import tempfile
 
-    debug_launcher(_single_threaded, args=(fn, *args), num_processes=num_processes)
+    from accelerate.utils import PrepareForLaunch, patch_environment
+    from torch.multiprocessing import start_processes
+
+    with tempfile.NamedTemporaryFile() as rendezvous, patch_environment(
+            world_size=num_processes, master_addr="127.0.0.1", master_port=str(free_port()),
+            accelerate_mixed_precision="no", accelerate_debug_rdv_file=rendezvous.name, accelerate_use_cpu="yes",
+            gloo_socket_ifname="lo"):
+        start_processes(PrepareForLaunch(_single_threaded, debug=True), args=(fn, *args), nprocs=num_processes,
+                        start_method="fork")
 
 
 def fit_model(config, make_model, train_set, eval_set, class_names, setup=None, collate_fn=None):
