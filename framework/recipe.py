@@ -65,6 +65,7 @@ from framework.evaluate.thresholds import (
     tune_thresholds,
 )
 from framework.io.checkpoint import STATE_FILE, resolve_checkpoint
+from framework.io.names import CONFIG_FILE, LABELS_FILE, PREDICTIONS_FILE, TEST_REPORT
 from framework.io.run_directory import RunDirectory
 from framework.io.weights import WEIGHTS_FILE, bare_model, weights_problem
 from framework.train.activation_checkpointing import enable_gradient_checkpointing
@@ -75,9 +76,6 @@ from framework.train.losses import class_weights_from, classification_loss, mult
 from framework.train.optim import build_optimizer, build_scheduler, total_optimizer_steps
 from framework.train.preemption import StopAtOnce
 from framework.train.state import LossFn, TrainingRun
-
-LABELS_FILE = "labels.json"
-PREDICTIONS_FILE = "predictions.csv"
 
 
 @dataclass
@@ -161,7 +159,7 @@ def load_trained_model(path: str, recipe_name: str = "") -> TrainedModel:
     if problem:
         raise FlagError("model_path", f"{path!r}: {problem}; give another run or checkpoint folder")
     run_dir = folder.parent.parent if (folder / STATE_FILE).is_file() else folder
-    config = _read_run_file(run_dir / "config.yaml", path, yaml.safe_load, dict, "a run's config")
+    config = _read_run_file(run_dir / CONFIG_FILE, path, yaml.safe_load, dict, "a run's config")
     trained_with = config.get("recipe")
     if recipe_name and trained_with and trained_with != recipe_name:
         raise FlagError("model_path", f"{path!r} is a run of the {trained_with} recipe; this is {recipe_name} "
@@ -219,7 +217,10 @@ def check_best_metric(key: str, extra_metrics: Optional[ExtraMetrics], multi_lab
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 names |= {f"eval_{name}" for name in extra_metrics(two)}
-        except Exception:  # a metric that needs the run's own classes: its names are known at the first evaluation
+        except (ValueError, IndexError, KeyError, TypeError, ZeroDivisionError):
+            # A metric that needs the run's own classes (more than two, a name) cannot run on this two-class sample:
+            # its names are known at the first evaluation, which checks the key then. Anything else is a bug in the
+            # recipe's metric, and surfaces now.
             return
     if key not in names:
         raise FlagError("metric_for_best_model", f"{key!r} is not an evaluation metric; there are: "
@@ -339,7 +340,8 @@ def check_label_shape(config: TrainingConfig, data: RecipeData) -> None:
 
 def default_loss(config: TrainingConfig, data: RecipeData) -> LossFn:
     """Per-sample cross entropy with --class_weights and --label_smoothing (a Recipe may bring its own); with
-    --problem_type multi_label_classification, each sample's mean binary cross entropy over its labels."""
+    --problem_type multi_label_classification, each sample's binary cross entropy summed over its labels (each
+    label learns as its own binary classifier would; framework.train.losses.multi_label_loss)."""
     if config.multi_label:
         return multi_label_loss()
     balanced = config.class_weights == "balanced" and data.train is not None
@@ -549,4 +551,4 @@ def _predict(accelerator, config, model, data: RecipeData, run_dir: RunDirectory
             predicted = Predictions(probabilities.argmax(1), labels, losses, kept)
         report = build_report(decide(predicted, thresholds), data.class_names, recipe_extra_metrics)
         say(accelerator, "test report:\n" + report.text)
-        run_dir.write_report(report, "test_report")
+        run_dir.write_report(report, TEST_REPORT)

@@ -243,3 +243,8 @@ def assert_same_report(a: dict, b: dict, rel: float = 1e-6) -> None:
             assert [x is None for x in a["calibration"][part]] == [x is None for x in b["calibration"][part]]
             assert [x for x in a["calibration"][part] if x is not None] == pytest.approx(
                 [x for x in b["calibration"][part] if x is not None], rel=rel)
+
+
+def per_sample_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross entropy per sample (no reduction), as a loop that weights samples needs it."""
+    return torch.nn.functional.cross_entropy(logits, labels, reduction="none")

@@ -11,9 +11,8 @@ from accelerate import Accelerator
 from datasets import Dataset
 
 from framework.evaluate.evaluation import Predictions, build_report, predict
-from framework.train.loop import per_sample_cross_entropy
 
-from helpers import debug_launch
+from helpers import debug_launch, per_sample_cross_entropy
 
 
 def test_report_on_known_predictions():

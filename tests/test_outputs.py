@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
@@ -32,6 +33,21 @@ def test_overwrite_removes_the_replaced_runs_checkpoints_and_metrics(tmp_path, c
     capsys.readouterr()
     assert run_digits_in_process(tmp_path, *SHORT, "--max_steps", "40", "--resume_from_checkpoint", "latest") == 2
     assert "no complete checkpoint in" in _one_error_line(capsys)
+
+
+def test_overwrite_removes_the_replaced_runs_own_files_too_and_nothing_else(tmp_path, text_files):
+    from framework.core.errors import run_main
+    from recipes import text_classification
+
+    (tmp_path / "notes.txt").write_text("the user's own file")
+    argv = ["--train_file", str(text_files / "train.csv"), "--validation_file", str(text_files / "valid.csv"),
+            "--output_dir", str(tmp_path), "--max_steps", "2", "--baseline", "false"]
+    assert run_main(lambda: text_classification.main(argv)) == 0
+    assert (tmp_path / "tokenizer.json").is_file()  # the recipe's own file, named in the run's manifest
+    assert "tokenizer.json" in json.loads((tmp_path / ".run_outputs.json").read_text())
+    assert run_digits_in_process(tmp_path, *SHORT, "--max_steps", "2", "--overwrite_output_dir", "true") == 0
+    assert not (tmp_path / "tokenizer.json").exists()  # nothing of the replaced text run stays beside the digits run
+    assert (tmp_path / "notes.txt").read_text() == "the user's own file"
 
 
 def test_an_unfinished_run_is_neither_restarted_nor_mixed_by_accident(tmp_path, capsys):

@@ -110,7 +110,8 @@ def _predict_on_processes(out_file: str) -> None:
     from datasets import Dataset
 
     from framework.evaluate.evaluation import predict
-    from framework.train.loop import per_sample_cross_entropy
+
+    from helpers import per_sample_cross_entropy
 
     accelerator = Accelerator(cpu=True)
     rng = np.random.default_rng(5)

@@ -21,9 +21,8 @@ from safetensors.torch import load_file, save_file
 from framework.core.errors import FlagError
 from framework.evaluate.evaluation import Report
 from framework.io.files import umask_mode, write_atomic
+from framework.io.names import BEST_DIR
 from framework.io.weights import WEIGHTS_FILE, bare_model, model_state_dict
-
-BEST_DIR = "best"
 
 
 def improves(value: float, best: float | None, key: str, threshold: float = 0.0) -> bool:

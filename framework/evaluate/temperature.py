@@ -18,7 +18,8 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-CALIBRATION_FILE = "calibration.json"
+from framework.io.names import CALIBRATION_FILE
+
 GRID = np.exp(np.linspace(np.log(0.05), np.log(20.0), 241))  # T from 0.05 to 20, 2.5% apart
 
 

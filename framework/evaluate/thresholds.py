@@ -19,8 +19,7 @@ import numpy as np
 
 from framework.core.errors import FlagError
 from framework.evaluate.predictions import DEFAULT_THRESHOLD
-
-THRESHOLDS_FILE = "thresholds.json"
+from framework.io.names import THRESHOLDS_FILE
 
 
 def best_f1_threshold(scores: np.ndarray, truth: np.ndarray) -> float:

@@ -280,8 +280,7 @@ def load_checkpoint(accelerator: Accelerator, path: Path, *, model: torch.nn.Mod
                         f"{STATE_FILE} has other fields); resume it with that version") from None
 
 
-def should_checkpoint(every: Optional[int | str], step: int, end_of_epoch: bool) -> bool:
-    """Whether to checkpoint after `step` for `--checkpointing_steps` (an int N, 'epoch', or None)."""
-    if every == "epoch":
-        return end_of_epoch
+def should_checkpoint(every: Optional[int | str], step: int) -> bool:
+    """Whether `--checkpointing_steps N` asks for a checkpoint after optimizer step `step` ('epoch' checkpoints at
+    the end of each epoch instead, which the caller knows)."""
     return isinstance(every, int) and every > 0 and step % every == 0

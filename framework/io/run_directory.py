@@ -24,16 +24,20 @@ from accelerate import Accelerator
 from framework.core.config import TrainingConfig
 from framework.core.errors import FlagError
 from framework.io.files import json_safe, write_atomic
+from framework.io.names import (
+    CONFIG_FILE,
+    ERRORS_FILE,
+    METRICS_FILE,
+    OUTPUTS_MANIFEST,
+    SUMMARY_FILE,
+)
+from framework.io.names import RUN_OUTPUTS as NAMED_OUTPUTS
 from framework.io.run_lock import RunLock
 
-FINISHED_MARKER = "summary.json"
-ERRORS_FILE = "errors.csv"
-# What a run leaves in output_dir; --overwrite_output_dir removes these (and nothing else) before a new run.
-RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "config.yaml", "report.json", "report.txt", FINISHED_MARKER,
-               "model.safetensors", "loss.png", "confusion_matrix.png", "calibration.png", "calibration.json",
-               "thresholds.json",
-               ERRORS_FILE, "best",
-               "labels.json", "predictions.csv", "test_report.json", "test_report.txt")
+FINISHED_MARKER = SUMMARY_FILE
+# What a run leaves in output_dir; --overwrite_output_dir removes these, and what the earlier run's manifest lists
+# (its recipe's own files), and nothing else, before a new run.
+RUN_OUTPUTS = NAMED_OUTPUTS
 
 
 class RunDirectory:
@@ -53,6 +57,7 @@ class RunDirectory:
         self._lock: Optional[RunLock] = None
         self._created: list[Path] = []  # folders made to hold the lock (removed again if the run never starts)
         self._started = False
+        self._before: set[str] = set()  # what was in the folder when this run started (not this run's)
 
     @classmethod
     def for_run(cls, config: TrainingConfig, accelerator: Accelerator) -> "RunDirectory":
@@ -105,6 +110,11 @@ class RunDirectory:
     def release(self) -> None:
         """Give the folder back (at the end of the run, or when it is refused); a folder that `lock` created and
         the run never used is removed, so a refused run leaves no trace."""
+        if self._lock is not None and self._started:
+            try:
+                self.record_outputs()
+            except OSError:  # a full disk: the manifest of the start stays
+                pass
         if self._lock is not None:
             self._lock.release()
             self._lock = None
@@ -163,10 +173,11 @@ class RunDirectory:
             raise FlagError("output_dir", f"{str(self.path)!r} is not writable ({err.strerror})") from None
         if resume_step is None:
             self._remove_earlier_run()
+        self._before = {entry.name for entry in self.path.iterdir()} - set(self._manifest())
         if self.recipe_name:
             config = {"recipe": self.recipe_name, **config}
-        write_atomic(self.path / "config.yaml", yaml.safe_dump(config, sort_keys=False))
-        metrics = self.path / "metrics.jsonl"
+        write_atomic(self.path / CONFIG_FILE, yaml.safe_dump(config, sort_keys=False))
+        metrics = self.path / METRICS_FILE
         kept = ""
         if resume_step is not None and metrics.exists():
             lines = [line for line in metrics.read_text().splitlines() if line.strip()]
@@ -175,6 +186,26 @@ class RunDirectory:
         (self.path / FINISHED_MARKER).unlink(missing_ok=True)
         for write in self.on_start:
             write(self.path)
+        self.record_outputs()
+
+    def _manifest(self) -> list[str]:
+        """The names an earlier run (or this one) listed in OUTPUTS_MANIFEST; none when it is missing or damaged."""
+        try:
+            names = json.loads((self.path / OUTPUTS_MANIFEST).read_text())
+        except (OSError, ValueError):
+            return []
+        return [n for n in names if isinstance(n, str) and n and "/" not in n and n not in (".", "..")] \
+            if isinstance(names, list) else []
+
+    def record_outputs(self) -> None:
+        """List in OUTPUTS_MANIFEST what this run put into the folder beyond RUN_OUTPUTS (a recipe's tokenizer, a
+        transformers export), so that --overwrite_output_dir removes it too and nothing of a replaced run stays.
+        Called when the run starts and when it ends (main process)."""
+        if not self.is_main or not self._started:
+            return
+        made = {entry.name for entry in self.path.iterdir() if not entry.name.startswith(".")} - self._before
+        names = sorted(set(self._manifest()) | (made - set(RUN_OUTPUTS)))
+        write_atomic(self.path / OUTPUTS_MANIFEST, json.dumps(names) + "\n")
 
     def _remove_earlier_run(self) -> None:
         """Remove an earlier run's outputs (`RUN_OUTPUTS`) so that none of it is resumed or mixed in.
@@ -184,7 +215,8 @@ class RunDirectory:
         one line and leaves the earlier run whole. Only then is the hidden folder deleted; if that
         fails, the new run goes on and a note says what is left to delete by hand.
         """
-        present = [self.path / n for n in RUN_OUTPUTS if (self.path / n).exists() or (self.path / n).is_symlink()]
+        named = [*RUN_OUTPUTS, *self._manifest()]
+        present = [self.path / n for n in dict.fromkeys(named) if (self.path / n).exists() or (self.path / n).is_symlink()]
         if not present:
             return
         trash = Path(tempfile.mkdtemp(dir=self.path, prefix=".replaced_run_"))
@@ -208,7 +240,7 @@ class RunDirectory:
     def log(self, record: dict[str, Any]) -> None:
         """Append one JSON line to metrics.jsonl."""
         if self.is_main:
-            with open(self.path / "metrics.jsonl", "a") as handle:
+            with open(self.path / METRICS_FILE, "a") as handle:
                 handle.write(json.dumps(json_safe(record)) + "\n")
 
     def write_json(self, name: str, data: dict[str, Any]) -> None:
@@ -218,7 +250,7 @@ class RunDirectory:
 
     def records(self) -> list[dict[str, Any]]:
         """The lines of metrics.jsonl written so far."""
-        text = (self.path / "metrics.jsonl").read_text() if self.is_main else ""
+        text = (self.path / METRICS_FILE).read_text() if self.is_main else ""
         return [json.loads(line) for line in text.splitlines() if line.strip()]
 
     def write_report(self, report: Any, name: str = "report") -> None:

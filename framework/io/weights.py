@@ -19,9 +19,9 @@ from accelerate import Accelerator
 from safetensors.torch import save_file
 
 from framework.io.files import umask_mode
+from framework.io.names import WEIGHTS_FILE
 
 COMPILED_PREFIX = "_orig_mod."
-WEIGHTS_FILE = "model.safetensors"
 
 
 def model_state_dict(accelerator: Accelerator, model: torch.nn.Module) -> dict[str, torch.Tensor]:

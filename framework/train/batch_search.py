@@ -153,11 +153,6 @@ def _fits_everywhere(accelerator: Accelerator, ok: bool) -> bool:
     return bool(flag.item())
 
 
-def accumulation_for(effective_batch: int, micro_batch: int, num_processes: int) -> int:
-    """Micro-batches per process needed for one optimizer step of `effective_batch` samples."""
-    return math.ceil(effective_batch / (micro_batch * num_processes))
-
-
 # The loop's side of the search: probes built from the run's own data, model and optimizer.
 
 def _search_micro_batch(accelerator: Accelerator, model: torch.nn.Module, optimizer: Any, train_data: Any,

@@ -60,7 +60,7 @@ class PeriodicCheckpoints(Component):
         self.every = every
 
     def after_step(self, run: TrainingRun, state: TrainState, epoch_end: bool) -> None:
-        due = self.every == "epoch" if epoch_end else should_checkpoint(self.every, state.step, end_of_epoch=False)
+        due = self.every == "epoch" if epoch_end else should_checkpoint(self.every, state.step)
         if due and run.checkpointed_step != state.step:
             write_checkpoint(run, state)
 

@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import DistributedType
 
@@ -50,16 +49,11 @@ from framework.train.sparse import clip_grad_norm_
 from framework.train.state import LossFn, TrainingRun, TrainState
 
 __all__ = ["FitResult", "LossFn", "NonFiniteLossError", "TrainState", "TrainingRun", "fit", "finish",
-           "per_sample_cross_entropy", "setup", "train", "train_epoch"]
+           "setup", "train", "train_epoch"]
 
 
 class NonFiniteLossError(TrainingDiverged):
     """Training produced a NaN/inf loss, or too many fp16 steps in a row were skipped (exit code 3)."""
-
-
-def per_sample_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """The default loss: cross entropy per sample (no reduction), so the loop can weight samples."""
-    return F.cross_entropy(logits, labels, reduction="none")
 
 
 @dataclass
