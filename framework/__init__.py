@@ -9,6 +9,7 @@ from framework.core.config import TrainingConfig, flag, parse_config, require
 from framework.core.errors import ConfigError, FlagError, UserError, run_main
 from framework.core.progress import progress_bar
 from framework.core.runtime import build_accelerator
+from framework.data.columns import require_column
 from framework.data.hub import load_hub_splits
 from framework.data.identity import content_hash, record_source
 from framework.data.labels import (
@@ -52,7 +53,8 @@ __all__ = [
     "TrainingConfig", "flag", "require", "parse_config", "ConfigError", "FlagError", "UserError",
     # data
     "load_local_file", "load_local_stream", "load_by_content", "check_complete_rows", "quiet_datasets",
-    "load_hub_splits", "record_source", "content_hash", "class_names_from", "to_class_ids", "stratified_hold_out",
+    "load_hub_splits", "require_column", "record_source", "content_hash", "class_names_from", "to_class_ids",
+    "stratified_hold_out",
     "label_name", "sorted_class_names", "multi_label_names_from", "to_indicators", "check_labels", "cached_beside",
     "column_batches", "map_with_progress", "arrow_batches", "preparation_workers", "shared_work", "build_train_data",
     "build_eval_loader",

@@ -50,6 +50,7 @@ from framework import (
     multi_label_names_from,
     preparation_workers,
     require,
+    require_column,
     run,
     run_main,
     score,
@@ -215,9 +216,8 @@ def load_splits(config: TextConfig) -> tuple[Dataset | None, Dataset | None]:
                             config.multi_label)
     for what, split in (("training data", train), ("evaluation data", evaluation)):
         for column, name in ((config.text_column, "text"), (config.label_column, "label")):
-            if split is not None and column not in split.column_names:
-                raise UserError(f"the {what} has no {name} column {column!r} "
-                                f"(columns: {', '.join(split.column_names)}; set --{name}_column)")
+            if split is not None:
+                require_column(split.column_names, column, f"the {what}", name, f"set --{name}_column")
     if config.do_eval and not config.validation_file:
         if len(train) < 2:
             raise FlagError("train_file", f"{config.train_file!r} holds {len(train)} row: too few to hold 10% out for "
@@ -297,9 +297,7 @@ def load_test(config: TextConfig) -> Dataset:
     """--test_file, read whole and checked (a label column is optional)."""
     test = load_local_file(config.test_file, "--test_file", (config.text_column, config.label_column),
                            config.overwrite_cache)
-    if config.text_column not in test.column_names:
-        raise UserError(f"the test data has no text column {config.text_column!r} "
-                        f"(columns: {', '.join(test.column_names)}; set --text_column)")
+    require_column(test.column_names, config.text_column, "the test data", "text", "set --text_column")
     check_complete_rows(test, [config.text_column, config.label_column], config.test_file, "--test_file",
                         (config.text_column,), config.multi_label)
     return test
@@ -358,9 +356,7 @@ def build_prepared_data(config: TextConfig, trained=None) -> RecipeData:
     for what, split in (("training data", train), ("evaluation data", evaluation)):
         if split is None:
             continue
-        if config.text_column not in split.column_names:
-            raise UserError(f"the {what} has no text column {config.text_column!r} "
-                            f"(columns: {', '.join(split.column_names)}; set --text_column)")
+        require_column(split.column_names, config.text_column, f"the {what}", "text", "set --text_column")
         kind = getattr(split.features[config.text_column], "dtype", None)
         if kind not in ("string", "large_string"):
             raise UserError(f"the {what}'s text column {config.text_column!r} holds {kind or 'lists'}, not strings "

@@ -215,6 +215,9 @@ def test_bad_multi_label_files_stop_with_one_line_and_create_nothing(tmp_path, t
     if case == "empty":  # a JSON list that is empty
         valid = tmp_path / "valid.jsonl"
         rows = '{"text": "the match", "tags": ["sports"]}\n{"text": "a new app", "tags": []}\n'
+    if case == "numbers":  # typed numbers (a CSV cell is text as written: "1" there names the label "1")
+        valid = tmp_path / "valid.jsonl"
+        rows = '{"text": "the match", "tags": 1}\n{"text": "a new app", "tags": 2}\n'
     valid.write_text(rows)
     out = tmp_path / "out"
     argv = ["--train_file", str(tagged / "train.csv"), "--validation_file", str(valid), "--output_dir", str(out),

@@ -24,6 +24,7 @@ import numpy as np
 from datasets import ClassLabel, Dataset
 
 from framework.core.errors import UserError
+from framework.data.columns import require_column
 
 
 def label_name(value: Any) -> str:
@@ -119,9 +120,7 @@ def class_names_from(train: Dataset, column: str, *, what: str = "the training d
                      hint: str = "set --label_column") -> tuple[list[str], Dataset]:
     """The classes of a training split and the split with label ids: a ClassLabel's own names (and ids),
     else the sorted distinct label values as names. Refuses a split with fewer than two classes."""
-    if column not in train.column_names:
-        raise UserError(f"{what} has no label column {column!r} "
-                        f"(columns: {', '.join(train.column_names)}; {hint})")
+    require_column(train.column_names, column, what, hint=hint)
     feature = train.features[column]
     if isinstance(feature, ClassLabel):
         names = list(feature.names)
@@ -154,8 +153,7 @@ def to_class_ids(split: Dataset, column: str, names: list[str], what: str, *, re
     """
     if column not in split.column_names:
         if required:
-            raise UserError(f"{what} has no label column {column!r} "
-                            f"(columns: {', '.join(split.column_names)}; {hint})")
+            require_column(split.column_names, column, what, hint=hint)
         return split.add_column(column, [-1] * len(split))
     feature = split.features[column]
     if isinstance(feature, ClassLabel) and list(feature.names) == list(names):

@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 
 from framework.core.config import TrainingConfig
 from framework.core.errors import FlagError, UserError
+from framework.data.columns import require_column
 
 Key = tuple[int, float]  # (dataset index, sample weight)
 Augment = Callable[[Any, torch.Generator], Any]  # (one sample, its generator) -> the augmented sample
@@ -308,8 +309,8 @@ def largest_sample_index(dataset: Any) -> int:
 def check_labels(dataset: Any, num_labels: int, column: str = "labels", name: str = "dataset") -> None:
     """Refuse a dataset without the label column or with a label outside 0..num_labels-1."""
     columns = getattr(dataset, "column_names", None)
-    if columns is not None and column not in columns:
-        raise UserError(f"the {name} has no label column {column!r} (columns: {', '.join(columns)})")
+    if columns is not None:
+        require_column(columns, column, f"the {name}", hint="")
     labels = np.asarray(dataset[column] if columns is not None else [s[column] for s in dataset])
     if len(labels) == 0:
         raise UserError(f"the {name} is empty")

@@ -21,6 +21,7 @@ import numpy as np
 from datasets import ClassLabel, Dataset, concatenate_datasets
 
 from framework.core.errors import UserError
+from framework.data.columns import require_column
 from framework.data.labels import check_distinct_names, label_name, sorted_class_names
 
 UNKNOWN = -1  # an indicator row of a test input without labels
@@ -105,9 +106,7 @@ def multi_label_names_from(train: Dataset, column: str, delimiter: str, *,
                            what: str = "the training data") -> tuple[list[str], Dataset]:
     """The labels of a training split (sorted names, as classes are sorted) and the split with indicator rows.
     Refuses a split with fewer than two distinct labels."""
-    if column not in train.column_names:
-        raise UserError(f"{what} has no label column {column!r} (columns: {', '.join(train.column_names)}; "
-                        f"set --label_column)")
+    require_column(train.column_names, column, what)
     sets = label_sets(train, column, delimiter, what)
     declared = class_label_items(train, column)
     # A ClassLabel brings its names and their order (the model's outputs follow them, seen or not); else the
@@ -127,8 +126,7 @@ def to_indicators(split: Dataset, column: str, names: list[str], delimiter: str,
     `required` is False: test inputs) every row is UNKNOWN."""
     if column not in split.column_names:
         if required:
-            raise UserError(f"{what} has no label column {column!r} (columns: {', '.join(split.column_names)}; "
-                            f"set --label_column)")
+            require_column(split.column_names, column, what)
         return with_indicators(split.add_column(column, [0] * len(split)), column,
                                np.full((len(split), len(names)), UNKNOWN, np.int8))
     return with_indicators(split, column, indicator_matrix(label_sets(split, column, delimiter, what), names, what))
