@@ -248,9 +248,8 @@ def run_accelerate(w: Workload, precision: str, dataset) -> tuple[float, float]:
 
 
 def run_framework(w: Workload, precision: str, dataset) -> tuple[float, float, dict]:
-    """This framework's runner (framework.recipe.run); the time comes from metrics.jsonl's elapsed_s."""
-    from framework import TrainingConfig
-    from framework.recipe import Recipe, RecipeData, run
+    """This framework's runner (framework.run); the time comes from metrics.jsonl's elapsed_s."""
+    from framework import Recipe, RecipeData, TrainingConfig, run
 
     def build_model(config, data):
         torch.manual_seed(0)

@@ -40,7 +40,8 @@ from framework.evaluate.baseline import pixel_logistic_regression, score, tfidf_
 from framework.evaluate.evaluation import Predictions
 from framework.io.files import write_atomic
 from framework.io.run_directory import RunDirectory
-from framework.recipe import Recipe, RecipeData, TrainedModel, run
+from framework.recipe import Recipe, RecipeData, TrainedModel
+from framework.runner import run
 from framework.train.keyed_dropout import KeyedDropout
 from framework.train.loop import FitResult, TrainState, fit
 from framework.train.optim import build_optimizer, build_scheduler, total_optimizer_steps

@@ -135,13 +135,13 @@ def debug_launch(fn, *args, num_processes: int = 2) -> None:
 
 
 def fit_model(config, make_model, train_set, eval_set, class_names, setup=None, collate_fn=None):
-    """Any model and datasets through the recipe runner (framework.recipe.run), as a recipe would.
+    """Any model and datasets through the recipe runner (framework.run), as a recipe would.
 
     `make_model()` is called after seeding, as a recipe's build_model; `setup(accelerator)`, if
     given, runs right after the Accelerator is built; `collate_fn` batches both sets.
     Returns (accelerator, FitResult).
     """
-    from framework.recipe import Recipe, RecipeData, run
+    from framework import Recipe, RecipeData, run
 
     built = {}
 

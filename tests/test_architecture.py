@@ -14,7 +14,7 @@ from helpers import REPO
 
 FRAMEWORK = REPO / "framework"
 # Lowest first. A module may import its own layer and the layers below it.
-LAYERS = ["core", "data", "io", "evaluate", "train", "recipe", "__init__"]
+LAYERS = ["core", "data", "io", "evaluate", "train", "recipe", "runner", "__init__"]
 TASK_PACKAGES = {"text", "image", "recipes"}  # the recipes' own code; the library never imports it
 
 

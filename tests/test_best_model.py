@@ -73,8 +73,8 @@ def test_a_recipes_own_metric_can_be_tracked(tmp_path):
 
     from sklearn.metrics import balanced_accuracy_score
 
+    from framework import run
     from framework.core.errors import run_main
-    from framework.recipe import run
     from recipes import digits
 
     recipe = dataclasses.replace(digits.RECIPE, extra_metrics=lambda p: {

@@ -6,7 +6,7 @@ import dataclasses
 
 import torch
 
-from framework.recipe import Recipe, RecipeData, run
+from framework import Recipe, RecipeData, run
 from framework.train.components import BestModel, Component, default_components
 
 from helpers import read_json, read_metrics

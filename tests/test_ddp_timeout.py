@@ -20,7 +20,7 @@ import os, sys, time
 sys.path.insert(0, {repo!r})
 import torch
 from framework import TrainingConfig, run_main
-from framework.recipe import Recipe, RecipeData, run
+from framework import Recipe, RecipeData, run
 
 
 class Stalling(torch.utils.data.Dataset):

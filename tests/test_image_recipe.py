@@ -167,7 +167,7 @@ def test_training_labels_for_balanced_class_weights(image_folders):
     import numpy as np
 
     from framework.core.config import parse_config
-    from framework.recipe import training_labels
+    from framework.data.labels import training_labels
     from recipes import image_classification as ic
 
     config = parse_config(ic.ImageConfig, ["--train_dir", str(image_folders / "train"), "--validation_dir",

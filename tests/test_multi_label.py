@@ -387,8 +387,7 @@ def test_a_hub_style_list_of_class_labels_names_its_labels():
 
 
 def test_a_recipe_without_label_sets_refuses_multi_label_and_label_sets_need_the_flag(tmp_path, capsys):
-    from framework import TrainingConfig
-    from framework.recipe import Recipe, RecipeData, run
+    from framework import Recipe, RecipeData, TrainingConfig, run
 
     from helpers import run_digits_in_process
 

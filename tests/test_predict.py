@@ -125,7 +125,7 @@ def test_a_recipes_extra_metric_is_logged_and_reported(tmp_path):
 
     from sklearn.metrics import balanced_accuracy_score
 
-    from framework.recipe import run
+    from framework import run
     from recipes import digits
 
     from helpers import read_metrics

@@ -16,9 +16,8 @@ import torch
 from datasets import Dataset
 from safetensors.torch import load_file
 
-from framework import TrainingConfig
+from framework import Recipe, RecipeData, TrainingConfig, run
 from framework.core.errors import EXIT_PREEMPTED, Preempted, run_main
-from framework.recipe import Recipe, RecipeData, run
 
 from helpers import debug_launch, fit_model
 

@@ -191,3 +191,12 @@ def stratified_hold_out(split: Dataset, column: str, fraction: float, seed: int 
     mask = np.zeros(len(split), bool)
     mask[chosen] = True
     return split.select(np.flatnonzero(~mask)), split.select(np.flatnonzero(mask))
+
+
+def training_labels(dataset: Any) -> np.ndarray:
+    """The `labels` of every training sample (for --class_weights balanced), without decoding inputs."""
+    import datasets
+
+    if isinstance(dataset, datasets.Dataset):
+        return np.asarray(dataset.with_format("numpy")["labels"])  # a plain copy: no set_transform
+    return np.asarray([int(dataset[i]["labels"]) for i in range(len(dataset))])

@@ -11,7 +11,9 @@ process take the same decisions.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -19,7 +21,7 @@ from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 
 from framework.core.errors import FlagError
-from framework.evaluate.evaluation import Report
+from framework.evaluate.evaluation import ExtraMetrics, Report
 from framework.io.files import umask_mode, write_atomic
 from framework.io.names import BEST_DIR
 from framework.io.weights import WEIGHTS_FILE, bare_model, model_state_dict
@@ -73,3 +75,34 @@ def load_best(accelerator: Accelerator, model: torch.nn.Module, output_dir: str)
     report = Report(record["text"], record["metrics"], record["loss"], np.array(record["confusion"]),
                     record["extra"], [tuple(row) for row in errors] if errors is not None else None)
     return report, record["step"]
+
+
+def check_best_metric(key: str, extra_metrics: Optional[ExtraMetrics], multi_label: bool = False) -> None:
+    """Refuse a --metric_for_best_model that no evaluation will produce, before anything runs."""
+    from framework.evaluate.evaluation import MULTI_LABEL_METRICS, PROBABILITY_METRICS, Predictions
+
+    if not key:
+        return
+    names = {"eval_loss", "eval_accuracy", "eval_macro_f1", "eval_weighted_f1",
+             *(f"eval_{name}" for name in PROBABILITY_METRICS)}
+    if multi_label:  # no calibration error or top-k; micro and samples F1 and the Hamming loss instead
+        names -= {"eval_expected_calibration_error", "eval_top_5_accuracy"}
+        names |= {f"eval_{name}" for name in MULTI_LABEL_METRICS}
+    if extra_metrics is not None:  # the recipe's metric names, from a two-sample, two-class evaluation
+        from framework.evaluate.probabilities import summarize
+
+        labels = np.array([0, 1])
+        two = Predictions(labels, labels, np.array([0.1, 0.2]), summarize(np.array([[0.9, 0.1], [0.2, 0.8]]),
+                                                                          labels, full=True))
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                names |= {f"eval_{name}" for name in extra_metrics(two)}
+        except (ValueError, IndexError, KeyError, TypeError, ZeroDivisionError):
+            # A metric that needs the run's own classes (more than two, a name) cannot run on this two-class sample:
+            # its names are known at the first evaluation, which checks the key then. Anything else is a bug in the
+            # recipe's metric, and surfaces now.
+            return
+    if key not in names:
+        raise FlagError("metric_for_best_model", f"{key!r} is not an evaluation metric; there are: "
+                        f"{', '.join(sorted(names))}")

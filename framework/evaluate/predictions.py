@@ -3,8 +3,11 @@ from them, and how thresholds decide binary and multi-label predictions."""
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
@@ -77,3 +80,27 @@ def decide(predictions: Predictions, thresholds: Optional[np.ndarray]) -> Predic
     else:
         decided = (full[:, 1] >= thresholds[0]).astype(predictions.predictions.dtype)
     return dataclasses.replace(predictions, predictions=decided, thresholds=thresholds)
+
+
+def write_predictions(path: Path, ids: list, probabilities: np.ndarray, class_names: list[str],
+                      thresholds: Optional[np.ndarray] = None, multi_label: bool = False,
+                      delimiter: str = ",") -> None:
+    """predictions.csv: id, prediction (class name), score (its probability), one probability column per class.
+    Multi-label: `labels`, the predicted label set joined by `delimiter` (the labels whose probability reaches
+    their threshold, 0.5 without one), then each label's probability. A binary task with a threshold predicts
+    the second class where its probability reaches it."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    if multi_label:
+        cut = thresholds if thresholds is not None else np.full(len(class_names), 0.5, np.float32)
+        writer.writerow(["id", "labels", *[f"prob_{name}" for name in class_names]])
+        for row_id, row in zip(ids, probabilities):
+            chosen = delimiter.join(name for name, p, t in zip(class_names, row, cut) if p >= t)
+            writer.writerow([row_id, chosen, *(f"{p:.6f}" for p in row)])
+    else:
+        writer.writerow(["id", "prediction", "score", *[f"prob_{name}" for name in class_names]])
+        for row_id, row in zip(ids, probabilities):
+            best = int(row.argmax()) if thresholds is None else int(row[1] >= thresholds[0])
+            writer.writerow([row_id, class_names[best], f"{row[best]:.6f}", *(f"{p:.6f}" for p in row)])
+    from framework.io.files import write_atomic
+    write_atomic(path, buffer.getvalue())

@@ -10,13 +10,15 @@ exact.
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from framework.core.errors import FlagError
+from framework.data.labels import training_labels
+from framework.data.streaming import is_stream
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -66,3 +68,18 @@ def multi_label_loss() -> LossFn:
         return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype), reduction="none").sum(dim=-1)
 
     return loss
+
+
+def default_loss(config: Any, data: Any) -> LossFn:
+    """Per-sample cross entropy with --class_weights and --label_smoothing (a Recipe may bring its own); with
+    --problem_type multi_label_classification, each sample's binary cross entropy summed over its labels (each
+    label learns as its own binary classifier would; framework.train.losses.multi_label_loss)."""
+    if config.multi_label:
+        return multi_label_loss()
+    balanced = config.class_weights == "balanced" and data.train is not None
+    if balanced and is_stream(data.train):
+        raise FlagError("class_weights", "balanced needs the training labels counted, which a stream does not "
+                        "allow before training; give one weight per class as a comma list")
+    labels = training_labels(data.train) if balanced else None
+    return classification_loss(class_weights_from(config.class_weights, labels, len(data.class_names)),
+                               config.label_smoothing)

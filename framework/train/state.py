@@ -1,6 +1,6 @@
 """What a training run works with (`TrainingRun`) and where it stands (`TrainState`).
 
-`TrainingRun` is built by the runner (framework.recipe.run) from prepared parts and
+`TrainingRun` is built by the runner (framework.run) from prepared parts and
 handed to `fit`; the loop and the components (framework.train.components) read it
 and keep their running values in its last fields. `TrainState` is what a checkpoint
 saves: everything needed to continue at the exact sample where a run stopped.
