@@ -74,3 +74,37 @@ def test_a_recipe_may_bring_its_own_loss(tmp_path):
     plain = [r["loss"] for r in read_metrics(tmp_path / "plain") if "loss" in r]
     own = [r["loss"] for r in read_metrics(tmp_path / "own") if "loss" in r]
     assert seen and own[0] == 2.0 * plain[0]  # the first step's loss, before the weights differ
+
+
+class CountSteps(Component):
+    """A component with state of its own, kept in every checkpoint as the part "step_counter"."""
+
+    def __init__(self):
+        self.counted = 0
+
+    def after_step(self, run, state, epoch_end):
+        if not epoch_end:
+            self.counted += 1
+
+    def summary(self, state):
+        return {"steps_counted": self.counted}
+
+    def checkpoint_parts(self, run):
+        return {"step_counter": self}
+
+    def state_dict(self):
+        return {"counted": self.counted}
+
+    def load_state_dict(self, state):
+        self.counted = state["counted"]
+
+
+def test_a_new_checkpoint_part_is_one_entry_saved_and_restored_without_touching_save_or_load(tmp_path):
+    recipe = _digits_recipe(components=lambda config: [CountSteps()])
+    run(recipe, config=_config(tmp_path / "run", "--max_steps", "10", "--checkpointing_steps", "5", "--eval_steps", "0"))
+    trainer = torch.load(tmp_path / "run" / "checkpoints" / "step_5" / "trainer.pt", weights_only=True)
+    assert trainer["step_counter"] == {"counted": 5} and {"optimizer", "scheduler"} <= set(trainer)
+    resumed = tmp_path / "run" / "checkpoints" / "step_5"
+    run(recipe, config=_config(tmp_path / "again", "--max_steps", "10", "--eval_steps", "0",
+                               "--resume_from_checkpoint", str(resumed)))
+    assert read_json(tmp_path / "again" / "summary.json")["steps_counted"] == 10  # 5 restored + 5 counted

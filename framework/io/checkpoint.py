@@ -22,7 +22,7 @@ import re
 import shutil
 import zipfile
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import torch
 from accelerate import Accelerator
@@ -180,9 +180,11 @@ def _discard_and_raise(tmp: Path, err: Exception) -> None:
     raise err
 
 
-def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, *, model: torch.nn.Module, optimizer: Any,
-                    scheduler: Any, state: Any, identity: dict[str, int], save_total_limit: int = 0) -> Path:
-    """Write `checkpoints/step_<state.step>` atomically on every process; returns its path."""
+def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, *, model: torch.nn.Module,
+                    parts: Mapping[str, Any], state: Any, identity: dict[str, Any], save_total_limit: int = 0) -> Path:
+    """Write `checkpoints/step_<state.step>` atomically on every process; returns its path. `parts` are the named
+    stateful parts beside the weights (the optimizer, the scheduler, the grad scaler, a component's): each one's
+    `state_dict()` goes into trainer.pt under its name."""
     root = checkpoint_root(output_dir)
     final = root / f"step_{state.step}"
     tmp = root / f".tmp_step_{state.step}"
@@ -198,9 +200,7 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, *, model: 
         if accelerator.is_main_process:
             save_file(model_state, str(tmp / WEIGHTS_FILE))
             umask_mode(tmp / WEIGHTS_FILE)
-            scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
-            torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler},
-                       tmp / TRAINER_FILE)
+            torch.save({name: part.state_dict() for name, part in parts.items()}, tmp / TRAINER_FILE)
     except Exception as err:  # a full disk: the half-written folder goes (it frees the space), the earlier ones stay
         _discard_and_raise(tmp, err)
     accelerator.wait_for_everyone()
@@ -238,9 +238,10 @@ def _check_model_shapes(path: Path, model_state: dict[str, torch.Tensor]) -> Non
                         f"{saved.get(name, 'absent')} there and {current.get(name, 'absent')} here")
 
 
-def load_checkpoint(accelerator: Accelerator, path: Path, *, model: torch.nn.Module, optimizer: Any, scheduler: Any,
-                    identity: dict[str, int], state_type: type) -> Any:
-    """Restore model, optimizer, scheduler, scaler and RNGs from `path`; returns the saved train state.
+def load_checkpoint(accelerator: Accelerator, path: Path, *, model: torch.nn.Module, parts: Mapping[str, Any],
+                    identity: dict[str, Any], state_type: type) -> Any:
+    """Restore the model, the named `parts` (see `save_checkpoint`) and the RNGs from `path`; returns the saved
+    train state. A part the checkpoint has no state for (the grad scaler of a run that was fp32) stays as it is.
 
     Refuses (UserError) a checkpoint of another model shape, effective batch, seed or dataset size.
     """
@@ -266,10 +267,9 @@ def load_checkpoint(accelerator: Accelerator, path: Path, *, model: torch.nn.Mod
     with safe_open(str(path / WEIGHTS_FILE), framework="pt", device="cpu") as handle:
         unwrapped.load_state_dict({k: handle.get_tensor(k) for k in handle.keys()})
     trainer = torch.load(path / TRAINER_FILE, map_location="cpu", weights_only=True)
-    optimizer.load_state_dict(trainer["optimizer"])
-    scheduler.load_state_dict(trainer["scheduler"])
-    if accelerator.scaler is not None and trainer["scaler"]:
-        accelerator.scaler.load_state_dict(trainer["scaler"])
+    for name, part in parts.items():
+        if trainer.get(name):
+            part.load_state_dict(trainer[name])
     rng_file = path / f"rng_{accelerator.process_index}.pt"
     if rng_file.is_file():
         restore_rng_state(torch.load(rng_file, weights_only=True))

@@ -43,12 +43,29 @@ class Component:
         """Entries for summary.json."""
         return {}
 
+    def checkpoint_parts(self, run: TrainingRun) -> dict[str, Any]:
+        """Named parts of this component's state (each with `state_dict()` and `load_state_dict(state)`, holding
+        tensors and plain containers) that every checkpoint keeps and a resume restores: EMA weights, say."""
+        return {}
+
+
+def checkpoint_parts(run: TrainingRun) -> dict[str, Any]:
+    """What a checkpoint holds beside the weights, the RNGs and the train state, by name: the optimizer, the LR
+    scheduler, the fp16 grad scaler (when there is one) and the components' own parts. A new part is one entry
+    here or in a component's `checkpoint_parts`; framework.io.checkpoint saves and loads whatever it is given."""
+    parts: dict[str, Any] = {"optimizer": run.optimizer, "scheduler": run.scheduler}
+    if run.accelerator.scaler is not None:
+        parts["scaler"] = run.accelerator.scaler
+    for component in run.components:
+        parts.update(component.checkpoint_parts(run))
+    return parts
+
 
 def write_checkpoint(run: TrainingRun, state: TrainState) -> None:
     """Save `checkpoints/step_<state.step>` (every process calls it)."""
     run.checkpointed_step = state.step
-    save_checkpoint(run.accelerator, run.config.output_dir, model=run.model, optimizer=run.optimizer,
-                    scheduler=run.scheduler, state=state,
+    save_checkpoint(run.accelerator, run.config.output_dir, model=run.model, parts=checkpoint_parts(run),
+                    state=state,
                     identity=run_identity(run.train_data.plan, run.config, run.data_sources),
                     save_total_limit=run.config.save_total_limit)
 

@@ -40,7 +40,13 @@ from framework.io.checkpoint import checkpoint_root, load_checkpoint, resolve_ch
 from framework.io.plots import save_plots
 from framework.io.weights import bare_model, save_weights
 from framework.train.batch_search import choose_batch_sizes
-from framework.train.components import Component, default_components, write_checkpoint
+from framework.train.components import (
+    Component,
+    PeriodicCheckpoints,
+    checkpoint_parts,
+    default_components,
+    write_checkpoint,
+)
 from framework.train.flops import peak_tflops
 from framework.train.keyed_dropout import assign_layer_keys, keyed_samples, sample_keys
 from framework.train.optim import total_optimizer_steps
@@ -335,7 +341,7 @@ def setup(run: TrainingRun) -> TrainState:
     state = TrainState()
     path = resolve_checkpoint(config.resume_from_checkpoint, config.output_dir, note=lambda t: say(accelerator, t))
     if path is not None:
-        state = load_checkpoint(accelerator, path, model=run.model, optimizer=run.optimizer, scheduler=run.scheduler,
+        state = load_checkpoint(accelerator, path, model=run.model, parts=checkpoint_parts(run),
                                 identity=run_identity(run.train_data.plan, config, run.data_sources),
                                 state_type=TrainState)
         say(accelerator, f"resumed from {path} at optimizer step {state.step}")
@@ -473,6 +479,9 @@ def fit(run: TrainingRun, components: Optional[Sequence[Component]] = None) -> F
     """
     run.started = time.perf_counter()
     components = default_components(run.config) if components is None else components
+    # Checkpoints are written last after a step, so that they hold every other component's state of that step.
+    components = sorted(components, key=lambda c: isinstance(c, PeriodicCheckpoints))
+    run.components = components  # their checkpoint parts are saved and restored with the run's
     state = setup(run)
     # The stop signal is agreed on through the final evaluation too; one arriving after it (while the weights,
     # reports and summary are written) lets the run finish, and then stops it before anything that follows.

@@ -85,3 +85,4 @@ class TrainingRun:
     # --decision_threshold: a fixed value's thresholds from the start; auto's, fitted after training
     thresholds: Any = None
     data_sources: dict = field(default_factory=dict)  # flag -> {"path", "sha256"}: what the run reads (config.yaml)
+    components: list = field(default_factory=list)  # the run-level features fit runs (framework.train.components)
