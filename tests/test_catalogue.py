@@ -306,6 +306,11 @@ CASES: list[tuple[str, Callable[[list[str]], int], Setup, str]] = [
                      "--output_dir", str(tmp / "out")],
      "error: --train_file '{tmp}/t.jsonl' line 7 is not valid JSON (...); fix or remove that line"),
     # files read back (--model_path) and resumes with other flags
+    ("read back: labels.json with a class too many", _digits,
+     _model_path_case(lambda run: (run / "labels.json").write_text(json.dumps([str(i) for i in range(11)])),
+                      _digits_eval),
+     "error: the data's classes ['0', '1', '2', '3', '4', '5', '6', '7', '8', '9'] differ from those of --model_path "
+     "['0', '1', '2', '3', '4', '5', '6', '7', '8', '9', '10']"),
     ("read back: a negative temperature", _digits,
      _model_path_case(lambda run: (run / "calibration.json").write_text('{"temperature": -1}'), _digits_eval),
      "error: --model_path: '{tmp}/run/calibration.json' has temperature -1; a temperature is a finite number > 0 (it "

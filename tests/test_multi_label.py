@@ -336,6 +336,14 @@ def test_a_binary_threshold_is_tuned_saved_and_decides_predict(tmp_path, capsys)
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and f"thresholds.json' {problem}" in err[0], err
         assert not (tmp_path / "again").exists()
+    # labels.json that does not match the weights' outputs is named (predict-only: the classes come from it)
+    (out / "thresholds.json").unlink()
+    (out / "labels.json").write_text(json.dumps(["food", "sports", "weather"]))
+    predict = ["--model_path", str(out), "--do_train", "false", "--do_eval", "false", "--do_predict", "--test_file",
+               str(tmp_path / "test.csv"), "--output_dir", str(tmp_path / "again")]
+    assert run_main(lambda: text_classification.main(predict)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "labels.json' lists 3 classes, but the weights have 2 outputs" in err[0], err
 
 
 def test_a_threshold_for_more_than_two_classes_is_refused(tmp_path, capsys):

@@ -93,5 +93,24 @@ def load_weights(model: torch.nn.Module, trained: TrainedModel) -> None:
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
-        raise FlagError("model_path", f"{str(trained.weights)!r} does not fit this model "
-                        f"({str(err).strip().splitlines()[-1].strip()})") from None
+        reason = str(err).strip().splitlines()[-1].strip()
+        outputs = _saved_classes(model, state, len(trained.class_names))
+        if outputs is not None and outputs != len(trained.class_names):  # the model's outputs are one per class
+            raise FlagError("model_path", f": {str(trained.run_dir / LABELS_FILE)!r} lists {len(trained.class_names)} "
+                            f"classes, but the weights have {outputs} outputs; labels.json does not belong to "
+                            f"these weights ({reason})") from None
+        raise FlagError("model_path", f"{str(trained.weights)!r} does not fit this model ({reason})") from None
+
+
+def _saved_classes(model: torch.nn.Module, state: dict[str, torch.Tensor], classes: int) -> Optional[int]:
+    """How many classes saved weights were trained for, where they differ from this model (built for `classes`)
+    in exactly that one dimension (a head's outputs), else None."""
+    current = model.state_dict()
+    for name, saved in state.items():
+        here = current.get(name)
+        if here is None or here.shape == saved.shape or here.dim() != saved.dim():
+            continue
+        differing = [(a, b) for a, b in zip(here.shape, saved.shape) if a != b]
+        if len(differing) == 1 and differing[0][0] == classes:
+            return int(differing[0][1])
+    return None
