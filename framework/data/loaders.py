@@ -113,16 +113,19 @@ class WeightedSamples(Dataset):
     goes through `augment` with its own `sample_generator(seed, epoch, index)`.
     """
 
-    def __init__(self, dataset: Any, augment: Optional[Augment] = None, seed: int = 0):
+    def __init__(self, dataset: Any, augment: Optional[Augment] = None, seed: int = 0, batched: bool = False):
         self.dataset = dataset
         self.augment = augment
         self.seed = seed
+        self.batched = batched  # one indexed call per micro-batch, as columns (see `fetches_columns`)
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitems__(self, keys: list[tuple]) -> tuple[list[Any], list[float], list[int]]:
+    def __getitems__(self, keys: list[tuple]) -> tuple[Any, list[float], list[int]]:
         indices = [key[0] for key in keys]
+        if self.batched:  # the micro-batch's columns in one read, never split into rows
+            return self.dataset[indices], [key[1] for key in keys], indices
         fetch = getattr(self.dataset, "__getitems__", None)
         samples = fetch(indices) if fetch else [self.dataset[i] for i in indices]
         if self.augment is not None and keys and len(keys[0]) > 2:
@@ -131,18 +134,54 @@ class WeightedSamples(Dataset):
         return samples, [key[1] for key in keys], indices
 
 
+def fetches_columns(dataset: Any, collate_fn: Optional[Callable], augment: Optional[Augment] = None) -> bool:
+    """Whether micro-batches of `dataset` can be read as columns, one indexed call each: a torch-formatted
+    `datasets.Dataset` (its batch read gives each column as one tensor) collated by default and not augmented.
+    A recipe's own collate function or augmentation gets rows, as before."""
+    import datasets
+
+    return (collate_fn is None and augment is None and isinstance(dataset, datasets.Dataset)
+            and dataset.format.get("type") == "torch" and not dataset.format.get("format_kwargs"))
+
+
+def collate_columns(columns: dict[str, Any]) -> dict[str, Any]:
+    """A batch from a columnar read: each column's tensor as it is; a column the format could not stack (lists
+    of different lengths) is collated row by row as `default_collate` would."""
+    if all(torch.is_tensor(value) for value in columns.values()):
+        return dict(columns)
+    rows = [dict(zip(columns, values)) for values in zip(*columns.values())]
+    return default_collate(rows)
+
+
 class WeightedCollate:
-    """Collate (samples, weights, indices) into the recipe's batch plus `weight` (float32) and `index` (int64)."""
+    """Collate (samples, weights, indices) into the recipe's batch plus `weight` (float32) and `index` (int64);
+    samples fetched as columns (`WeightedSamples.batched`) are already the batch's tensors."""
 
     def __init__(self, collate_fn: Callable):
         self.collate_fn = collate_fn
 
-    def __call__(self, fetched: tuple[list[Any], list[float], list[int]]) -> dict[str, Any]:
+    def __call__(self, fetched: tuple[Any, list[float], list[int]]) -> dict[str, Any]:
         samples, weights, indices = fetched
-        batch = self.collate_fn(samples)
+        batch = collate_columns(samples) if isinstance(samples, dict) else self.collate_fn(samples)
         batch["weight"] = torch.tensor(weights, dtype=torch.float32)
         batch["index"] = torch.tensor(indices, dtype=torch.int64)
         return batch
+
+
+class ColumnBatches(Dataset):
+    """An evaluation view of a torch-formatted `datasets.Dataset` that reads a batch as columns in one call."""
+
+    def __init__(self, dataset: Any):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.dataset[index]
+
+    def __getitems__(self, indices: list[int]) -> dict[str, Any]:
+        return self.dataset[indices]
 
 
 class _WindowBatchSampler:
@@ -175,7 +214,8 @@ class TrainData:
         # Its own generator: a DataLoader draws a base seed each time an iterator starts, and
         # drawing it from the global RNG would shift the dropout stream of a resumed run.
         self.loader = DataLoader(
-            WeightedSamples(dataset, augment, plan.seed), batch_sampler=self._sampler,
+            WeightedSamples(dataset, augment, plan.seed, batched=fetches_columns(dataset, collate_fn, augment)),
+            batch_sampler=self._sampler,
             collate_fn=WeightedCollate(collate_fn or default_collate),
             num_workers=num_workers, pin_memory=pin_memory, persistent_workers=num_workers > 0,
             generator=torch.Generator().manual_seed(plan.seed),
@@ -274,8 +314,9 @@ def build_eval_loader(dataset: Sequence, config: TrainingConfig, accelerator: Ac
     """An evaluation DataLoader, prepared so that `gather_for_metrics` returns each sample exactly once."""
     if len(dataset) == 0:
         raise UserError("the evaluation set is empty")
-    loader = DataLoader(dataset, batch_size=config.per_device_eval_batch_size, shuffle=False,
-                        collate_fn=collate_fn or default_collate,
+    columns = fetches_columns(dataset, collate_fn)
+    loader = DataLoader(ColumnBatches(dataset) if columns else dataset, batch_size=config.per_device_eval_batch_size,
+                        shuffle=False, collate_fn=collate_columns if columns else collate_fn or default_collate,
                         num_workers=_workers(config, accelerator, len(dataset))[0],
                         pin_memory=accelerator.device.type == "cuda")
     return accelerator.prepare(loader)
