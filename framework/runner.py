@@ -21,6 +21,7 @@ from torch.utils.data import default_collate
 from framework.core.config import TrainingConfig, config_to_dict, parse_config, validate_config
 from framework.core.errors import FlagError, RunStopped, UserError, write_failure
 from framework.core.runtime import Precision, build_accelerator, peer_lost, say
+from framework.core.sharding import check_sharded
 from framework.data.identity import forget_sources, recorded_sources
 from framework.data.loaders import build_eval_loader, build_train_data
 from framework.data.streaming import build_stream_eval, build_stream_train_data, is_stream
@@ -141,6 +142,9 @@ def _train(recipe: Recipe, config: TrainingConfig, accelerator: Accelerator, pre
     scheduler = build_scheduler(optimizer, config, total)  # not prepared: see build_scheduler
     model, optimizer = accelerator.prepare(model, optimizer)
     notes = dict(data.notes)
+    shards = check_sharded(accelerator, model)  # FSDP: really sharded, or refused
+    if shards is not None:
+        notes["sharding"] = f"FSDP2, parameters sharded over {shards} processes"
     if data.baseline is not None and accelerator.is_main_process:  # once per job, into banner and summary
         notes.update(data.baseline())
     components = default_components(config) + (recipe.components(config) if recipe.components else [])

@@ -55,10 +55,12 @@ def launch(argv: Sequence[str], timeout: float = 180, env: dict | None = None) -
                           stdin=subprocess.DEVNULL, env=full_env)
 
 
-def accelerate_launch(config: str, script: Path, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-    """`accelerate launch --config_file accelerate_configs/<config> <script> <args>`."""
+def accelerate_launch(config: str, script: Path, *args: str, timeout: float = 180,
+                      launcher_args: Sequence[str] = ()) -> subprocess.CompletedProcess:
+    """`accelerate launch --config_file accelerate_configs/<config> <launcher_args> <script> <args>`."""
     exe = Path(sys.executable).with_name("accelerate")
-    return launch([str(exe), "launch", "--config_file", str(CONFIGS / config), str(script), *args], timeout)
+    return launch([str(exe), "launch", "--config_file", str(CONFIGS / config), *launcher_args, str(script), *args],
+                  timeout)
 
 
 def run_and_kill_after(command: list[str], out: Path, step: int) -> int:

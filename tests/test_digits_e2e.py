@@ -6,9 +6,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
-from helpers import DIGITS, accelerate_launch, launch, read_json, read_metrics
+from helpers import CONFIGS, DIGITS, accelerate_launch, launch, read_json, read_metrics
 
 TEST_SET_SIZE = 360  # 20% of 1797, stratified
 
@@ -88,12 +87,15 @@ def test_fp16_on_cpu_says_what_really_runs(tmp_path):
     assert (summary["mixed_precision"], summary["mixed_precision_requested"]) == ("fp16", "fp16")
 
 
-def test_fsdp_config_on_a_cpu_is_refused_with_one_line(tmp_path):
-    if torch.cuda.is_available():
-        pytest.skip("this machine has a GPU: the FSDP config runs here (tests/test_gpu.py)")
-    result = accelerate_launch("fsdp.yaml", DIGITS, "--output_dir", str(tmp_path / "out"), timeout=120)
+def test_fsdp_version_1_on_a_cpu_is_refused_with_one_line(tmp_path):
+    """FSDP version 1 cannot run on a CPU (torch refuses its compute device): one line, not a traceback per rank."""
+    config = tmp_path / "fsdp1.yaml"
+    config.write_text((CONFIGS / "fsdp.yaml").read_text().replace("fsdp_version: 2", "fsdp_version: 1"))
+    exe = Path(sys.executable).with_name("accelerate")
+    result = launch([str(exe), "launch", "--config_file", str(config), "--num_processes", "2", "--mixed_precision",
+                     "no", str(DIGITS), "--output_dir", str(tmp_path / "out")], timeout=120)
     assert result.returncode != 0
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert errors == [errors[0]] and "the FSDP launcher config needs GPUs" in errors[0]  # once, not per rank
+    assert errors == [errors[0]] and "FSDP version 1 does not run on a CPU" in errors[0]  # once, not per rank
     assert "exitcode  : 2" in result.stderr  # every rank exited with the bad-input code
     assert not (tmp_path / "out").exists()

@@ -17,6 +17,7 @@ from framework.core.compilation import check_compile_toolchain, dynamo_plugin
 from framework.core.config import TrainingConfig
 from framework.core.errors import FlagError, PeerLost, UserError
 from framework.core.job_watch import watch_other_nodes
+from framework.core.sharding import fsdp_plugin_for
 
 
 @dataclass(frozen=True)
@@ -73,9 +74,6 @@ def build_accelerator(config: TrainingConfig) -> tuple[Accelerator, Precision]:
         raise UserError("DeepSpeed launcher configs are not supported (untested with exact accumulation); use "
                         "cpu.yaml, cpu_2proc.yaml, single_gpu.yaml, multi_gpu.yaml, multi_node.yaml or fsdp.yaml "
                         "from accelerate_configs/")
-    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and not cuda:
-        raise UserError("the FSDP launcher config needs GPUs (Accelerate's FSDP does not run on a CPU); "
-                        "use accelerate_configs/cpu_2proc.yaml here")
     launcher = os.environ.get("ACCELERATE_MIXED_PRECISION")
     precision = resolve_precision(config.mixed_precision, launcher if launcher in ("no", "fp16", "bf16") else None, cuda)
     # Gradient accumulation is done by framework.train.loop with exact per-sample
@@ -84,7 +82,9 @@ def build_accelerator(config: TrainingConfig) -> tuple[Accelerator, Precision]:
     join_restarted_group(cuda, timedelta(seconds=config.ddp_timeout))
     # --ddp_timeout bounds every collective of the default group (and of the framework's own CPU group).
     timeout = InitProcessGroupKwargs(timeout=timedelta(seconds=config.ddp_timeout))
+    fsdp_plugin = fsdp_plugin_for(cuda, timeout.to_kwargs())  # FSDP2 on GPUs and CPUs alike (framework.core.sharding)
     accelerator = Accelerator(mixed_precision=precision.effective, cpu=not cuda, gradient_accumulation_steps=1,
+                              fsdp_plugin=fsdp_plugin,
                               log_with=trackers or None, project_dir=config.output_dir, kwargs_handlers=[timeout],
                               dynamo_plugin=dynamo_plugin(config.torch_compile or config.torch_compile_mode is not None,
                                                           config.torch_compile_mode or "default"))
