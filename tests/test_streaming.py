@@ -80,18 +80,25 @@ def test_a_streamed_run_resumes_bitwise_across_an_epoch_end(tmp_path, streams):
     assert epochs[0] == 0 and epochs[-1] == 1  # an epoch ended inside the run
 
 
-def test_training_starts_without_reading_the_whole_file(tmp_path, streams):
-    """A 12 MB JSON Lines file whose last line is broken: the streamed run trains and evaluates (it reads only
-    the rows it needs); reading the file whole, as a run without --streaming does, fails on that line."""
+def test_a_broken_line_at_the_end_of_a_large_streamed_file_is_named_before_training(tmp_path, streams, capsys):
+    """A 12 MB JSON Lines file whose last line is broken: the streamed run reads the file once before training
+    (its content hash, each line's JSON) and stops with one line naming that line, instead of a parser's traceback
+    when training reaches it; nothing is created. Read whole (without --streaming) it is refused as well."""
     rows = (streams / "train.jsonl").read_text().splitlines()
     big = tmp_path / "big.jsonl"
+    lines = 0
     with open(big, "w") as handle:
         while handle.tell() < 12 << 20:
             handle.write("\n".join(rows) + "\n")
+            lines += len(rows)
         handle.write('{"text": "cut off here\n')
     data = ["--train_file", str(big), "--validation_file", str(streams / "valid.jsonl"), "--label_names", LABELS]
-    assert _recipe(*data, *STREAM, "--max_steps", "3", "--output_dir", str(tmp_path / "streamed")) == 0
-    assert read_json(tmp_path / "streamed" / "summary.json")["optimizer_steps"] == 3
+    capsys.readouterr()
+    assert _recipe(*data, *STREAM, "--max_steps", "3", "--output_dir", str(tmp_path / "streamed")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: --train_file {str(big)!r} line {lines + 1} is not valid JSON (Unterminated string "
+                   f"starting at); fix or remove that line"], err
+    assert not (tmp_path / "streamed").exists()
     assert _recipe(*data, "--max_steps", "3", "--baseline", "false", "--output_dir", str(tmp_path / "whole")) == 2
 
 

@@ -45,6 +45,21 @@ def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
+def accumulation_for(effective_batch: int, micro_batch: int, num_processes: int) -> int:
+    """Micro-batches per process in a full window (optimizer step) of `effective_batch` samples."""
+    return math.ceil(effective_batch / (micro_batch * num_processes))
+
+
+def window_slots(window_size: int, micro_batch: int, num_processes: int, process_index: int) -> list[range]:
+    """This process's micro-batches of a window of `window_size` samples, as positions in the window: slot
+    s = j * P + p (the j-th micro-batch of process p) holds positions [s * b, (s + 1) * b). An empty range: this
+    process has no real sample there and trains on filler of weight 0. Map-style and streamed data share it."""
+    b, procs = micro_batch, num_processes
+    per_process = math.ceil(window_size / (b * procs))
+    return [range(min(s * b, window_size), min((s + 1) * b, window_size))
+            for s in (j * procs + process_index for j in range(per_process))]
+
+
 @dataclass(frozen=True)
 class Window:
     """One optimizer step as seen by one process."""
@@ -70,7 +85,7 @@ class WindowPlan:
         # Given explicitly, it need not be a multiple of micro-batch x processes: the last
         # micro-batch of each window is then smaller, which exact weighting makes harmless.
         self.effective_batch = effective_batch or micro_batch * accumulation * num_processes
-        self.accumulation = math.ceil(self.effective_batch / (micro_batch * num_processes))
+        self.accumulation = accumulation_for(self.effective_batch, micro_batch, num_processes)
 
     def with_micro_batch(self, micro_batch: int) -> "WindowPlan":
         """The same windows (same effective batch, same order) cut into micro-batches of another size."""
@@ -90,15 +105,12 @@ class WindowPlan:
 
     def windows(self, epoch: int, start: int = 0) -> Iterator[Window]:
         """Yield this process's windows of `epoch`, beginning at window `start`."""
-        order = self.order(epoch)
-        size, b, procs = self.effective_batch, self.micro_batch, self.num_processes
+        order, size = self.order(epoch), self.effective_batch
         for k in range(start, self.windows_per_epoch):
             window = order[k * size:(k + 1) * size]
-            slots_per_process = math.ceil(len(window) / (b * procs))
             micro_batches = []
-            for j in range(slots_per_process):
-                s = j * procs + self.process_index
-                chunk = [(int(i), 1.0) for i in window[s * b:(s + 1) * b]]
+            for slot in window_slots(len(window), self.micro_batch, self.num_processes, self.process_index):
+                chunk = [(int(i), 1.0) for i in window[slot.start:slot.stop]]
                 micro_batches.append(chunk or [(int(window[0]), 0.0)])
             yield Window(micro_batches, len(window))
 

@@ -99,7 +99,7 @@ def check_stream_file(path: str, kind: str, flag: str) -> None:
                 if not line.strip():
                     continue
                 try:
-                    json.loads(line)
+                    json.loads(line.rstrip("\r\n"))
                 except ValueError as err:
                     reason = getattr(err, "msg", str(err))
                     raise FlagError(flag.lstrip("-"), f"{path!r} line {number} is not valid JSON ({reason}); fix or "

@@ -23,7 +23,6 @@ with their indices, so each sample counts exactly once on any number of processe
 from __future__ import annotations
 
 import itertools
-import math
 import time
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterator, Optional, Sequence
@@ -33,7 +32,7 @@ import torch
 
 from framework.core.config import TrainingConfig
 from framework.core.errors import FlagError, UserError
-from framework.data.loaders import Augment, Window, sample_generator
+from framework.data.loaders import Augment, Window, accumulation_for, sample_generator, window_slots
 
 Prepare = Callable[[list[dict]], list[dict]]  # raw samples -> model samples (each with `labels`)
 READ_AHEAD = 1024  # stream samples read (and this process's share prepared) at a time
@@ -54,7 +53,7 @@ class StreamPlan:
     @property
     def accumulation(self) -> int:
         """Micro-batches per process in a full window."""
-        return math.ceil(self.effective_batch / (self.micro_batch * self.num_processes))
+        return accumulation_for(self.effective_batch, self.micro_batch, self.num_processes)
 
     def with_micro_batch(self, micro_batch: int) -> "StreamPlan":
         """The same windows cut into micro-batches of another size."""
@@ -63,10 +62,7 @@ class StreamPlan:
     def slots(self, window_size: int) -> list[range]:
         """This process's micro-batches of a window of `window_size` samples, as positions in the window
         (an empty range: this process has no real sample there and trains on filler of weight 0)."""
-        b, procs = self.micro_batch, self.num_processes
-        per_process = math.ceil(window_size / (b * procs))
-        return [range(min(s * b, window_size), min((s + 1) * b, window_size))
-                for s in (j * procs + self.process_index for j in range(per_process))]
+        return window_slots(window_size, self.micro_batch, self.num_processes, self.process_index)
 
 
 class StreamingTrainData:
