@@ -12,6 +12,7 @@ from framework.core.runtime import build_accelerator
 from framework.data.columns import require_column
 from framework.data.hub import load_hub_splits
 from framework.data.identity import content_hash, record_source
+from framework.data.label_mapping import to_model_labels, training_classes
 from framework.data.labels import (
     class_names_from,
     label_name,
@@ -55,7 +56,7 @@ __all__ = [
     # data
     "load_local_file", "load_local_stream", "load_by_content", "check_complete_rows", "quiet_datasets",
     "load_hub_splits", "require_column", "record_source", "content_hash", "class_names_from", "to_class_ids",
-    "stratified_hold_out",
+    "stratified_hold_out", "training_classes", "to_model_labels",
     "label_name", "sorted_class_names", "multi_label_names_from", "to_indicators", "check_labels", "cached_beside",
     "column_batches", "map_with_progress", "arrow_batches", "preparation_workers", "shared_work", "build_train_data",
     "build_eval_loader",

@@ -38,19 +38,17 @@ from framework import (
     RecipeData,
     TrainingConfig,
     UserError,
-    class_names_from,
     content_hash,
     flag,
     load_by_content,
     load_hub_splits,
-    multi_label_names_from,
     pixel_logistic_regression,
     require,
     run,
     run_main,
     score,
-    to_class_ids,
-    to_indicators,
+    to_model_labels,
+    training_classes,
     wanted,
 )
 
@@ -234,12 +232,9 @@ def build_data(config: ImageConfig, trained=None) -> RecipeData:
     if config.multi_label:
         hint = "set --label_column: multi-label images take their label sets from a metadata.csv or " \
                "metadata.jsonl beside them (columns file_name and the labels)"
-    if train is not None:
-        names, train = multi_label_names_from(train, config.label_column, config.label_delimiter, what="the "
-                                              "training data") if config.multi_label else \
-            class_names_from(train, config.label_column, hint=hint)
-    else:
-        names = list(trained.class_names)
+    labels = {"multi_label": config.multi_label, "delimiter": config.label_delimiter, "hint": hint}
+    names, train = training_classes(train, config.label_column, **labels,
+                                    trained_names=trained.class_names if trained else None)
     skipped, test_ids = 0, None
     if test is not None:
         paths = test.cast_column(column, Image(decode=False)).with_format("arrow")[column]
@@ -254,12 +249,9 @@ def build_data(config: ImageConfig, trained=None) -> RecipeData:
         skipped += len(bad)
         if what == "test data" and bad:
             test_ids = [row_id for i, row_id in enumerate(test_ids) if i not in bad]
-        if config.multi_label and what != "training data":  # the training split's were made above
-            split = to_indicators(split, config.label_column, names, config.label_delimiter, f"the {what}",
-                                  required=what == "evaluation data")
-        elif not config.multi_label:
-            split = to_class_ids(split, config.label_column, names, f"the {what}",
-                                 required=what == "evaluation data", hint=hint)
+        if what != "training data":  # the training split's were made above
+            split = to_model_labels(split, config.label_column, names, what=f"the {what}",
+                                    required=what == "evaluation data", **labels)
         if config.label_column != "labels":  # the name every recipe's samples use
             split = split.remove_columns([c for c in ("labels",) if c in split.column_names])
             split = split.rename_column(config.label_column, "labels")

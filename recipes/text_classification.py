@@ -41,13 +41,11 @@ from framework import (
     UserError,
     cached_beside,
     check_complete_rows,
-    class_names_from,
     column_batches,
     flag,
     load_hub_splits,
     load_local_file,
     map_with_progress,
-    multi_label_names_from,
     preparation_workers,
     require,
     require_column,
@@ -58,7 +56,8 @@ from framework import (
     stratified_hold_out,
     tfidf_logistic_regression,
     to_class_ids,
-    to_indicators,
+    to_model_labels,
+    training_classes,
     wanted,
 )
 
@@ -320,21 +319,13 @@ def labelled_splits(config: TextConfig, train: Dataset | None, evaluation: Datas
     whats = (f"--train_file {config.train_file!r}" if local else "the training data",
              f"--validation_file {config.validation_file!r}" if local and config.validation_file
              else "the evaluation data", f"--test_file {config.test_file!r}")
-    column, delimiter = config.label_column, config.label_delimiter
-    if train is not None:
-        names, train = multi_label_names_from(train, column, delimiter, what=whats[0]) if config.multi_label \
-            else class_names_from(train, column, what=whats[0])
-    else:
-        names = list(trained.class_names)
-    def for_split(split: Dataset, what: str, required: bool = True) -> Dataset:
-        if config.multi_label:
-            return to_indicators(split, column, names, delimiter, what, required=required)
-        return to_class_ids(split, column, names, what, required=required)
-
+    labels = {"multi_label": config.multi_label, "delimiter": config.label_delimiter}
+    names, train = training_classes(train, config.label_column, what=whats[0], **labels,
+                                    trained_names=trained.class_names if trained else None)
     if evaluation is not None:
-        evaluation = for_split(evaluation, whats[1])
+        evaluation = to_model_labels(evaluation, config.label_column, names, what=whats[1], **labels)
     if test is not None:
-        test = for_split(test, whats[2], required=False)
+        test = to_model_labels(test, config.label_column, names, what=whats[2], required=False, **labels)
     return names, train, evaluation, test
 
 
