@@ -148,11 +148,12 @@ def _train(recipe: Recipe, config: TrainingConfig, accelerator: Accelerator, pre
     if data.baseline is not None and accelerator.is_main_process:  # once per job, into banner and summary
         notes.update(data.baseline())
     components = default_components(config) + (recipe.components(config) if recipe.components else [])
-    training = TrainingRun(accelerator, config, model, optimizer, scheduler, train_data, eval_loader,
-                           data.class_names, precision, run_dir, loss_fn, recipe.extra_metrics, flops, notes,
-                           preparation_s)
-    training.thresholds = fixed_thresholds(config, len(data.class_names))
-    training.data_sources = data.sources
+    training = TrainingRun(accelerator=accelerator, config=config, model=model, optimizer=optimizer,
+                           scheduler=scheduler, train_data=train_data, eval_loader=eval_loader,
+                           class_names=data.class_names, precision=precision, run_dir=run_dir, loss_fn=loss_fn,
+                           extra_metrics=recipe.extra_metrics, flops_per_sample=flops, data_notes=notes,
+                           preparation_s=preparation_s, data_sources=data.sources,
+                           thresholds=fixed_thresholds(config, len(data.class_names)))
     result = fit(training, components)
     if "baseline_accuracy" in notes:
         metrics = result.report.metrics

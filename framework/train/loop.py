@@ -82,29 +82,30 @@ class FitResult:
     model: Any = None  # the (prepared) model that trained
 
 
-def _optimizer_step(ctx: TrainingRun, window: Window, batches: Any, running: _Running, epoch: int) -> bool:
-    """Forward/backward every micro-batch of `window`, then clip and step. Returns whether the step was skipped."""
-    accelerator, model = ctx.accelerator, ctx.model
+def _train_window(run: TrainingRun, window: Window, batches: Any, running: _Running, epoch: int) -> bool:
+    """One optimizer step: forward and backward every micro-batch of `window`, clip, apply the update, step the
+    schedule. Returns whether fp16 loss scaling skipped the update."""
+    accelerator, model = run.accelerator, run.model
     scale = accelerator.num_processes / window.num_real
     last = len(window.micro_batches) - 1
     for j, batch in enumerate(batches):
         keys = None
-        if ctx.keyed_dropout_layers:  # computed on the host, copied with the batch
-            keys = sample_keys(batch["index"], ctx.config.seed, epoch).to(accelerator.device, non_blocking=True)
+        if run.keyed_dropout_layers:  # computed on the host, copied with the batch
+            keys = sample_keys(batch["index"], run.config.seed, epoch).to(accelerator.device, non_blocking=True)
         batch = to_device(batch, accelerator.device)
         inputs, labels = split_batch(batch)
         with contextlib.nullcontext() if j == last else accelerator.no_sync(model), keyed_samples(keys):
             logits = model(**inputs)
-            weighted = (ctx.loss_fn(logits.float(), labels) * batch["weight"]).sum()
+            weighted = (run.loss_fn(logits.float(), labels) * batch["weight"]).sum()
             accelerator.backward(weighted * scale)
         running.loss += weighted.detach()
     running.samples += window.num_real
-    if ctx.config.max_grad_norm > 0:
-        _clip_gradients(accelerator, ctx.params, ctx.config.max_grad_norm)
-    skipped = _step_optimizer(ctx)
+    if run.config.max_grad_norm > 0:
+        _clip_gradients(accelerator, run.params, run.config.max_grad_norm)
+    skipped = _apply_update(run)
     if not skipped:
-        ctx.scheduler.step()
-    ctx.optimizer.zero_grad(set_to_none=True)
+        run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
     return skipped
 
 
@@ -123,7 +124,7 @@ def _clip_gradients(accelerator: Accelerator, params: list[torch.nn.Parameter], 
         accelerator.clip_grad_norm_(params, max_norm)
 
 
-def _step_optimizer(ctx: TrainingRun) -> bool:
+def _apply_update(run: TrainingRun) -> bool:
     """Apply the update; returns True when fp16 loss scaling found inf/NaN gradients and skipped it.
 
     `AcceleratedOptimizer.step` (accelerate 1.15) looks up whether the `lomo_optim`
@@ -132,7 +133,7 @@ def _step_optimizer(ctx: TrainingRun) -> bool:
     Where it adds nothing (no XLA, no DeepSpeed) the wrapped optimizer is stepped here
     with the same GradScaler calls.
     """
-    accelerator, optimizer = ctx.accelerator, ctx.optimizer
+    accelerator, optimizer = run.accelerator, run.optimizer
     if accelerator.distributed_type in (DistributedType.XLA, DistributedType.DEEPSPEED):
         optimizer.step()
         return optimizer.step_was_skipped
@@ -141,48 +142,48 @@ def _step_optimizer(ctx: TrainingRun) -> bool:
     if scaler is None:
         inner.step()
         return False
-    if ctx.loss_scale is None:
-        ctx.loss_scale = scaler.get_scale()
+    if run.loss_scale is None:
+        run.loss_scale = scaler.get_scale()
     scaler.step(inner)  # reads the inf/NaN flags on the host: the one sync fp16 needs per step
     scaler.update()
     # The scale backs off exactly when the step was skipped. Reading it right after the
     # sync above costs next to nothing, and it is the next step's starting scale.
-    previous, ctx.loss_scale = ctx.loss_scale, scaler.get_scale()
-    return ctx.loss_scale < previous
+    previous, run.loss_scale = run.loss_scale, scaler.get_scale()
+    return run.loss_scale < previous
 
 
-def _log_train(ctx: TrainingRun, state: TrainState, running: _Running, lr: float, started: float) -> None:
+def _log_train(run: TrainingRun, state: TrainState, running: _Running, lr: float, started: float) -> None:
     """Reduce the running sums over processes (the one sync per logging interval) and log them."""
     # A sum is finite exactly when every term was (inf and NaN propagate), so one read checks them all.
-    loss_sum = ctx.accelerator.reduce(running.loss, reduction="sum").item()
+    loss_sum = run.accelerator.reduce(running.loss, reduction="sum").item()
     if not math.isfinite(loss_sum):
         raise NonFiniteLossError(
             f"the training loss was NaN or inf in the steps up to step {state.step}; lower --learning_rate, "
             f"check the data, or use --mixed_precision bf16/no")
     loss = loss_sum / max(running.samples, 1)
-    epoch = _epochs_done(ctx, state)
-    elapsed = ctx.train_time + time.perf_counter() - started  # after the reduce above, so the device is synced
-    _log(ctx, {"step": state.step, "epoch": round(epoch, 4), "loss": loss, "lr": lr, "elapsed_s": elapsed})
-    rate = _samples_per_second(ctx, state, elapsed)
+    epoch = _epochs_done(run, state)
+    elapsed = run.train_time + time.perf_counter() - started  # after the reduce above, so the device is synced
+    _log(run, {"step": state.step, "epoch": round(epoch, 4), "loss": loss, "lr": lr, "elapsed_s": elapsed})
+    rate = _samples_per_second(run, state, elapsed)
     postfix = {"loss": f"{loss:.4f}", "lr": f"{lr:.2e}", "samples/s": f"{rate:.0f}"}
-    if ctx.flops_per_sample:
-        postfix["TFLOP/s"] = f"{ctx.flops_per_sample * rate / 1e12:.3g}"
+    if run.flops_per_sample:
+        postfix["TFLOP/s"] = f"{run.flops_per_sample * rate / 1e12:.3g}"
     if state.skipped_steps:
         postfix["skipped"] = state.skipped_steps
-    ctx.bar.set_postfix(postfix, refresh=False)
+    run.bar.set_postfix(postfix, refresh=False)
     running.loss.zero_()
     running.samples = 0
 
 
-def _samples_per_second(ctx: TrainingRun, state: TrainState, seconds: float) -> float:
+def _samples_per_second(run: TrainingRun, state: TrainState, seconds: float) -> float:
     """Training throughput of this process's run (a resumed run counts from its resume)."""
-    return (state.samples_seen - ctx.samples_at_start) / max(seconds, 1e-9)
+    return (state.samples_seen - run.samples_at_start) / max(seconds, 1e-9)
 
 
-def _log(ctx: TrainingRun, record: dict[str, Any]) -> None:
+def _log(run: TrainingRun, record: dict[str, Any]) -> None:
     """One metrics.jsonl line, and the same values to the --report_to trackers."""
-    ctx.run_dir.log(record)
-    ctx.accelerator.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
+    run.run_dir.log(record)
+    run.accelerator.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
 
 
 def _evaluate(run: TrainingRun, state: TrainState, components: Sequence[Component], due: str = "") -> None:
@@ -234,7 +235,7 @@ def train_epoch(run: TrainingRun, state: TrainState, components: Sequence[Compon
         if run.first_step_at is None:
             run.first_step_at = time.time()
         lr = run.scheduler.get_last_lr()[0]  # the lr this step applies
-        skipped = _optimizer_step(run, window, batches, running, state.epoch)
+        skipped = _train_window(run, window, batches, running, state.epoch)
         state.step += 1
         state.window += 1
         state.samples_seen += window.num_real
@@ -249,12 +250,8 @@ def train_epoch(run: TrainingRun, state: TrainState, components: Sequence[Compon
         if state.step % config.logging_steps == 0 or done:
             _log_train(run, state, running, lr, started)
         run.train_time += time.perf_counter() - started  # evaluations and checkpoints are not training time
-        if config.eval_steps and state.step % config.eval_steps == 0:
-            _evaluate(run, state, components, due="step")
-            if _stop_reason(components, state):
-                break
-        for component in components:
-            component.after_step(run, state, epoch_end=False)
+        if _after_step(run, state, components, evaluate=bool(config.eval_steps) and state.step % config.eval_steps == 0):
+            break
         started = time.perf_counter()
         if done:
             break
@@ -264,6 +261,27 @@ def train_epoch(run: TrainingRun, state: TrainState, components: Sequence[Compon
     if accelerator.device.type == "cuda":
         torch.cuda.synchronize()
     run.train_time += time.perf_counter() - started
+
+
+def _after_step(run: TrainingRun, state: TrainState, components: Sequence[Component], evaluate: bool) -> bool:
+    """What follows an optimizer step (in train_epoch, and in a resumed run that redoes an evaluation a stop
+    abandoned there): the evaluation --eval_steps asks for, then the components' step hooks, which do not run
+    when a component asked to stop in that evaluation. Returns whether one did."""
+    if evaluate:
+        _evaluate(run, state, components, due="step")
+        if _stop_reason(components, state):
+            return True
+    for component in components:
+        component.after_step(run, state, epoch_end=False)
+    return False
+
+
+def _after_epoch(run: TrainingRun, state: TrainState, components: Sequence[Component], evaluate: bool) -> None:
+    """What follows an epoch's last step: its evaluation (unless that step had one), the components' epoch hooks."""
+    if evaluate:
+        _evaluate(run, state, components, due="epoch")
+    for component in components:
+        component.after_step(run, state, epoch_end=True)
 
 
 def _stop_with_checkpoint(run: TrainingRun, state: TrainState, during_evaluation: bool = False) -> None:
@@ -384,10 +402,7 @@ def _after_epoch_part(run: TrainingRun, state: TrainState, components: Sequence[
     Returns whether training is over."""
     if _epoch_over(run, state) and not run.stopping:
         state.epoch, state.window = state.epoch + 1, 0
-        if state.last_eval_step != state.step:
-            _evaluate(run, state, components, due="epoch")
-        for component in components:
-            component.after_step(run, state, epoch_end=True)
+        _after_epoch(run, state, components, evaluate=state.last_eval_step != state.step)
     if run.stopping:
         _stop_with_checkpoint(run, state)
     reason = _stop_reason(components, state)
@@ -402,18 +417,13 @@ def _redo_abandoned_evaluation(run: TrainingRun, state: TrainState, components: 
     followed it in the uninterrupted run (train_epoch's step hooks, or the epoch end's), so that the run ends as
     that one would. Returns whether training is over."""
     due, state.evaluation_due = state.evaluation_due, ""
-    _evaluate(run, state, components, due=due)
     if due == "epoch":
-        for component in components:
-            component.after_step(run, state, epoch_end=True)
+        _after_epoch(run, state, components, evaluate=True)
         reason = _stop_reason(components, state)
         if reason:
             say(run.accelerator, f"{reason}; stopped at step {state.step} of {run.total_steps}")
         return bool(reason)
-    stopped = bool(_stop_reason(components, state))  # train_epoch leaves its loop before the step hooks then
-    if not stopped:
-        for component in components:
-            component.after_step(run, state, epoch_end=False)
+    stopped = _after_step(run, state, components, evaluate=True)
     if stopped or state.step >= run.total_steps:  # train_epoch would have returned here
         return _after_epoch_part(run, state, components) or state.step >= run.total_steps
     return False
