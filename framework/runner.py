@@ -26,10 +26,10 @@ from framework.data.identity import forget_sources, recorded_sources
 from framework.data.loaders import build_eval_loader, build_train_data
 from framework.data.streaming import build_stream_eval, build_stream_train_data, is_stream
 from framework.evaluate.best_model import check_best_metric
-from framework.evaluate.evaluation import ExtraMetrics, build_report, evaluate, predict_probabilities
+from framework.evaluate.evaluation import EvaluationContext, ExtraMetrics, build_report, predict_probabilities
 from framework.evaluate.predictions import write_predictions
-from framework.evaluate.temperature import calibrate, load_temperature
-from framework.evaluate.thresholds import check_threshold_task, fixed_thresholds, load_thresholds, tune_thresholds
+from framework.evaluate.temperature import load_temperature
+from framework.evaluate.thresholds import calibrate_and_tune, check_threshold_task, fixed_thresholds, load_thresholds
 from framework.io.checkpoint import resolve_checkpoint
 from framework.io.names import LABELS_FILE, PREDICTIONS_FILE, TEST_REPORT
 from framework.io.run_directory import RunDirectory
@@ -277,16 +277,12 @@ def _evaluate_only(accelerator: Accelerator, config: TrainingConfig, model: torc
     summary: dict[str, Any] = {"do_train": False, "model_path": config.model_path, "world_size":
                                accelerator.num_processes}
     if eval_loader is not None:
-        report = evaluate(accelerator, model, eval_loader, data.class_names, loss_fn, extra_metrics=extra_metrics,
-                          errors=config.save_errors, temperature=1.0 if config.calibrate else temperature or 1.0,
-                          thresholds=thresholds)
-        if config.calibrate:
-            temperature, report = calibrate(accelerator, model, eval_loader, data.class_names, loss_fn, report,
-                                            run_dir, extra_metrics=extra_metrics, errors=config.save_errors)
-        if config.decision_threshold == "auto":
-            thresholds, report = tune_thresholds(accelerator, model, eval_loader, data.class_names, loss_fn, run_dir,
-                                                 config.multi_label, extra_metrics=extra_metrics,
-                                                 errors=config.save_errors, temperature=temperature or 1.0)
+        context = EvaluationContext(accelerator, model, eval_loader, data.class_names, loss_fn, run_dir.path,
+                                    config.multi_label, extra_metrics, config.save_errors)
+        report = context.evaluate(temperature=1.0 if config.calibrate else temperature or 1.0, thresholds=thresholds)
+        temperature, thresholds, report = calibrate_and_tune(
+            context, report, calibrate=config.calibrate, tune=config.decision_threshold == "auto",
+            temperature=temperature, thresholds=thresholds)
         say(accelerator, report.text)
         run_dir.write_report(report)
         summary["eval_accuracy"] = report.metrics["accuracy"]

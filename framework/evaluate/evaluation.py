@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
@@ -190,6 +191,34 @@ def _most_confident_errors(predictions: Predictions, limit: int) -> list[tuple[i
     order = wrong[np.argsort(-predicted[wrong], kind="stable")][:limit]
     return [(int(i), int(predictions.labels[i]), int(predictions.predictions[i]), float(predicted[i]),
              float(probabilities.true[i])) for i in order]
+
+
+@dataclass
+class EvaluationContext:
+    """What an evaluation, the temperature fit and the threshold fit all need: the model on its loader, how to
+    score and report, and where the fitted values are written (`folder`: the run directory's path)."""
+
+    accelerator: Accelerator
+    model: torch.nn.Module
+    loader: Any
+    class_names: Sequence[str]
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    folder: Any = None
+    multi_label: bool = False
+    extra_metrics: Optional[ExtraMetrics] = None
+    errors: int = 0  # --save_errors
+    forward_batch: int = 0
+
+    def evaluate(self, temperature: float = 1.0, thresholds: Optional[np.ndarray] = None) -> Report:
+        """The report of the model on the loader (the same on every process)."""
+        return evaluate(self.accelerator, self.model, self.loader, self.class_names, self.loss_fn,
+                        forward_batch=self.forward_batch, extra_metrics=self.extra_metrics, errors=self.errors,
+                        temperature=temperature, thresholds=thresholds)
+
+    def predict(self, temperature: float = 1.0) -> Predictions:
+        """The gathered predictions of the model on the loader."""
+        return predict(self.accelerator, self.model, self.loader, self.loss_fn, forward_batch=self.forward_batch,
+                       temperature=temperature)
 
 
 def evaluate(accelerator: Accelerator, model: torch.nn.Module, loader: Any, class_names: Sequence[str],

@@ -71,16 +71,14 @@ def fit_temperature(accelerator: Any, model: torch.nn.Module, loader: Any, forwa
 CALIBRATION_NUMBERS = ("expected_calibration_error", "log_loss")
 
 
-def calibrate(accelerator: Any, model: torch.nn.Module, loader: Any, class_names: Any, loss_fn: Any, report: Any,
-              run_dir: Any, forward_batch: int = 0, extra_metrics: Any = None, errors: int = 0) -> tuple[float, Any]:
-    """--calibrate: fit the temperature on `loader`, evaluate again with it (the same predictions, calibrated
-    probabilities), say in the report what it changed (`temperature`, `before_temperature`) and write
-    calibration.json into the run directory. Returns (temperature, the calibrated report)."""
-    from framework.evaluate.evaluation import evaluate
-
-    temperature = fit_temperature(accelerator, model, loader, forward_batch)
-    calibrated = evaluate(accelerator, model, loader, class_names, loss_fn, forward_batch=forward_batch,
-                          extra_metrics=extra_metrics, errors=errors, temperature=temperature)
+def calibrate(context: Any, report: Any) -> tuple[float, Any]:
+    """--calibrate: fit the temperature on the context's loader (framework.evaluate.evaluation.EvaluationContext),
+    evaluate again with it (the same predictions, calibrated probabilities), say in the report what it changed
+    (`temperature`, `before_temperature`) and write calibration.json into the run directory. Returns
+    (temperature, the calibrated report)."""
+    accelerator = context.accelerator
+    temperature = fit_temperature(accelerator, context.model, context.loader, context.forward_batch)
+    calibrated = context.evaluate(temperature=temperature)
     before = {name: report.metrics[name] for name in CALIBRATION_NUMBERS}
     after = {name: calibrated.metrics[name] for name in CALIBRATION_NUMBERS}
     calibrated.metrics.update(temperature=temperature, before_temperature=before)
@@ -88,7 +86,7 @@ def calibrate(accelerator: Any, model: torch.nn.Module, loader: Any, class_names
                         f"{before['expected_calibration_error']:.4f} -> {after['expected_calibration_error']:.4f}, "
                         f"log loss {before['log_loss']:.4f} -> {after['log_loss']:.4f}\n")
     if accelerator.is_main_process:
-        save_temperature(run_dir.path, temperature, before, after)
+        save_temperature(context.folder, temperature, before, after)
     return temperature, calibrated
 
 

@@ -111,25 +111,38 @@ def load_thresholds(folder: Path, class_names: Sequence[str], multi_label: bool,
     return np.array([float(saved[name]) for name in names], np.float32)
 
 
-def tune_thresholds(accelerator: Any, model: Any, loader: Any, class_names: Sequence[str], loss_fn: Any,
-                    run_dir: Any, multi_label: bool, forward_batch: int = 0, extra_metrics: Any = None,
-                    errors: int = 0, temperature: float = 1.0) -> tuple[np.ndarray, Any]:
-    """--decision_threshold auto: the evaluation split's probabilities (gathered: the same on every process), the
-    thresholds of best F1, the report at those thresholds (it names them); thresholds.json into the run
-    directory. Returns (thresholds, report)."""
+def tune_thresholds(context: Any, temperature: float = 1.0) -> tuple[np.ndarray, Any]:
+    """--decision_threshold auto: the evaluation split's probabilities (gathered: the same on every process; the
+    context is framework.evaluate.evaluation.EvaluationContext), the thresholds of best F1, the report at those
+    thresholds (it names them); thresholds.json into the run directory. Returns (thresholds, report)."""
     from sklearn.metrics import f1_score
 
-    from framework.evaluate.evaluation import build_report, decide, predict
+    from framework.evaluate.evaluation import build_report, decide
 
-    predictions = predict(accelerator, model, loader, loss_fn, forward_batch=forward_batch, temperature=temperature)
+    class_names, multi_label = context.class_names, context.multi_label
+    predictions = context.predict(temperature=temperature)
     thresholds = fit_thresholds(predictions.probabilities.full, predictions.labels)
     decided = decide(predictions, thresholds)
     average = "micro" if multi_label else "binary"
     before = float(f1_score(predictions.labels, predictions.predictions, average=average, zero_division=0))
     after = float(f1_score(decided.labels, decided.predictions, average=average, zero_division=0))
-    report = build_report(decided, class_names, extra_metrics, errors)
+    report = build_report(decided, class_names, context.extra_metrics, context.errors)
     kind = "micro F1" if multi_label else f"F1 of {class_names[1]}"
     report.text += f"{'':>26} (tuned on this split: {kind} {before:.4f} at 0.5 -> {after:.4f})\n"
-    if accelerator.is_main_process:
-        save_thresholds(run_dir.path, thresholds, class_names, multi_label, before, after)
+    if context.accelerator.is_main_process:
+        save_thresholds(context.folder, thresholds, class_names, multi_label, before, after)
     return thresholds, report
+
+
+def calibrate_and_tune(context: Any, report: Any, *, calibrate: bool, tune: bool,
+                       temperature: Optional[float] = None, thresholds: Optional[np.ndarray] = None
+                       ) -> tuple[Optional[float], Optional[np.ndarray], Any]:
+    """What follows the last evaluation, in its one order: --calibrate's temperature, then --decision_threshold
+    auto's thresholds at that temperature. Returns the temperature, the thresholds and the report in effect."""
+    from framework.evaluate.temperature import calibrate as fit_and_apply_temperature
+
+    if calibrate:
+        temperature, report = fit_and_apply_temperature(context, report)
+    if tune:
+        thresholds, report = tune_thresholds(context, temperature or 1.0)
+    return temperature, thresholds, report

@@ -33,9 +33,8 @@ from framework.core.progress import progress_bar
 from framework.core.rng import capture_rng_state, restore_rng_state
 from framework.core.runtime import device_name, format_banner, say
 from framework.data.loaders import Window, to_device
-from framework.evaluate.evaluation import EvaluationStopped, Report, evaluate, split_batch
-from framework.evaluate.temperature import calibrate
-from framework.evaluate.thresholds import tune_thresholds
+from framework.evaluate.evaluation import EvaluationContext, EvaluationStopped, Report, evaluate, split_batch
+from framework.evaluate.thresholds import calibrate_and_tune
 from framework.io.checkpoint import checkpoint_root, load_checkpoint, resolve_checkpoint, run_identity
 from framework.io.plots import save_plots
 from framework.io.weights import bare_model, save_weights
@@ -436,15 +435,12 @@ def finish(run: TrainingRun, state: TrainState, components: Sequence[Component])
         _evaluate(run, state, components)
     for component in components:
         component.finish(run, state)
-    if run.config.calibrate:
-        run.temperature, run.report = calibrate(accelerator, run.model, run.eval_loader, run.class_names,
-                                                run.loss_fn, run.report, run.run_dir, state.eval_batch,
-                                                run.extra_metrics, run.config.save_errors)
-    if run.config.decision_threshold == "auto":
-        run.thresholds, run.report = tune_thresholds(accelerator, run.model, run.eval_loader, run.class_names,
-                                                     run.loss_fn, run.run_dir, run.config.multi_label,
-                                                     state.eval_batch, run.extra_metrics, run.config.save_errors,
-                                                     run.temperature or 1.0)
+    context = EvaluationContext(accelerator, run.model, run.eval_loader, run.class_names, run.loss_fn,
+                                run.run_dir.path, run.config.multi_label, run.extra_metrics, run.config.save_errors,
+                                state.eval_batch)
+    run.temperature, run.thresholds, run.report = calibrate_and_tune(
+        context, run.report, calibrate=run.config.calibrate, tune=run.config.decision_threshold == "auto",
+        temperature=run.temperature, thresholds=run.thresholds)
     say(accelerator, run.report.text)
     save_weights(accelerator, run.model, run.run_dir.path)
     run.run_dir.write_report(run.report)
