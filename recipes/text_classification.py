@@ -158,13 +158,17 @@ class TextConfig(TrainingConfig):
         """ngram, transformer, or pretrained (--model_name_or_path)."""
         return "pretrained" if self.model_name_or_path else self.model
 
+    def fill_defaults(self) -> None:
+        """Flags left unset (None) take the defaults of the model that runs (the runner validates after
+        --model_path's flags are adopted, so this is the trained run's model)."""
+        super().fill_defaults()
+        if self.model in MODEL_DEFAULTS or self.model_name_or_path:
+            for name, value in MODEL_DEFAULTS[self.model_kind].items():
+                if getattr(self, name) is None:
+                    setattr(self, name, value)
+
     def validate(self) -> None:
         require("model", self.model in ("ngram", "transformer"), "ngram or transformer")
-        # Flags left unset (None) take the defaults of the model that runs (the runner validates after
-        # --model_path's flags are adopted, so this is the trained run's model).
-        for name, value in MODEL_DEFAULTS[self.model_kind].items():
-            if getattr(self, name) is None:
-                setattr(self, name, value)
         super().validate()
         require("train_file", not (self.dataset_name and self.train_file), "given, or --dataset_name, but not both")
         require("train_file", not self.do_train or bool(self.dataset_name or self.train_file),

@@ -147,7 +147,7 @@ def test_gradient_checkpointing_is_a_noted_no_op_for_the_ngram_model(tmp_path, c
 
 
 def test_defaults_follow_the_model_and_a_given_flag_wins():
-    from framework.core.config import parse_config
+    from framework.core.config import parse_config, validate_config
     from recipes.text_classification import TextConfig
 
     ngram = parse_config(TextConfig, ["--train_file", "x.csv"])
@@ -161,7 +161,7 @@ def test_defaults_follow_the_model_and_a_given_flag_wins():
     # --model_path adopts the trained run's --model before the runner validates: the defaults follow it
     adopted = parse_config(TextConfig, ["--train_file", "x.csv"], validate=False)
     adopted.model = "transformer"
-    adopted.validate()
+    validate_config(adopted)  # fills the defaults of the model that runs, then checks
     assert (adopted.optim, adopted.learning_rate, adopted.num_train_epochs) == ("adamw", 1e-3, 5)
 
 

@@ -259,8 +259,6 @@ class TaskFlags:
 
     def check_task(self) -> None:
         """Raise `InvalidFlag` for the first value of this group outside its allowed range."""
-        require("calibrate", not self.calibrate or self.do_eval,
-                "false when --do_eval is false (the temperature is fitted on the evaluation split)")
         require("do_eval", self.do_eval or not self.do_train,
                 "true when --do_train is true (training evaluates at each epoch end)")
         require("model_path", self.do_train or bool(self.model_path),
@@ -310,13 +308,6 @@ class LabelFlags:
                 value = math.nan
             require("decision_threshold", math.isfinite(value) and 0.0 < value < 1.0,
                     "auto, empty, or a number in (0, 1)")
-        if self.multi_label:
-            require("label_smoothing", self.label_smoothing == 0.0, "0 with --problem_type "
-                    "multi_label_classification (a multi-label loss has no label smoothing)")
-            require("class_weights", not self.class_weights, "empty with --problem_type multi_label_classification "
-                    "(each label is its own binary decision)")
-            require("calibrate", not self.calibrate, "false with --problem_type multi_label_classification "
-                    "(temperature scaling is fitted to single-label probabilities)")
 
 
 @dataclass
@@ -325,8 +316,13 @@ class TrainingConfig(TaskFlags, LabelFlags, CheckpointFlags, RuntimeFlags, Evalu
     """Hyperparameters shared by every recipe (names follow HF `TrainingArguments`), in groups that check
     themselves; a recipe subclasses it with its own fields and `validate` (calling super().validate())."""
 
+    def fill_defaults(self) -> None:
+        """Give flags left unset the defaults that depend on other flags (a recipe's per-model defaults); called
+        before `validate`, which only checks. Nothing to fill here."""
+
     def validate(self) -> None:
-        """Raise `InvalidFlag` (a `ConfigError` once parsed) for the first value outside its allowed range."""
+        """Raise `InvalidFlag` (a `ConfigError` once parsed) for the first value outside its allowed range: each
+        group checks its own flags, then the checks that span groups."""
         self.check_output()
         self.check_batch()
         self.check_optimization()
@@ -335,6 +331,19 @@ class TrainingConfig(TaskFlags, LabelFlags, CheckpointFlags, RuntimeFlags, Evalu
         self.check_checkpoint()
         self.check_task()
         self.check_labels()
+        self.check_across_groups()
+
+    def check_across_groups(self) -> None:
+        """The checks that involve flags of several groups, in one place."""
+        require("calibrate", not self.calibrate or self.do_eval,
+                "false when --do_eval is false (the temperature is fitted on the evaluation split)")
+        if self.multi_label:
+            require("label_smoothing", self.label_smoothing == 0.0, "0 with --problem_type "
+                    "multi_label_classification (a multi-label loss has no label smoothing)")
+            require("class_weights", not self.class_weights, "empty with --problem_type multi_label_classification "
+                    "(each label is its own binary decision)")
+            require("calibrate", not self.calibrate, "false with --problem_type multi_label_classification "
+                    "(temperature scaling is fitted to single-label probabilities)")
 
 
 _VALUE = object()  # require(): name the flag's whole value
@@ -508,8 +517,10 @@ def parse_config(cls: type[TrainingConfig], argv: Optional[list[str]] = None, va
 
 
 def validate_config(config: TrainingConfig) -> None:
-    """`config.validate()`, its first `InvalidFlag` turned into a one-line `ConfigError` with the given value."""
+    """`config.fill_defaults()` then `config.validate()`, its first `InvalidFlag` turned into a one-line `ConfigError`
+    with the given value."""
     try:
+        config.fill_defaults()
         config.validate()
     except InvalidFlag as err:
         given = getattr(config, err.name, None) if err.given is _VALUE else err.given
