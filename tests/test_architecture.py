@@ -90,3 +90,16 @@ def test_the_checks_see_a_violation(tmp_path):
     graph = _graph(tmp_path)
     assert "framework.train.loop" in graph["framework.core._planted_for_test"]
     assert any(_layer(dep) > _layer(name) for name, deps in graph.items() for dep in deps)
+
+
+def test_no_function_of_the_library_or_the_recipes_is_longer_than_sixty_lines():
+    long = []
+    for path in [*FRAMEWORK.rglob("*.py"), *(REPO / "recipes").rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 60:
+                long.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name}")
+    assert not long, long
+
+
+def test_the_recipe_module_is_the_contract_only():
+    assert len((FRAMEWORK / "recipe.py").read_text().splitlines()) <= 200
