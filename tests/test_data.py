@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 
 from framework.core.errors import UserError
 from framework.data.loaders import WindowPlan, check_labels
@@ -84,3 +85,23 @@ def test_check_labels():
         check_labels(Dataset.from_dict({"y": [0]}), 3)
     with pytest.raises(UserError, match="is empty"):
         check_labels(Dataset.from_dict({"labels": []}), 3)
+
+
+def test_a_torch_formatted_dataset_is_fetched_as_columns_and_gives_the_row_path_batches():
+    """Batched fetch: one indexed read per micro-batch, the same tensors as rows collated one by one."""
+    from datasets import Dataset
+    from torch.utils.data import default_collate
+
+    from framework.data.loaders import TrainData, WindowPlan, fetches_columns
+
+    rows = Dataset.from_dict({"x": [[float(i), float(-i)] for i in range(50)], "labels": [i % 3 for i in range(50)]})
+    dataset = rows.with_format("torch")
+    assert fetches_columns(dataset, None) and not fetches_columns(dataset, default_collate)
+    assert not fetches_columns(rows, None)  # not torch-formatted: rows, as before
+    plan = WindowPlan(50, micro_batch=8, accumulation=2, seed=3)
+    columns, by_rows = TrainData(dataset, plan), TrainData(dataset, plan, collate_fn=default_collate)
+    assert columns.loader.dataset.batched and not by_rows.loader.dataset.batched
+    for (_, a), (_, b) in zip(columns.epoch(0), by_rows.epoch(0)):
+        for one, other in zip(a, b):
+            assert one.keys() == other.keys()
+            assert all(torch.equal(one[k], other[k]) and one[k].dtype == other[k].dtype for k in one)

@@ -156,9 +156,12 @@ def fetches_columns(dataset: Any, collate_fn: Optional[Callable], augment: Optio
             and dataset.format.get("type") == "torch" and not dataset.format.get("format_kwargs"))
 
 
-def collate_columns(columns: dict[str, Any]) -> dict[str, Any]:
+def collate_columns(columns: Any) -> dict[str, Any]:
     """A batch from a columnar read: each column's tensor as it is; a column the format could not stack (lists
-    of different lengths) is collated row by row as `default_collate` would."""
+    of different lengths) is collated row by row as `default_collate` would. Rows (a list of samples, as the
+    batch-size search builds a probe) are collated by `default_collate`."""
+    if not isinstance(columns, dict):
+        return default_collate(columns)
     if all(torch.is_tensor(value) for value in columns.values()):
         return dict(columns)
     rows = [dict(zip(columns, values)) for values in zip(*columns.values())]
@@ -347,6 +350,8 @@ def largest_sample_index(dataset: Any) -> int:
     import pyarrow as pa
     import pyarrow.compute as pc
 
+    if isinstance(dataset, ColumnBatches):  # an evaluation loader's view: the dataset under it
+        dataset = dataset.dataset
     if not isinstance(dataset, datasets.Dataset) or len(dataset) == 0:
         return 0
     table = dataset.with_format("arrow")
