@@ -33,7 +33,8 @@ def hand_written(epochs: int) -> dict:
 
     config = digits.DigitsConfig()
     train, _, names = digits.load_splits(config)
-    x, y = train["pixel_values"], train["labels"]
+    columns = train[:]  # the whole split as tensors (a column alone is read lazily from Arrow)
+    x, y = columns["pixel_values"], columns["labels"]
     torch.manual_seed(config.seed)
     model = digits.DigitsCNN(config.channels, len(names), config.dropout)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)

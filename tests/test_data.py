@@ -101,6 +101,10 @@ def test_a_torch_formatted_dataset_is_fetched_as_columns_and_gives_the_row_path_
     plan = WindowPlan(50, micro_batch=8, accumulation=2, seed=3)
     columns, by_rows = TrainData(dataset, plan), TrainData(dataset, plan, collate_fn=default_collate)
     assert columns.loader.dataset.batched and not by_rows.loader.dataset.batched
+    assert columns.loader.dataset.columns is not None  # small: held as tensors, a micro-batch is one index
+    from framework.data.loaders import in_memory_columns
+
+    assert in_memory_columns(dataset, limit=10) is None  # past the limit: one Arrow read per micro-batch
     for (_, a), (_, b) in zip(columns.epoch(0), by_rows.epoch(0)):
         for one, other in zip(a, b):
             assert one.keys() == other.keys()

@@ -130,12 +130,17 @@ class WeightedSamples(Dataset):
         self.augment = augment
         self.seed = seed
         self.batched = batched  # one indexed call per micro-batch, as columns (see `fetches_columns`)
+        # A small set read as columns is held as tensors once: a micro-batch is then one index per column
+        self.columns = in_memory_columns(dataset) if batched else None
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitems__(self, keys: list[tuple]) -> tuple[Any, list[float], list[int]]:
         indices = [key[0] for key in keys]
+        if self.columns is not None:
+            rows = torch.tensor(indices, dtype=torch.int64)
+            return {name: column[rows] for name, column in self.columns.items()}, [key[1] for key in keys], indices
         if self.batched:  # the micro-batch's columns in one read, never split into rows
             return self.dataset[indices], [key[1] for key in keys], indices
         fetch = getattr(self.dataset, "__getitems__", None)
@@ -154,6 +159,21 @@ def fetches_columns(dataset: Any, collate_fn: Optional[Callable], augment: Optio
 
     return (collate_fn is None and augment is None and isinstance(dataset, datasets.Dataset)
             and dataset.format.get("type") == "torch" and not dataset.format.get("format_kwargs"))
+
+
+IN_MEMORY_BYTES = 256 << 20  # a torch-formatted set up to this size (in Arrow) is held as tensors for fetching
+
+
+def in_memory_columns(dataset: Any, limit: int = IN_MEMORY_BYTES) -> Optional[dict[str, torch.Tensor]]:
+    """A small torch-formatted `datasets.Dataset` (at most `limit` bytes in Arrow) as one tensor per column, read
+    once, or None (larger, or a column of rows of different lengths). Reading 32 rows from Arrow costs more than
+    the step of a small model; indexing a tensor costs microseconds, and gives the same values."""
+    if dataset.data.nbytes > limit:
+        return None
+    columns = dataset[:]
+    if not all(torch.is_tensor(value) and len(value) == len(dataset) for value in columns.values()):
+        return None
+    return dict(columns)
 
 
 def collate_columns(columns: Any) -> dict[str, Any]:
