@@ -73,6 +73,18 @@ class Workload:
 
 QUICK = dict(vocab=1000, seq=32, d_model=64, heads=4, ff=128, layers=2, micro=16, accum=2, warmup=10, steps=200,
              window=40, workers=0)
+# --smoke: the quick model for a handful of steps; checks that the script and its rows work (tests), times nothing
+SMOKE = {**QUICK, "warmup": 2, "steps": 20, "window": 10}
+
+
+def workload_of(args) -> "Workload":
+    """The workload the size flags ask for: full, --quick or --smoke."""
+    return Workload(**(SMOKE if args.smoke else QUICK if args.quick else {}))
+
+
+def _size_flags(args) -> list[str]:
+    """The size flags a child process is given: the parent's."""
+    return ["--quick"] * args.quick + ["--smoke"] * args.smoke
 
 
 class EncoderClassifier(nn.Module):
@@ -352,7 +364,7 @@ REQUIRES = {"lightning": "lightning", "hf": "transformers"}
 
 
 def _child(args) -> None:
-    w = Workload(**(QUICK if args.quick else {}))
+    w = workload_of(args)
     if args.micro:
         w.micro, w.accum = args.micro, args.accum or 1
     w.auto, w.max_memory_gib, w.compile = args.auto, args.max_memory_gib or 0.0, args.compiled
@@ -366,9 +378,9 @@ def _child(args) -> None:
                                   "optimizer": optimizer}), flush=True)
 
 
-def _run_child(peer: str, precision: str, quick: bool, *extra: str) -> dict | None:
+def _run_child(peer: str, precision: str, size_flags: list[str], *extra: str) -> dict | None:
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_DATASETS_OFFLINE": "1", "MPLBACKEND": "Agg"}
-    cmd = [sys.executable, __file__, "--peer", peer, "--precision", precision, *(["--quick"] * quick), *extra]
+    cmd = [sys.executable, __file__, "--peer", peer, "--precision", precision, *size_flags, *extra]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL)
     rows = [json.loads(line[7:]) for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode != 0 or not rows:
@@ -392,7 +404,7 @@ def _auto_batch_check(args) -> None:
                           else "auto + checkpointing, no cap (CPU)",
                           ["--micro", big, "--accum", "1", "--auto", "--checkpointed"]
                           + (["--max_memory_gib", str(args.max_memory_gib)] if cuda else []))]:
-        row = _run_child("framework", precision, args.quick, *extra)
+        row = _run_child("framework", precision, _size_flags(args), *extra)
         if row:
             rows.append({**row, "peer": f"framework ({label})"})
     print(f"{'run':<34}{'precision':<11}{'micro x accum':<15}{'samples/s':>11}{'peak MiB':>11}")
@@ -451,6 +463,9 @@ def main() -> None:
     """Run every (peer, precision) in its own process, print a table with ratios to raw, write --out."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a CPU-sized workload (under 3 minutes on 2 cores)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="the --quick model for 20 timed steps, to check the script and its rows (the tests); no timing "
+                             "worth reading")
     parser.add_argument("--out", help="write {'rows': [...]} JSON here")
     parser.add_argument("--peers", default=",".join(PEERS), help="comma list of " + ", ".join(PEERS))
     parser.add_argument("--precisions", help="comma list of no, fp16, bf16 (default: no,fp16 on CUDA, no on CPU)")
@@ -470,6 +485,7 @@ def main() -> None:
     parser.add_argument("--accum", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--auto", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.quick = args.quick or args.smoke
     if args.peer:
         return _child(args)
     if args.auto_batch_check:
@@ -486,7 +502,7 @@ def main() -> None:
     for _ in range(args.repeats):
         for precision in precisions:
             for peer, extra in runs:
-                row = _run_child(peer, precision, args.quick, *extra)
+                row = _run_child(peer, precision, _size_flags(args), *extra)
                 if row:
                     runs_of.setdefault((row["peer"], precision), []).append(row)
         if args.out:  # what a time limit cutting the later repeats would otherwise lose
@@ -495,11 +511,12 @@ def main() -> None:
     if len(settings) > 1:
         raise SystemExit("the peers' optimizers differ, the comparison would not be fair: " + "; ".join(settings))
     rows = {key: summarize(rs) for key, rs in runs_of.items()}
-    flops = workload_flops_per_sample(Workload(**(QUICK if args.quick else {})))
+    flops = workload_flops_per_sample(workload_of(args))
     for row in rows.values():
         row["tflops_per_s"] = row["samples_per_s"] * flops / 1e12
     print(f"device: {torch.cuda.get_device_name() if cuda else 'cpu'}; torch {torch.__version__}; "
-          f"workload: {'quick' if args.quick else 'full'}; repeats: {args.repeats} (alternating); "
+          f"workload: {'smoke' if args.smoke else 'quick' if args.quick else 'full'}; "
+          f"repeats: {args.repeats} (alternating); "
           f"optimizer: {settings.pop() if settings else '-'}")
     print(f"model FLOPs per sample (forward + backward): {flops:.4g}")
     print(f"{'peer':<20}{'precision':<11}{'micro x accum':<15}{'median/s':>10}{'TFLOP/s':>9}{'spread':>8}"

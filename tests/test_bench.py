@@ -21,7 +21,7 @@ PEER_FIELDS = FIELDS | {"runs_samples_per_s", "spread", "ratio_to_raw", "peak_ra
 
 def run_bench(tmp_path, *args: str) -> list[dict]:
     out = tmp_path / "rows.json"
-    done = launch([sys.executable, str(BENCH), "--quick", "--repeats", "1", "--out", str(out), *args], timeout=400)
+    done = launch([sys.executable, str(BENCH), "--smoke", "--repeats", "1", "--out", str(out), *args], timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(out.read_text())["rows"]
 
