@@ -63,8 +63,29 @@ def accelerate_launch(config: str, script: Path, *args: str, timeout: float = 18
                   timeout)
 
 
+def _live_descendants(root: int) -> list[int]:
+    """The processes below `root` that have not exited (zombies count as gone), from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            pid, rest = stat.read_text().split(" (", 1)
+        except OSError:
+            continue
+        state, ppid = rest.rsplit(") ", 1)[1].split()[:2]
+        if state != "Z":
+            children.setdefault(int(ppid), []).append(int(pid))
+    found, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
 def run_and_kill_after(command: list[str], out: Path, step: int) -> int:
-    """Start `command`, SIGKILL its whole process group once checkpoint step_<step> exists; return the exit code."""
+    """Start `command`, SIGKILL it and every process under it once checkpoint step_<step> exists (as a node failure
+    or a scheduler's kill does: torchrun starts each worker in a session of its own, out of the launcher's process
+    group), wait until all of them are gone; return the launcher's exit code."""
     env = {**os.environ, "HF_DATASETS_OFFLINE": "1"}
     proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             stdin=subprocess.DEVNULL, env=env, start_new_session=True)
@@ -72,9 +93,21 @@ def run_and_kill_after(command: list[str], out: Path, step: int) -> int:
     deadline = time.monotonic() + 120
     while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
+    workers = _live_descendants(proc.pid)
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGKILL)
-    return proc.wait()
+    for pid in workers:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    code = proc.wait()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() and
+                                              Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0] != "Z"
+                                              for pid in workers):
+        time.sleep(0.01)
+    return code
 
 
 def free_port() -> int:

@@ -12,7 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from helpers import CONFIGS, DIGITS, REPO, launch, read_json, run_and_kill_after, weights
+from helpers import (
+    CONFIGS,
+    DIGITS,
+    REPO,
+    debug_launch,
+    launch,
+    read_json,
+    run_and_kill_after,
+    run_digits_in_process,
+    weights,
+)
 
 # fp32 with dropout on (so every RNG must be restored), 4 epochs of 45 steps, a checkpoint every 10.
 RUN_ARGS = ["--mixed_precision", "no", "--dropout", "0.2", "--num_train_epochs", "4", "--checkpointing_steps", "10",
@@ -32,17 +42,32 @@ def _bitwise_equal(a: Path, b: Path) -> bool:
     return wa.keys() == wb.keys() and all(wa[k].equal(wb[k]) for k in wa)
 
 
+def _digits_main(argv):
+    from recipes import digits
+
+    digits.main(argv)
+
+
+def _run_here(processes: int, out: Path, *extra: str) -> None:
+    """The run of `_command` in this process (1) or in a forked 2-process gloo group: the same training without
+    a launcher's start-up (the killed runs below are real launches; what they are compared with needs none)."""
+    argv = ["--output_dir", str(out), *RUN_ARGS, *extra]
+    if processes == 1:
+        assert run_digits_in_process(out, *argv[2:]) == 0
+    else:
+        debug_launch(_digits_main, argv)
+
+
 @pytest.fixture(scope="module", params=[1, 2], ids=["1proc", "2proc"])
 def reference(request, tmp_path_factory):
     """An uninterrupted run, and the number of processes it used."""
     out = tmp_path_factory.mktemp(f"reference{request.param}")
-    result = launch(_command(request.param, out, "--overwrite_output_dir", "true"))
-    assert result.returncode == 0, result.stderr[-3000:]
+    _run_here(request.param, out)
     return request.param, out
 
 
 @pytest.mark.slow
-def test_killed_runs_resume_bitwise_identical(reference, tmp_path):
+def test_killed_runs_resume_bitwise_identical(reference, tmp_path, capfd):
     processes, ref_out = reference
     steps = read_json(ref_out / "summary.json")["optimizer_steps"]
     checkpoints = list(range(10, steps - 20, 10))
@@ -52,18 +77,18 @@ def test_killed_runs_resume_bitwise_identical(reference, tmp_path):
         code = run_and_kill_after(_command(processes, out), out, kill_after)
         assert code == -signal.SIGKILL or code != 0, f"the run finished before the kill at step {kill_after}"
         assert not (out / "summary.json").exists()
-        resumed = launch(_command(processes, out, "--resume_from_checkpoint", "latest"))
-        assert resumed.returncode == 0, resumed.stderr[-3000:]
-        assert "resumed from" in resumed.stdout
+        capfd.readouterr()
+        _run_here(processes, out, "--resume_from_checkpoint", "latest")
+        assert "resumed from" in capfd.readouterr().out
         assert read_json(out / "summary.json")["optimizer_steps"] == steps
         assert _bitwise_equal(ref_out, out), f"{processes} process(es), killed after step {kill_after}"
 
 
 @pytest.mark.slow
-def test_kill_while_writing_a_checkpoint_leaves_the_previous_one_usable(tmp_path):
+def test_kill_while_writing_a_checkpoint_leaves_the_previous_one_usable(tmp_path, capfd):
     out = tmp_path / "run"
     reference = tmp_path / "reference"
-    assert launch(_command(1, reference)).returncode == 0
+    _run_here(1, reference)
     assert run_and_kill_after(_command(1, out), out, 30) != 0
     latest = max((p for p in (out / "checkpoints").iterdir() if p.name.startswith("step_")),
                  key=lambda p: int(p.name.split("_")[1]))
@@ -75,9 +100,9 @@ def test_kill_while_writing_a_checkpoint_leaves_the_previous_one_usable(tmp_path
     (partial / "state.json").unlink()
     (partial / "model.safetensors").write_bytes(b"truncated")
     shutil.copytree(partial, out / "checkpoints" / f"step_{next_step + 10}")
-    resumed = launch(_command(1, out, "--resume_from_checkpoint", "latest"))
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"resumed from {latest}" in resumed.stdout
+    capfd.readouterr()
+    _run_here(1, out, "--resume_from_checkpoint", "latest")
+    assert f"resumed from {latest}" in capfd.readouterr().out
     assert _bitwise_equal(reference, out)
 
 
@@ -92,8 +117,7 @@ def test_save_total_limit_keeps_newest(tmp_path):
 @pytest.fixture(scope="module")
 def checkpointed_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("checkpointed")
-    result = launch(_command(1, out, "--max_steps", "20"))
-    assert result.returncode == 0, result.stderr[-3000:]
+    _run_here(1, out, "--max_steps", "20")
     return out
 
 
@@ -103,24 +127,24 @@ def checkpointed_run(tmp_path_factory):
     (["--per_device_train_batch_size", "16", "--resume_from_checkpoint", "latest"],
      "was made with effective_batch=32, this run has effective_batch=16"),
 ])
-def test_bad_resume_is_refused_and_leaves_outputs_untouched(checkpointed_run, tmp_path, extra, message):
+def test_bad_resume_is_refused_and_leaves_outputs_untouched(checkpointed_run, tmp_path, extra, message, capsys):
     out = tmp_path / "copy"
     shutil.copytree(checkpointed_run, out)
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    result = launch([sys.executable, str(DIGITS), "--output_dir", str(out), *RUN_ARGS, *extra])
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0], result.stderr
+    capsys.readouterr()
+    assert run_digits_in_process(out, *RUN_ARGS, *extra) == 2
+    stderr = capsys.readouterr().err
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], stderr
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 
-def test_incomplete_checkpoint_path_is_refused(checkpointed_run, tmp_path):
+def test_incomplete_checkpoint_path_is_refused(checkpointed_run, tmp_path, capsys):
     broken = tmp_path / "step_10"
     shutil.copytree(checkpointed_run / "checkpoints" / "step_10", broken)
     (broken / "state.json").unlink()
-    result = launch([sys.executable, str(DIGITS), "--output_dir", str(tmp_path / "out"), *RUN_ARGS,
-                     "--resume_from_checkpoint", str(broken)])
-    assert result.returncode == 2 and "is incomplete" in result.stderr
+    assert run_digits_in_process(tmp_path / "out", *RUN_ARGS, "--resume_from_checkpoint", str(broken)) == 2
+    assert "is incomplete" in capsys.readouterr().err
 
 
 @pytest.mark.slow
