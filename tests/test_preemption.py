@@ -16,7 +16,7 @@ import pytest
 from framework.core.errors import EXIT_PREEMPTED
 from framework.train.preemption import StopSignal
 
-from helpers import CONFIGS, DIGITS, REPO, debug_launch, launch, read_json, weights
+from helpers import CONFIGS, DIGITS, REPO, debug_launch, launch, read_json, run_digits_in_process, weights
 
 ACCELERATE = str(Path(sys.executable).with_name("accelerate"))
 # Dropout on (the digits default 0.1) so every RNG must come back; no periodic checkpoints.
@@ -74,14 +74,42 @@ def _bitwise_equal(a: Path, b: Path) -> bool:
     return wa.keys() == wb.keys() and all(wa[k].equal(wb[k]) for k in wa)
 
 
+def _digits_main(argv):
+    from recipes import digits
+
+    digits.main(argv)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_runs() -> dict[int, Path]:
+    return {}
+
+
+@pytest.fixture
+def uninterrupted(uninterrupted_runs, tmp_path_factory, capfd):
+    """`uninterrupted(processes)`: the run of RUN_ARGS on 1 or 2 processes without a signal, made once per module
+    (in this process, or a forked gloo group: the launchers under test are the signalled and resumed runs')."""
+
+    def get(processes: int) -> Path:
+        if processes not in uninterrupted_runs:
+            out = tmp_path_factory.mktemp(f"uninterrupted{processes}")
+            capfd.readouterr()
+            if processes == 1:
+                assert run_digits_in_process(out, *RUN_ARGS) == 0
+            else:
+                debug_launch(_digits_main, ["--output_dir", str(out), *RUN_ARGS])
+            assert "resumed from" not in capfd.readouterr().out  # `auto` with no checkpoint: trains from scratch
+            uninterrupted_runs[processes] = out
+        return uninterrupted_runs[processes]
+
+    return get
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("launcher,sig", [("accelerate-1proc", signal.SIGTERM), ("accelerate-2proc", signal.SIGTERM),
                                           ("python", signal.SIGUSR1)])
-def test_stop_signal_checkpoints_and_the_same_command_resumes_bitwise(tmp_path, launcher, sig):
-    reference, out = tmp_path / "reference", tmp_path / "run"
-    fresh = launch(_command(launcher, reference))  # `auto` with no checkpoint: trains from scratch
-    assert fresh.returncode == 0, fresh.stderr[-3000:]
-    assert "resumed from" not in fresh.stdout
+def test_stop_signal_checkpoints_and_the_same_command_resumes_bitwise(tmp_path, launcher, sig, uninterrupted):
+    reference, out = uninterrupted(2 if launcher == "accelerate-2proc" else 1), tmp_path / "run"
 
     code, stderr, gone_after = _signal_mid_run(_command(launcher, out), out, sig)
     assert gone_after < 60
