@@ -48,6 +48,16 @@ def run_digits_in_process(output_dir: Path, *args: str) -> int:
     return run_main(lambda: digits.main(["--output_dir", str(output_dir), *args]))
 
 
+def run_recipe_in_process(recipe: str, *args: str) -> int:
+    """Run recipes/<recipe>.py's main (digits, text_classification, image_classification) with `args` in this
+    process, as `python recipes/<recipe>.py args` would; returns its exit code."""
+    import importlib
+
+    module = importlib.import_module(f"recipes.{recipe}")
+    reset_accelerate()
+    return run_main(lambda: module.main(list(args)))
+
+
 def launch(argv: Sequence[str], timeout: float = 180, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run a command (a real launcher) with stdin closed; output captured as text."""
     full_env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **(env or {})}

@@ -7,6 +7,7 @@ Dynamo's caches and compile workers never leak into the test process. Dropout is
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 import pytest
@@ -17,7 +18,7 @@ from torch import nn
 
 from framework.io.weights import model_state_dict
 
-from helpers import DIGITS, DROPOUT_ARGS, accelerate_launch, launch, max_abs_diff, read_json, weights
+from helpers import DIGITS, DROPOUT_ARGS, accelerate_launch, launch, max_abs_diff, read_json, run_digits_in_process, weights
 
 # Inductor fuses and reorders float ops, so compiled fp32 is not bitwise eager; 1e-6 is typical here.
 TOLERANCE = 5e-5
@@ -31,10 +32,11 @@ def run_digits(out, *args: str):
 def eager_32(tmp_path_factory):
     """1 process, micro-batch 32, eager: the reference."""
     out = tmp_path_factory.mktemp("eager32")
-    done = run_digits(out, "--per_device_train_batch_size", "32")
-    assert done.returncode == 0, done.stderr[-3000:]
+    with open(out.parent / "eager32.stdout", "w+") as printed, contextlib.redirect_stdout(printed):
+        assert run_digits_in_process(out, *DROPOUT_ARGS, "--per_device_train_batch_size", "32") == 0
+        printed.seek(0)
+        assert "torch.compile   : off" in printed.read()
     assert read_json(out / "summary.json")["torch_compile"] is None
-    assert "torch.compile   : off" in done.stdout
     return out
 
 
@@ -61,9 +63,8 @@ def test_compiled_run_matches_eager_saves_plain_keys_and_resumes_exactly(tmp_pat
 
     # The checkpoint's plain names also let an eager run pick it up.
     eager_resumed = tmp_path / "eager_resumed"
-    done = run_digits(eager_resumed, "--per_device_train_batch_size", "32",
-                      "--resume_from_checkpoint", str(compiled / "checkpoints" / "step_45"))
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert run_digits_in_process(eager_resumed, *DROPOUT_ARGS, "--per_device_train_batch_size", "32",
+                                 "--resume_from_checkpoint", str(compiled / "checkpoints" / "step_45")) == 0
     assert max_abs_diff(eager_resumed, compiled) < TOLERANCE
 
 

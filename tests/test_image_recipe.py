@@ -11,7 +11,7 @@ from PIL import Image
 
 from framework.core.errors import run_main
 
-from helpers import IMAGES, SHAPES, accelerate_launch, launch, max_abs_diff, read_json, weights
+from helpers import IMAGES, SHAPES, accelerate_launch, launch, max_abs_diff, read_json, run_recipe_in_process, weights
 
 
 @pytest.mark.slow
@@ -76,11 +76,11 @@ def _image_args(folders, out, *extra):
 
 @pytest.mark.slow
 def test_augmented_training_is_the_same_on_one_and_two_processes(tmp_path, image_folders):
-    one = accelerate_launch("cpu.yaml", IMAGES, *_image_args(image_folders, tmp_path / "one",
-                                                             "--per_device_train_batch_size", "32"))
+    assert run_recipe_in_process("image_classification", *_image_args(image_folders, tmp_path / "one",
+                                                                      "--per_device_train_batch_size", "32")) == 0
     two = accelerate_launch("cpu_2proc.yaml", IMAGES, *_image_args(image_folders, tmp_path / "two",
                                                                    "--per_device_train_batch_size", "16"))
-    assert one.returncode == 0 and two.returncode == 0, (one.stderr + two.stderr)[-3000:]
+    assert two.returncode == 0, two.stderr[-3000:]
     assert read_json(tmp_path / "two" / "summary.json")["world_size"] == 2
     assert max_abs_diff(tmp_path / "one", tmp_path / "two") < 5e-5
 
@@ -125,14 +125,15 @@ def folders_with_a_corrupt_image(tmp_path, image_folders):
     return root
 
 
-def test_a_corrupt_image_stops_the_run_before_training(tmp_path, folders_with_a_corrupt_image):
+def test_a_corrupt_image_stops_the_run_before_training(tmp_path, folders_with_a_corrupt_image, capsys):
     out = tmp_path / "out"
-    result = launch([sys.executable, str(IMAGES), *_image_args(folders_with_a_corrupt_image, out)], timeout=120)
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
+    capsys.readouterr()
+    assert run_recipe_in_process("image_classification", *_image_args(folders_with_a_corrupt_image, out)) == 2
+    printed = capsys.readouterr()
+    lines = printed.err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: the training data has 1 unreadable image(s)")
     assert "broken.png" in lines[0] and "--skip_bad_images" in lines[0]
-    assert "train" not in result.stdout and not out.exists()  # no banner, no step, nothing written
+    assert "train" not in printed.out and not out.exists()  # no banner, no step, nothing written
 
 
 def test_skip_bad_images_trains_and_counts_them(tmp_path, folders_with_a_corrupt_image):

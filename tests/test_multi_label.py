@@ -19,7 +19,7 @@ from framework.evaluate.evaluation import Predictions, build_report, decide
 from framework.evaluate.probabilities import multi_label_probabilities
 from framework.evaluate.thresholds import best_f1_threshold, fit_thresholds
 
-from helpers import FILLER, TEXT, TOPICS, accelerate_launch, read_json
+from helpers import FILLER, TEXT, TOPICS, accelerate_launch, read_json, run_recipe_in_process
 
 
 def test_label_sets_from_delimited_strings_and_lists_name_the_same_labels():
@@ -160,11 +160,14 @@ def test_multi_label_text_runs_equal_on_one_and_two_processes_and_predict_uses_t
     reports = []
     for config, micro in (("cpu.yaml", "16"), ("cpu_2proc.yaml", "8")):
         out = tmp_path / config
-        result = accelerate_launch(config, TEXT, "--train_file", str(tagged / "train.csv"), "--validation_file",
-                                   str(tagged / "valid.jsonl"), "--output_dir", str(out), *MULTI_ARGS,
-                                   "--per_device_train_batch_size", micro, "--do_predict", "--test_file",
-                                   str(tagged / "test.csv"))
-        assert result.returncode == 0, result.stderr[-3000:]
+        args = ["--train_file", str(tagged / "train.csv"), "--validation_file", str(tagged / "valid.jsonl"),
+                "--output_dir", str(out), *MULTI_ARGS, "--per_device_train_batch_size", micro, "--do_predict",
+                "--test_file", str(tagged / "test.csv")]
+        if config == "cpu.yaml":  # one process: in this one (a launcher adds nothing); two: a real launch
+            assert run_recipe_in_process("text_classification", *args) == 0
+        else:
+            result = accelerate_launch(config, TEXT, *args)
+            assert result.returncode == 0, result.stderr[-3000:]
         reports.append(read_json(out / "report.json"))
     one, two = reports
     floats = {"log_loss", "roc_auc", "average_precision", "decision_thresholds"}
@@ -188,18 +191,16 @@ def test_multi_label_text_runs_equal_on_one_and_two_processes_and_predict_uses_t
     assert sets_two == sets and np.allclose(probabilities_two, probabilities, atol=2e-6)  # predict on 2 processes
     # a --model_path run predicts with the saved thresholds, a fixed one overrides them
     again = tmp_path / "again"
-    result = accelerate_launch("cpu.yaml", TEXT, "--model_path", str(run), "--do_train", "false", "--do_eval",
-                               "false", "--do_predict", "--test_file", str(tagged / "test.csv"), "--output_dir",
-                               str(again), "--label_column", "tags")  # the problem type comes from the run
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert run_recipe_in_process("text_classification", "--model_path", str(run), "--do_train", "false",
+                                 "--do_eval", "false", "--do_predict", "--test_file", str(tagged / "test.csv"),
+                                 "--output_dir", str(again), "--label_column", "tags") == 0  # problem type: the run's
     assert (again / "predictions.csv").read_text() == (run / "predictions.csv").read_text()
     assert yaml.safe_load((again / "config.yaml").read_text())["problem_type"] == "multi_label_classification"
     high = tmp_path / "high"
-    result = accelerate_launch("cpu.yaml", TEXT, "--model_path", str(run), "--do_train", "false", "--do_eval",
-                               "false", "--do_predict", "--test_file", str(tagged / "test.csv"), "--output_dir",
-                               str(high), "--problem_type", "multi_label_classification", "--label_column", "tags",
-                               "--decision_threshold", "0.999")
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert run_recipe_in_process("text_classification", "--model_path", str(run), "--do_train", "false",
+                                 "--do_eval", "false", "--do_predict", "--test_file", str(tagged / "test.csv"),
+                                 "--output_dir", str(high), "--problem_type", "multi_label_classification",
+                                 "--label_column", "tags", "--decision_threshold", "0.999") == 0
     sets, probabilities, names = _predicted_sets(high / "predictions.csv")
     assert sets == [",".join(n for n, hit in zip(names, row) if hit) for row in probabilities >= 0.999 - 5e-7]
 
@@ -273,13 +274,16 @@ def test_multi_label_image_runs_equal_on_one_and_two_processes(tmp_path):
     reports = []
     for config, micro in (("cpu.yaml", "16"), ("cpu_2proc.yaml", "8")):
         out = tmp_path / config
-        result = accelerate_launch(config, IMAGES, "--train_dir", str(data / "train"), "--validation_dir",
-                                   str(data / "valid"), "--output_dir", str(out), "--problem_type",
-                                   "multi_label_classification", "--label_column", "shapes", "--num_train_epochs", "2",
-                                   "--channels", "8", "--groups", "4", "--dropout", "0", "--mixed_precision", "no",
-                                   "--per_device_train_batch_size", micro, "--do_predict", "--test_dir",
-                                   str(data / "test"), "--baseline", "false")
-        assert result.returncode == 0, result.stderr[-3000:]
+        args = ["--train_dir", str(data / "train"), "--validation_dir", str(data / "valid"), "--output_dir", str(out),
+                "--problem_type", "multi_label_classification", "--label_column", "shapes", "--num_train_epochs", "2",
+                "--channels", "8", "--groups", "4", "--dropout", "0", "--mixed_precision", "no",
+                "--per_device_train_batch_size", micro, "--do_predict", "--test_dir", str(data / "test"),
+                "--baseline", "false"]
+        if config == "cpu.yaml":  # one process: in this one (a launcher adds nothing); two: a real launch
+            assert run_recipe_in_process("image_classification", *args) == 0
+        else:
+            result = accelerate_launch(config, IMAGES, *args)
+            assert result.returncode == 0, result.stderr[-3000:]
         reports.append(read_json(out / "report.json"))
     one, two = reports
     floats = {"log_loss", "roc_auc", "average_precision"}

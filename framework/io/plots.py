@@ -57,6 +57,12 @@ def save_plots(output_dir: str | Path, records: list[dict], confusion: np.ndarra
     fig, ax = plt.subplots(figsize=(size, size))
     ConfusionMatrixDisplay(confusion, display_labels=None if many else list(class_names)).plot(
         ax=ax, cmap="Blues", colorbar=many, xticks_rotation=45, include_values=not many)
+    if many:  # a tick per class would be thousands of labels to lay out (seconds), unreadable anyway
+        from matplotlib.ticker import MaxNLocator
+
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_locator(MaxNLocator(10, integer=True))
+            axis.set_major_formatter("{x:.0f}")
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     fig.tight_layout()
