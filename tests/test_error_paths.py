@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import CONFIGS, DIGITS, launch
+from helpers import CONFIGS, DIGITS, launch, run_digits_in_process
 
 BIN = Path(sys.executable).parent
 BAD = ["--learning_rate", "-1"]
@@ -59,13 +59,14 @@ def test_multi_process_launchers(tmp_path, launcher):
     assert not (tmp_path / "out").exists()
 
 
-def test_a_deepspeed_launch_is_refused_with_one_line(tmp_path):
+def test_a_deepspeed_launch_is_refused_with_one_line(tmp_path, monkeypatch, capsys):
     # What a DeepSpeed launcher config hands the training process (accelerate's launcher sets this variable;
     # DeepSpeed itself is not installed here, so its launcher cannot be started).
-    result = launch([sys.executable, str(DIGITS), "--output_dir", str(tmp_path / "out")], timeout=60,
-                    env={"ACCELERATE_USE_DEEPSPEED": "true"})
-    lines = _stderr_lines(result)
-    assert result.returncode == 2 and len(lines) == 1
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    capsys.readouterr()
+    code = run_digits_in_process(tmp_path / "out")
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1
     assert lines[0].startswith("error: DeepSpeed launcher configs are not supported")
     assert "multi_gpu.yaml" in lines[0] and not (tmp_path / "out").exists()
 

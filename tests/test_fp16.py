@@ -93,6 +93,7 @@ def test_too_many_consecutive_skips_stop_with_exit_3(tmp_path, capsys):
     assert "4 fp16 steps in a row were skipped" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # two whole fp16 runs on a CPU, where float16 is about 8x slower than float32
 def test_fp16_accuracy_is_within_one_point_of_fp32(tmp_path):
     args = ["--num_train_epochs", "3", "--seed", "3"]
     assert run_digits_in_process(tmp_path / "fp16", *args, *FP16) == 0
@@ -184,6 +185,7 @@ def test_fp16_evaluation_on_two_processes_gathers_each_sample_once(tmp_path):
 ACCUMULATION_ARGS = [*FP16, "--dropout", "0", "--num_train_epochs", "2", "--seed", "7"]
 
 
+@pytest.mark.slow  # three whole fp16 runs on a CPU, where float16 is about 8x slower than float32
 def test_fp16_accumulation_and_two_processes_track_the_big_batch(tmp_path):
     # Measured figures (docs/exactness.md): 2 x 16 vs 32 x 1 agree to about 1e-3 in the weights;
     # 8 x 4 vs 32 x 1 can differ by one skipped step, since a float16 overflow depends on the micro-batch.
