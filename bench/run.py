@@ -389,24 +389,33 @@ def _run_child(peer: str, precision: str, size_flags: list[str], *extra: str) ->
     return rows[0]
 
 
+def _run_children(args, jobs: list[tuple[str, str, list[str]]]) -> list[dict | None]:
+    """Each (peer, precision, extra flags) in its own process, one after another (timings are only comparable
+    alone on the machine); with --smoke, whose timings are not read, two at a time."""
+    if not args.smoke:
+        return [_run_child(peer, precision, _size_flags(args), *extra) for peer, precision, extra in jobs]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as pool:
+        return list(pool.map(lambda job: _run_child(job[0], job[1], _size_flags(args), *job[2]), jobs))
+
+
 def _auto_batch_check(args) -> None:
     """Effective batch 256 in fp16: unconstrained 256 x 1 vs automatic micro-batching under a memory cap."""
     cuda = torch.cuda.is_available()
     precision = "fp16" if cuda else "no"
     big = "64" if args.quick else "256"
     args.max_memory_gib = args.max_memory_gib or 3.0
-    rows = []
-    for label, extra in [("unconstrained", ["--micro", big, "--accum", "1"]),
-                         (f"auto, cap {args.max_memory_gib:g} GiB" if cuda else "auto, no cap (CPU)",
-                          ["--micro", big, "--accum", "1", "--auto"]
-                          + (["--max_memory_gib", str(args.max_memory_gib)] if cuda else [])),
-                         (f"auto + checkpointing, cap {args.max_memory_gib:g} GiB" if cuda
-                          else "auto + checkpointing, no cap (CPU)",
-                          ["--micro", big, "--accum", "1", "--auto", "--checkpointed"]
-                          + (["--max_memory_gib", str(args.max_memory_gib)] if cuda else []))]:
-        row = _run_child("framework", precision, _size_flags(args), *extra)
-        if row:
-            rows.append({**row, "peer": f"framework ({label})"})
+    checks = [("unconstrained", ["--micro", big, "--accum", "1"]),
+              (f"auto, cap {args.max_memory_gib:g} GiB" if cuda else "auto, no cap (CPU)",
+               ["--micro", big, "--accum", "1", "--auto"]
+               + (["--max_memory_gib", str(args.max_memory_gib)] if cuda else [])),
+              (f"auto + checkpointing, cap {args.max_memory_gib:g} GiB" if cuda
+               else "auto + checkpointing, no cap (CPU)",
+               ["--micro", big, "--accum", "1", "--auto", "--checkpointed"]
+               + (["--max_memory_gib", str(args.max_memory_gib)] if cuda else []))]
+    found = _run_children(args, [("framework", precision, extra) for _, extra in checks])
+    rows = [{**row, "peer": f"framework ({label})"} for (label, _), row in zip(checks, found) if row]
     print(f"{'run':<34}{'precision':<11}{'micro x accum':<15}{'samples/s':>11}{'peak MiB':>11}")
     for row in rows:
         print(f"{row['peer']:<34}{row['precision']:<11}{str(row['micro']) + ' x ' + str(row['accum']):<15}"
@@ -500,11 +509,10 @@ def main() -> None:
             + [("framework", ["--checkpointed"])] * ("framework" in peers))
     runs_of: dict[tuple[str, str], list[dict]] = {}
     for _ in range(args.repeats):
-        for precision in precisions:
-            for peer, extra in runs:
-                row = _run_child(peer, precision, _size_flags(args), *extra)
-                if row:
-                    runs_of.setdefault((row["peer"], precision), []).append(row)
+        jobs = [(peer, precision, extra) for precision in precisions for peer, extra in runs]
+        for (peer, precision, extra), row in zip(jobs, _run_children(args, jobs)):
+            if row:
+                runs_of.setdefault((row["peer"], precision), []).append(row)
         if args.out:  # what a time limit cutting the later repeats would otherwise lose
             Path(args.out + ".partial").write_text(json.dumps({"runs": list(runs_of.values())}, indent=2) + "\n")
     settings = {json.dumps(r["optimizer"], sort_keys=True) for rs in runs_of.values() for r in rs}

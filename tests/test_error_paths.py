@@ -32,15 +32,20 @@ def test_python_prints_exactly_one_line_and_exits_2(tmp_path):
 
 @pytest.mark.slow
 def test_accelerate_launch_one_process(tmp_path):
-    result = launch([str(BIN / "accelerate"), "launch", "--config_file", str(CONFIGS / "cpu.yaml"), str(DIGITS),
-                     "--output_dir", str(tmp_path / "out"), *BAD], timeout=120)
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as pool:  # the plain and the quiet launch at once: both end at the flag check
+        plain = pool.submit(launch, [str(BIN / "accelerate"), "launch", "--config_file", str(CONFIGS / "cpu.yaml"),
+                                     str(DIGITS), "--output_dir", str(tmp_path / "out"), *BAD], 120)
+        quiet = pool.submit(launch, [str(BIN / "accelerate"), "launch", "-q", "--config_file",
+                                     str(CONFIGS / "cpu.yaml"), str(DIGITS), "--output_dir", str(tmp_path / "out"),
+                                     *BAD], 120)
+        result, quiet = plain.result(), quiet.result()
     lines = _stderr_lines(result)
     assert result.returncode == 1
     assert [line for line in lines if line.startswith("error:")] == [MESSAGE]
     assert lines.index(MESSAGE) < lines.index("Traceback (most recent call last):")
     assert lines[-1].startswith("subprocess.CalledProcessError") and lines[-1].endswith("non-zero exit status 2.")
-    quiet = launch([str(BIN / "accelerate"), "launch", "-q", "--config_file", str(CONFIGS / "cpu.yaml"), str(DIGITS),
-                    "--output_dir", str(tmp_path / "out"), *BAD], timeout=120)
     assert quiet.returncode == 1 and _stderr_lines(quiet)[-1] == MESSAGE and "Traceback" not in quiet.stderr
     assert not (tmp_path / "out").exists()
 

@@ -85,7 +85,7 @@ def test_checkpointed_transformer_same_weights_and_less_memory(tmp_path, long_te
     text = REPO / "recipes" / "text_classification.py"
     args = ["--train_file", str(long_texts / "train.csv"), "--validation_file", str(long_texts / "valid.csv"),
             "--model", "transformer", "--max_length", "512", "--d_model", "256", "--num_layers", "4", "--num_heads", "4",
-            "--per_device_train_batch_size", "32", "--max_steps", "2", "--mixed_precision", "no",
+            "--per_device_train_batch_size", "32", "--max_steps", "1", "--mixed_precision", "no",
             "--dropout", "0.1", "--baseline", "false", "--per_device_eval_batch_size", "8"]
     runs = {}
     for name, extra in (("plain", []), ("ckpt", ["--gradient_checkpointing", "true"])):

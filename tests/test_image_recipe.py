@@ -19,7 +19,7 @@ from helpers import IMAGES, SHAPES, accelerate_launch, launch, max_abs_diff, rea
 def test_image_recipe_learns_generated_shapes(tmp_path, image_folders, launch_config, world_size):
     result = accelerate_launch(launch_config, IMAGES, "--train_dir", str(image_folders / "train"),
                                "--validation_dir", str(image_folders / "valid"), "--output_dir", str(tmp_path),
-                               "--num_train_epochs", "12", "--per_device_train_batch_size", "16",
+                               "--num_train_epochs", "8", "--per_device_train_batch_size", "16",
                                "--channels", "16", "--learning_rate", "3e-3")
     assert result.returncode == 0, result.stderr[-3000:]
     report = read_json(tmp_path / "report.json")

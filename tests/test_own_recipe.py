@@ -81,13 +81,20 @@ def cancer_csv(tmp_path_factory):
 def test_the_readme_recipe_reports_roc_auc_from_the_gathered_probabilities(tmp_path, cancer_csv):
     """A binary task: the recipe's own eval_auc (scikit-learn on the probabilities it receives) is the report's
     roc_auc, and 2 processes (16 each) report exactly what 1 process (32) does."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def train(config: str, micro: str):
+        return accelerate_launch(config, cancer_csv / "tabular.py", "--train_file", str(cancer_csv / "train.csv"),
+                                 "--validation_file", str(cancer_csv / "valid.csv"), "--output_dir",
+                                 str(tmp_path / config), "--learning_rate", "3e-3", "--num_train_epochs", "10",
+                                 "--mixed_precision", "no", "--per_device_train_batch_size", micro)
+
+    runs = (("cpu.yaml", "32"), ("cpu_2proc.yaml", "16"))
+    with ThreadPoolExecutor(2) as pool:  # two independent runs, at once
+        results = list(pool.map(lambda run: train(*run), runs))
     reports = []
-    for config, micro in (("cpu.yaml", "32"), ("cpu_2proc.yaml", "16")):
+    for (config, _), result in zip(runs, results):
         out = tmp_path / config
-        result = accelerate_launch(config, cancer_csv / "tabular.py", "--train_file", str(cancer_csv / "train.csv"),
-                                   "--validation_file", str(cancer_csv / "valid.csv"), "--output_dir", str(out),
-                                   "--learning_rate", "3e-3", "--num_train_epochs", "10", "--mixed_precision", "no",
-                                   "--per_device_train_batch_size", micro)
         assert result.returncode == 0, result.stderr[-3000:]
         report = read_json(out / "report.json")
         assert report["extra"]["auc"] == pytest.approx(report["roc_auc"], abs=1e-12) and report["roc_auc"] > 0.95

@@ -69,8 +69,10 @@ def test_a_second_run_into_a_running_runs_folder_is_refused_and_changes_nothing(
             assert first.poll() is None, _stderr(first)
             time.sleep(0.05)
         config_before = (out / "config.yaml").read_text()
-        for flags in (["--overwrite_output_dir", "true"], ["--resume_from_checkpoint", "auto"], []):
-            second = _start(out, "--max_steps", "3", "--seed", "7", *flags)
+        # the three at once: each is refused whatever the others do
+        seconds = {tuple(flags): _start(out, "--max_steps", "3", "--seed", "7", *flags)
+                   for flags in (["--overwrite_output_dir", "true"], ["--resume_from_checkpoint", "auto"], [])}
+        for flags, second in seconds.items():
             second.wait(timeout=120)
             err = _stderr(second)
             assert second.returncode == 2, (flags, err)
