@@ -41,11 +41,20 @@ def reset_accelerate() -> None:
 
 def run_digits_in_process(output_dir: Path, *args: str) -> int:
     """Run recipes/digits.py's main in this process, as a fresh process would; returns its exit code."""
+    return run_recipe_in_process("digits", "--output_dir", str(output_dir), *args)
+
+
+def _digits_main(argv: list[str]) -> None:
     from recipes import digits
 
-    reset_accelerate()
+    digits.main(argv)
 
-    return run_main(lambda: digits.main(["--output_dir", str(output_dir), *args]))
+
+def run_digits_in_group(output_dir: Path, *args: str, num_processes: int = 2, fsdp: bool = False) -> None:
+    """Run recipes/digits.py's main in a forked gloo group of `num_processes` (see `debug_launch`): the same
+    training as `accelerate launch` on that many processes (`fsdp`: with accelerate_configs/fsdp.yaml), without a
+    launcher's start-up."""
+    debug_launch(_digits_main, ["--output_dir", str(output_dir), *args], num_processes=num_processes, fsdp=fsdp)
 
 
 def run_recipe_in_process(recipe: str, *args: str) -> int:
@@ -162,19 +171,29 @@ def _single_threaded(fn, *args):
     fn(*args)
 
 
-def debug_launch(fn, *args, num_processes: int = 2) -> None:
+# What `accelerate launch --config_file accelerate_configs/fsdp.yaml` puts in each process's environment (the
+# settings of that file; test_fsdp checks that a launch with it and a group with these train the same weights).
+FSDP_ENV = {"accelerate_use_fsdp": "true", "fsdp_version": "2", "fsdp_sharding_strategy": "FULL_SHARD",
+            "fsdp_reshard_after_forward": "true", "fsdp_offload_params": "false", "fsdp_min_num_params": "1000000",
+            "fsdp_auto_wrap_policy": "SIZE_BASED_WRAP", "fsdp_state_dict_type": "FULL_STATE_DICT",
+            "fsdp_use_orig_params": "true", "fsdp_cpu_ram_efficient_loading": "false",
+            "fsdp_sync_module_states": "true", "fsdp_activation_checkpointing": "false"}
+
+
+def debug_launch(fn, *args, num_processes: int = 2, fsdp: bool = False) -> None:
     """A real forked gloo group of `num_processes` running `fn(*args)`, as `accelerate.debug_launcher` forms one,
     but on a free port (debug_launcher always takes 29500, so two test workers would collide) and safe after
-    torch ran in this process (one thread per child)."""
+    torch ran in this process (one thread per child). `fsdp`: with accelerate_configs/fsdp.yaml's settings."""
     import tempfile
 
     from accelerate.utils import PrepareForLaunch, patch_environment
     from torch.multiprocessing import start_processes
 
+    reset_accelerate()  # the forked processes must not inherit an in-process run's Accelerate state
     with tempfile.NamedTemporaryFile() as rendezvous, patch_environment(
             world_size=num_processes, master_addr="127.0.0.1", master_port=str(free_port()),
             accelerate_mixed_precision="no", accelerate_debug_rdv_file=rendezvous.name, accelerate_use_cpu="yes",
-            gloo_socket_ifname="lo"):
+            gloo_socket_ifname="lo", **(FSDP_ENV if fsdp else {})):
         start_processes(PrepareForLaunch(_single_threaded, debug=True), args=(fn, *args), nprocs=num_processes,
                         start_method="fork")
 

@@ -28,10 +28,9 @@ from helpers import (
     EXACT_ARGS,
     accelerate_launch,
     assert_same_report,
-    debug_launch,
     max_abs_diff,
     read_json,
-    reset_accelerate,
+    run_digits_in_group,
     run_digits_in_process,
     train_lr_pairs,
     weights,
@@ -65,18 +64,10 @@ def test_one_process_accumulation_equals_big_batch(tmp_path, reference_32, micro
     assert summary["effective_batch_size"] == big and summary["optimizer_steps"] == 2 * -(-1437 // big)
 
 
-def _digits_main(argv):
-    from recipes import digits
-
-    digits.main(argv)
-
 
 def test_two_processes_debug_launcher_equal_one_process(tmp_path, reference_32):
     out = tmp_path / "two"
-    argv = ["--output_dir", str(out), *DROPOUT_ARGS, "--per_device_train_batch_size", "8",
-            "--gradient_accumulation_steps", "2"]
-    reset_accelerate()  # forked processes must not inherit the in-process run's Accelerate state
-    debug_launch(_digits_main, argv)
+    run_digits_in_group(out, *DROPOUT_ARGS, "--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "2")
     assert read_json(out / "summary.json")["world_size"] == 2
     assert max_abs_diff(reference_32, out) <= TOLERANCE
     assert train_lr_pairs(out) == train_lr_pairs(reference_32)
@@ -98,9 +89,7 @@ def test_two_processes_accelerate_launch_equal_one_process(tmp_path, reference_3
 def test_a_one_process_checkpoint_resumed_on_two_processes_ends_the_same(tmp_path, reference_32):
     out = tmp_path / "resumed_on_two"
     shutil.copytree(reference_32 / "checkpoints" / "step_20", out / "checkpoints" / "step_20")
-    reset_accelerate()
-    debug_launch(_digits_main, ["--output_dir", str(out), *DROPOUT_ARGS, "--per_device_train_batch_size", "16",
-                                "--resume_from_checkpoint", "latest"])
+    run_digits_in_group(out, *DROPOUT_ARGS, "--per_device_train_batch_size", "16", "--resume_from_checkpoint", "latest")
     summary = read_json(out / "summary.json")
     assert summary["world_size"] == 2 and summary["optimizer_steps"] == 90
     assert max_abs_diff(reference_32, out) <= TOLERANCE
@@ -113,8 +102,7 @@ def test_contrast_torch_dropout_fails_the_same_tolerance(tmp_path, reference_32,
     # 32 x 1 in the same order; the processes' split is what torch's dropout cannot follow.)
     monkeypatch.setattr(digits, "KeyedDropout", torch.nn.Dropout)
     one, two = tmp_path / "one", tmp_path / "two"
-    reset_accelerate()
-    debug_launch(_digits_main, ["--output_dir", str(two), *DROPOUT_ARGS, "--per_device_train_batch_size", "16"])
+    run_digits_in_group(two, *DROPOUT_ARGS, "--per_device_train_batch_size", "16")
     assert run_digits_in_process(one, *DROPOUT_ARGS, "--per_device_train_batch_size", "32") == 0
     assert read_json(one / "summary.json")["keyed_dropout_layers"] == 0
     diff = max_abs_diff(one, two)

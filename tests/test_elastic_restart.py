@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from helpers import DIGITS, REPO, debug_launch, read_json, weights
+from helpers import DIGITS, REPO, read_json, run_digits_in_group, weights
 
 TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
 ARGS = ["--checkpointing_steps", "20", "--num_train_epochs", "3", "--mixed_precision", "no", "--dropout", "0"]
@@ -29,16 +29,11 @@ def _worker_of_rank(launcher: psutil.Process, rank: str):
     return None
 
 
-def _digits_main(argv):
-    from recipes import digits
-
-    digits.main(argv)
-
 
 @pytest.mark.slow
 def test_a_killed_worker_is_restarted_and_the_job_ends_as_if_uninterrupted(tmp_path):
     reference, out = tmp_path / "reference", tmp_path / "run"
-    debug_launch(_digits_main, ["--output_dir", str(reference), *ARGS])  # uninterrupted, in a forked gloo group
+    run_digits_in_group(reference, *ARGS)  # uninterrupted, in a forked gloo group
     env = {**os.environ, "HF_DATASETS_OFFLINE": "1"}
     with open(tmp_path / "run.log", "w") as log:
         proc = subprocess.Popen([TORCHRUN, "--nproc_per_node", "2", "--max-restarts", "1", str(DIGITS), "--output_dir",

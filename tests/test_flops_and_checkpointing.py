@@ -98,18 +98,13 @@ def test_checkpointed_transformer_same_weights_and_less_memory(tmp_path, long_te
     assert runs["ckpt"]["model_flops_per_sample"] == runs["plain"]["model_flops_per_sample"]  # recompute not counted
 
 
-def _digits_main(argv):
-    from recipes import digits
-
-    digits.main(argv)
-
 
 def test_checkpointing_on_two_processes_with_accumulation_matches_one_process(tmp_path):
-    from helpers import EXACT_ARGS, debug_launch
+    from helpers import EXACT_ARGS, run_digits_in_group
 
     # the 2-process group first: an Accelerator built in this process would be inherited by the forked ones
-    debug_launch(_digits_main, ["--output_dir", str(tmp_path / "two"), *EXACT_ARGS, "--gradient_checkpointing",
-                                "true", "--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "2"])
+    run_digits_in_group(tmp_path / "two", *EXACT_ARGS, "--gradient_checkpointing", "true",
+                        "--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "2")
     assert run_digits_in_process(tmp_path / "one", *EXACT_ARGS, "--per_device_train_batch_size", "32") == 0
     assert read_json(tmp_path / "two" / "summary.json")["world_size"] == 2
     assert max_abs_diff(tmp_path / "one", tmp_path / "two") <= 5e-5

@@ -23,7 +23,6 @@ from framework.train.loop import NonFiniteLossError
 from helpers import (
     CONFIGS,
     DIGITS,
-    debug_launch,
     fit_model,
     inject_inf,
     launch,
@@ -31,6 +30,7 @@ from helpers import (
     read_json,
     read_metrics,
     run_and_kill_after,
+    run_digits_in_group,
     run_digits_in_process,
     weights,
 )
@@ -106,11 +106,6 @@ def test_fp16_accuracy_is_within_one_point_of_fp32(tmp_path):
 RESUME_ARGS = [*FP16, "--dropout", "0.2", "--max_steps", "24", "--checkpointing_steps", "8", "--seed", "5"]
 
 
-def _digits_main(argv):
-    from recipes import digits
-
-    digits.main(argv)
-
 
 def test_a_checkpoint_holds_the_scaler_and_an_fp16_resume_is_bitwise(tmp_path):
     assert run_digits_in_process(tmp_path / "full", *RESUME_ARGS) == 0
@@ -133,12 +128,12 @@ def test_a_killed_two_process_fp16_run_resumes_bitwise(tmp_path, capfd):
                 str(CONFIGS / "cpu_2proc.yaml"), str(DIGITS), "--output_dir", str(out), *RESUME_ARGS]
 
     # the uninterrupted run in a forked gloo group (no launcher start-up); the killed and resumed runs are launches
-    debug_launch(_digits_main, ["--output_dir", str(tmp_path / "reference"), *RESUME_ARGS])
+    run_digits_in_group(tmp_path / "reference", *RESUME_ARGS)
     out = tmp_path / "killed"
     assert run_and_kill_after(command(out), out, 8) != 0
     assert not (out / "summary.json").exists()
     capfd.readouterr()  # the resumed run in a forked gloo group too: the kill is what needs the real launch
-    debug_launch(_digits_main, ["--output_dir", str(out), *RESUME_ARGS, "--resume_from_checkpoint", "auto"])
+    run_digits_in_group(out, *RESUME_ARGS, "--resume_from_checkpoint", "auto")
     assert "resumed from" in capfd.readouterr().out
     assert max_abs_diff(tmp_path / "reference", out) == 0.0
 
@@ -171,9 +166,8 @@ def test_fp16_evaluation_on_two_processes_gathers_each_sample_once(tmp_path):
     trained = tmp_path / "trained"
     evaluate = ["--do_train", "false", "--model_path", str(trained), *FP16]
     # the 2-process group first: an Accelerator built in this process would be inherited by the forked ones
-    run = [*FP16, "--max_steps", "20", "--output_dir", str(trained)]
-    debug_launch(_digits_main, run)
-    debug_launch(_digits_main, [*evaluate, "--output_dir", str(tmp_path / "two")])
+    run_digits_in_group(trained, *FP16, "--max_steps", "20")
+    run_digits_in_group(tmp_path / "two", *evaluate)
     assert run_digits_in_process(tmp_path / "one", *evaluate) == 0
     one, two = read_json(tmp_path / "one" / "report.json"), read_json(tmp_path / "two" / "report.json")
     assert two["macro avg"]["support"] == 360  # the 360 held-out digits, none twice
@@ -188,8 +182,7 @@ ACCUMULATION_ARGS = [*FP16, "--dropout", "0", "--num_train_epochs", "2", "--seed
 def test_fp16_accumulation_and_two_processes_track_the_big_batch(tmp_path):
     # Measured figures (docs/exactness.md): 2 x 16 vs 32 x 1 agree to about 1e-3 in the weights;
     # 8 x 4 vs 32 x 1 can differ by one skipped step, since a float16 overflow depends on the micro-batch.
-    debug_launch(_digits_main, ["--output_dir", str(tmp_path / "two"), *ACCUMULATION_ARGS,
-                                "--per_device_train_batch_size", "16"])
+    run_digits_in_group(tmp_path / "two", *ACCUMULATION_ARGS, "--per_device_train_batch_size", "16")
     assert run_digits_in_process(tmp_path / "one", *ACCUMULATION_ARGS, "--per_device_train_batch_size", "32") == 0
     assert run_digits_in_process(tmp_path / "acc", *ACCUMULATION_ARGS, "--per_device_train_batch_size", "8",
                                  "--gradient_accumulation_steps", "4") == 0

@@ -1,25 +1,141 @@
 """FSDP2 on a machine without GPUs (framework.core.sharding): accelerate_configs/fsdp.yaml on 2 CPU processes trains
-sharded over gloo through Accelerate's own FSDP2 code, and trains the model one plain process trains."""
+sharded over gloo through Accelerate's own FSDP2 code, trains the model one plain process trains, and checkpoints
+sharded (framework.io.sharded): each process writes its own shard, a kill or a truncated shard loses nothing, and a
+checkpoint resumes on another number of processes, with or without FSDP."""
 
 from __future__ import annotations
 
+import shutil
+import sys
+from pathlib import Path
+
 import pytest
 
-from helpers import DIGITS, accelerate_launch, max_abs_diff, read_json, run_digits_in_process
+from helpers import (
+    CONFIGS,
+    DIGITS,
+    launch,
+    max_abs_diff,
+    read_json,
+    run_and_kill_after,
+    run_digits_in_group,
+    run_digits_in_process,
+    weights,
+)
 
-STEPS = ["--max_steps", "20", "--mixed_precision", "no", "--seed", "7"]
+# 20 steps, a checkpoint every 10, the default dropout on (every RNG must come back)
+STEPS = ["--max_steps", "20", "--mixed_precision", "no", "--seed", "7", "--checkpointing_steps", "10"]
+FSDP_ARGS = [*STEPS, "--per_device_train_batch_size", "16"]  # 2 x 16
+PLAIN_ARGS = [*STEPS, "--per_device_train_batch_size", "32"]  # 1 x 32
+ACCELERATE = str(Path(sys.executable).with_name("accelerate"))
+SHARD_FILES = [".metadata", "__0_0.distcp", "__1_0.distcp"]  # the index, and one shard per process
+
+
+def _fsdp_command(out: Path, *extra: str) -> list[str]:
+    return [ACCELERATE, "launch", "--config_file", str(CONFIGS / "fsdp.yaml"), "--num_processes", "2", str(DIGITS),
+            "--output_dir", str(out), *FSDP_ARGS, *extra]
+
+
+def _copy_checkpoints(run: Path, to: Path, *steps: int) -> None:
+    for step in steps:
+        shutil.copytree(run / "checkpoints" / f"step_{step}", to / "checkpoints" / f"step_{step}")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    """The FSDP launch on 2 processes and the plain 1-process run of the same 20 steps, made once."""
+    root = tmp_path_factory.mktemp("fsdp")
+    result = launch(_fsdp_command(root / "fsdp"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    (root / "fsdp" / "launch_stdout.txt").write_text(result.stdout)
+    assert run_digits_in_process(root / "plain", *PLAIN_ARGS) == 0
+    return {"fsdp": root / "fsdp", "plain": root / "plain"}
 
 
 @pytest.mark.slow
-def test_the_fsdp_config_trains_digits_sharded_on_two_cpu_processes_as_one_process_does(tmp_path):
-    sharded = tmp_path / "fsdp"
-    result = accelerate_launch("fsdp.yaml", DIGITS, "--output_dir", str(sharded), *STEPS,
-                               "--per_device_train_batch_size", "16", launcher_args=["--num_processes", "2"])
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "sharding FSDP2, parameters sharded over 2 processes" in result.stdout  # the banner
+def test_the_fsdp_config_trains_digits_sharded_on_two_cpu_processes_as_one_process_does(runs):
+    sharded, plain = runs["fsdp"], runs["plain"]
+    assert "sharding FSDP2, parameters sharded over 2 processes" in (sharded / "launch_stdout.txt").read_text()
     summary = read_json(sharded / "summary.json")
     assert summary["world_size"] == 2 and summary["sharding"] == "FSDP2, parameters sharded over 2 processes"
-    plain = tmp_path / "plain"
-    assert run_digits_in_process(plain, *STEPS, "--per_device_train_batch_size", "32") == 0
     assert max_abs_diff(sharded, plain) < 5e-5  # 2 x 16 sharded == 1 x 32, default dropout on
     assert read_json(sharded / "report.json")["accuracy"] == read_json(plain / "report.json")["accuracy"]
+    # Each checkpoint: one shard per process and the index, listed with sizes and hashes; no whole weights.
+    for step in (10, 20):
+        checkpoint = sharded / "checkpoints" / f"step_{step}"
+        assert sorted(p.name for p in (checkpoint / "sharded").iterdir()) == SHARD_FILES
+        assert not (checkpoint / "model.safetensors").exists()
+        listed = read_json(checkpoint / "state.json")["shards"]
+        assert sorted(listed) == SHARD_FILES
+        assert all(listed[name]["bytes"] == (checkpoint / "sharded" / name).stat().st_size for name in listed)
+    shards = [(sharded / "checkpoints" / "step_10" / "sharded" / f"__{rank}_0.distcp").stat().st_size
+              for rank in (0, 1)]
+    whole = (plain / "checkpoints" / "step_10" / "model.safetensors").stat().st_size
+    assert max(shards) < whole * 3 * 0.75  # each holds about half of the weights and the two Adam moments
+
+
+@pytest.mark.slow
+def test_a_killed_fsdp_launch_resumes_bitwise_from_its_shards(runs, tmp_path, capfd):
+    out = tmp_path / "killed"
+    code = run_and_kill_after(_fsdp_command(out, "--resume_from_checkpoint", "auto"), out, 10)
+    assert code != 0 and not (out / "summary.json").exists(), "the run finished before the kill"
+    # The same run on the same 2 processes and fsdp.yaml's settings, resumed (in a forked group: no launcher)
+    capfd.readouterr()
+    run_digits_in_group(out, *FSDP_ARGS, "--resume_from_checkpoint", "auto", fsdp=True)
+    assert "resumed from" in capfd.readouterr().out
+    assert max_abs_diff(runs["fsdp"], out) == 0.0  # bitwise equal to the uninterrupted launch
+
+
+def test_a_two_process_fsdp_checkpoint_resumes_on_one_plain_process(runs, tmp_path, capfd):
+    out = tmp_path / "one"
+    _copy_checkpoints(runs["fsdp"], out, 10)
+    assert run_digits_in_process(out, *PLAIN_ARGS, "--resume_from_checkpoint", "auto") == 0
+    assert f"resumed from {out / 'checkpoints' / 'step_10'}" in capfd.readouterr().out
+    assert max_abs_diff(runs["fsdp"], out) <= 1e-5
+    assert sorted(weights(out)) == sorted(weights(runs["plain"]))  # the plain run's names
+
+
+def test_a_one_process_checkpoint_resumes_sharded_on_two_fsdp_processes(runs, tmp_path, capfd):
+    out = tmp_path / "two"
+    _copy_checkpoints(runs["plain"], out, 10)
+    run_digits_in_group(out, *FSDP_ARGS, "--resume_from_checkpoint", "auto", fsdp=True)
+    assert "resumed from" in capfd.readouterr().out
+    assert read_json(out / "summary.json")["sharding"] == "FSDP2, parameters sharded over 2 processes"
+    assert max_abs_diff(runs["plain"], out) <= 1e-5
+    assert sorted(p.name for p in (out / "checkpoints" / "step_20" / "sharded").iterdir()) == SHARD_FILES
+
+
+def test_a_truncated_shard_is_named_in_one_line_and_auto_passes_over_it(runs, tmp_path, capsys):
+    out = tmp_path / "run"
+    _copy_checkpoints(runs["fsdp"], out, 10, 20)
+    shard = out / "checkpoints" / "step_20" / "sharded" / "__1_0.distcp"
+    shard.write_bytes(shard.read_bytes()[:1000])
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert run_digits_in_process(out, *PLAIN_ARGS, "--resume_from_checkpoint", "latest") == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "sharded/__1_0.distcp is 1000 bytes" in lines[0]
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # nothing written or lost
+    assert run_digits_in_process(out, *PLAIN_ARGS, "--resume_from_checkpoint", "auto") == 0
+    said = capsys.readouterr().out
+    assert "skipping the damaged checkpoint" in said and f"resumed from {out / 'checkpoints' / 'step_10'}" in said
+    assert max_abs_diff(runs["fsdp"], out) <= 1e-5
+
+
+def test_a_changed_shard_of_the_same_size_is_refused(runs, tmp_path, capsys):
+    checkpoint = tmp_path / "step_20"
+    shutil.copytree(runs["fsdp"] / "checkpoints" / "step_20", checkpoint)
+    shard = checkpoint / "sharded" / "__0_0.distcp"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte in the middle of a tensor
+    shard.write_bytes(bytes(data))
+    assert run_digits_in_process(tmp_path / "out", *PLAIN_ARGS, "--resume_from_checkpoint", str(checkpoint)) == 2
+    assert "sharded/__0_0.distcp has other content than was written" in capsys.readouterr().err
+
+
+def test_the_fsdp_runs_weights_evaluate_the_same_on_one_plain_process(runs, tmp_path):
+    assert run_digits_in_process(tmp_path, "--do_train", "false", "--model_path", str(runs["fsdp"]),
+                                 "--mixed_precision", "no") == 0
+    own, plain = read_json(runs["fsdp"] / "report.json"), read_json(tmp_path / "report.json")
+    assert plain["accuracy"] == own["accuracy"]
+    assert plain["macro avg"] == pytest.approx(own["macro avg"], rel=1e-9)

@@ -16,7 +16,17 @@ import pytest
 from framework.core.errors import EXIT_PREEMPTED
 from framework.train.preemption import StopSignal
 
-from helpers import CONFIGS, DIGITS, REPO, debug_launch, launch, read_json, run_digits_in_process, weights
+from helpers import (
+    CONFIGS,
+    DIGITS,
+    REPO,
+    debug_launch,
+    launch,
+    read_json,
+    run_digits_in_group,
+    run_digits_in_process,
+    weights,
+)
 
 ACCELERATE = str(Path(sys.executable).with_name("accelerate"))
 # Dropout on (the digits default 0.1) so every RNG must come back; no periodic checkpoints.
@@ -74,11 +84,6 @@ def _bitwise_equal(a: Path, b: Path) -> bool:
     return wa.keys() == wb.keys() and all(wa[k].equal(wb[k]) for k in wa)
 
 
-def _digits_main(argv):
-    from recipes import digits
-
-    digits.main(argv)
-
 
 @pytest.fixture(scope="module")
 def uninterrupted_runs() -> dict[int, Path]:
@@ -97,7 +102,7 @@ def uninterrupted(uninterrupted_runs, tmp_path_factory, capfd):
             if processes == 1:
                 assert run_digits_in_process(out, *RUN_ARGS) == 0
             else:
-                debug_launch(_digits_main, ["--output_dir", str(out), *RUN_ARGS])
+                run_digits_in_group(out, *RUN_ARGS)
             assert "resumed from" not in capfd.readouterr().out  # `auto` with no checkpoint: trains from scratch
             uninterrupted_runs[processes] = out
         return uninterrupted_runs[processes]

@@ -16,10 +16,10 @@ from helpers import (
     CONFIGS,
     DIGITS,
     REPO,
-    debug_launch,
     launch,
     read_json,
     run_and_kill_after,
+    run_digits_in_group,
     run_digits_in_process,
     weights,
 )
@@ -42,20 +42,13 @@ def _bitwise_equal(a: Path, b: Path) -> bool:
     return wa.keys() == wb.keys() and all(wa[k].equal(wb[k]) for k in wa)
 
 
-def _digits_main(argv):
-    from recipes import digits
-
-    digits.main(argv)
-
-
 def _run_here(processes: int, out: Path, *extra: str) -> None:
     """The run of `_command` in this process (1) or in a forked 2-process gloo group: the same training without
     a launcher's start-up (the killed runs below are real launches; what they are compared with needs none)."""
-    argv = ["--output_dir", str(out), *RUN_ARGS, *extra]
     if processes == 1:
-        assert run_digits_in_process(out, *argv[2:]) == 0
+        assert run_digits_in_process(out, *RUN_ARGS, *extra) == 0
     else:
-        debug_launch(_digits_main, argv)
+        run_digits_in_group(out, *RUN_ARGS, *extra)
 
 
 @pytest.fixture(scope="module", params=[1, 2], ids=["1proc", "2proc"])
@@ -71,17 +64,21 @@ def test_killed_runs_resume_bitwise_identical(reference, tmp_path, capfd):
     processes, ref_out = reference
     steps = read_json(ref_out / "summary.json")["optimizer_steps"]
     checkpoints = list(range(10, steps - 20, 10))
-    kill_points = random.Random(processes).sample(checkpoints, 3)
+    kill_points = sorted(random.Random(processes).sample(checkpoints, 3))
+    # One run killed three times: each launch resumes from the checkpoint the previous kill left (a resumed
+    # run's own checkpoints must resume exactly too), and the last resume runs to the end.
+    out = tmp_path / "killed"
+    resume: list[str] = []
     for kill_after in kill_points:
-        out = tmp_path / f"killed_after_{kill_after}"
-        code = run_and_kill_after(_command(processes, out), out, kill_after)
+        code = run_and_kill_after(_command(processes, out, *resume), out, kill_after)
         assert code == -signal.SIGKILL or code != 0, f"the run finished before the kill at step {kill_after}"
         assert not (out / "summary.json").exists()
-        capfd.readouterr()
-        _run_here(processes, out, "--resume_from_checkpoint", "latest")
-        assert "resumed from" in capfd.readouterr().out
-        assert read_json(out / "summary.json")["optimizer_steps"] == steps
-        assert _bitwise_equal(ref_out, out), f"{processes} process(es), killed after step {kill_after}"
+        resume = ["--resume_from_checkpoint", "latest"]
+    capfd.readouterr()
+    _run_here(processes, out, *resume)
+    assert f"resumed from {out / 'checkpoints' / f'step_{kill_points[-1]}'}" in capfd.readouterr().out
+    assert read_json(out / "summary.json")["optimizer_steps"] == steps
+    assert _bitwise_equal(ref_out, out), f"{processes} process(es), killed after steps {kill_points}"
 
 
 @pytest.mark.slow

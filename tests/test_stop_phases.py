@@ -8,7 +8,9 @@ import copy
 import functools
 import json
 import os
+import re
 import signal
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -31,21 +33,21 @@ def _rank() -> int:
 
 
 class SignallingMLP(torch.nn.Module):
-    """A small MLP that sends itself SIGTERM when it evaluates its `signal_at`-th evaluation batch (counted over
-    the run, on the process of rank `rank`), and counts the evaluation batches it ran after that."""
+    """A small MLP that sends itself SIGTERM on its `signal_at`-th batch of the phase `during` ("evaluation" or
+    "training", counted over the run, on the process of rank `rank`), and counts that phase's batches after it."""
 
-    def __init__(self, signal_at: int = 0, rank: int = 0):
+    def __init__(self, signal_at: int = 0, rank: int = 0, during: str = "evaluation"):
         super().__init__()
         # Dropout on: the resumed run must draw the same masks, so the evaluation's own use of the random
         # stream (a DataLoader iterator takes a seed from it) must not count twice.
         self.net = torch.nn.Sequential(torch.nn.Linear(FEATURES, 16), torch.nn.GELU(), torch.nn.Dropout(0.2),
                                        torch.nn.Linear(16, CLASSES))
-        self.signal_at, self.rank, self.eval_batches = signal_at, rank, 0
+        self.signal_at, self.rank, self.during, self.batches = signal_at, rank, during, 0
 
     def forward(self, x):
-        if not self.training:
-            self.eval_batches += 1
-            if self.eval_batches == self.signal_at and _rank() == self.rank:
+        if self.training == (self.during == "training"):
+            self.batches += 1
+            if self.batches == self.signal_at and _rank() == self.rank:
                 os.kill(os.getpid(), signal.SIGTERM)
         return self.net(x)
 
@@ -65,9 +67,9 @@ def _config(out, **extra) -> TrainingConfig:
     return TrainingConfig(**{**settings, **extra})
 
 
-def _train(out, signal_at: int = 0, rank: int = 0, **extra):
+def _train(out, signal_at: int = 0, rank: int = 0, during: str = "evaluation", **extra):
     torch.manual_seed(1)
-    initial = SignallingMLP(signal_at, rank)
+    initial = SignallingMLP(signal_at, rank, during)
     made = []
 
     def make():
@@ -79,7 +81,7 @@ def _train(out, signal_at: int = 0, rank: int = 0, **extra):
     except Preempted as stopped:
         (out / "stopped.txt").write_text(str(stopped))
         (out / f"after_signal_{_rank()}.txt").write_text(
-            str(made[-1].eval_batches - signal_at))
+            str(made[-1].batches - signal_at))
 
 
 def _lines(out) -> list[dict]:
@@ -113,17 +115,46 @@ def test_a_signal_inside_an_evaluation_abandons_it_and_the_resumed_run_redoes_it
     assert names(out) == sorted([*names(reference), f"step_{step}"])  # the periodic ones, and the stop's
 
 
-def test_two_processes_abandon_the_evaluation_together_when_one_is_signalled(tmp_path):
-    reference, out = tmp_path / "reference", tmp_path / "run"
-    debug_launch(_train, reference)
+@pytest.fixture(scope="module")
+def two_process_references(tmp_path_factory) -> dict[bool, Path]:
+    """The uninterrupted 2-process runs of `_train`, with DDP (False) and with FSDP (True), made once."""
+    made = {}
+    for fsdp in (False, True):
+        made[fsdp] = tmp_path_factory.mktemp("fsdp" if fsdp else "ddp")
+        debug_launch(_train, made[fsdp], fsdp=fsdp)
+    return made
+
+
+@pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp"])
+def test_two_processes_abandon_the_evaluation_together_when_one_is_signalled(tmp_path, two_process_references,
+                                                                            fsdp):
+    out = tmp_path / "run"
     # Micro-batch 8 on each of 2 processes: 5 steps an epoch, 15 in all; 5 evaluation batches each. Rank 1's 7th
     # evaluation batch is in the evaluation at the first epoch's end (step 5); rank 0 is not signalled.
-    debug_launch(_train, out, 7, 1)
+    debug_launch(_train, out, 7, 1, fsdp=fsdp)
     assert "stopped after optimizer step 5 of 15" in (out / "stopped.txt").read_text()
     for rank in (0, 1):  # both left within a batch or two of rank 1's signal
         assert int((out / f"after_signal_{rank}.txt").read_text()) <= 2
-    debug_launch(functools.partial(_train, resume_from_checkpoint="auto"), out)
-    _assert_same_run(reference, out)
+    if fsdp:  # each process wrote its own shard of the weights and the optimizer, nothing whole
+        checkpoint = out / "checkpoints" / "step_5"
+        assert sorted(p.name for p in (checkpoint / "sharded").iterdir()) == [".metadata", "__0_0.distcp",
+                                                                             "__1_0.distcp"]
+        assert not (checkpoint / "model.safetensors").exists()
+    debug_launch(functools.partial(_train, resume_from_checkpoint="auto"), out, fsdp=fsdp)
+    _assert_same_run(two_process_references[fsdp], out)
+
+
+def test_a_signal_mid_epoch_on_two_fsdp_processes_checkpoints_the_shards_and_resumes_bitwise(
+        tmp_path, two_process_references):
+    out = tmp_path / "run"
+    # Rank 1's first training batch: the processes agree to stop a step or so later (the agreement does not wait
+    # on every step), mid-epoch and before the first evaluation (step 4).
+    debug_launch(_train, out, 1, 1, "training", fsdp=True)
+    stopped = (out / "stopped.txt").read_text()
+    assert re.search(r"received[^:]*: stopped after optimizer step [123] of 15", stopped), stopped
+    assert "evaluation" not in stopped
+    debug_launch(functools.partial(_train, resume_from_checkpoint="auto"), out, fsdp=True)
+    _assert_same_run(two_process_references[True], out)
 
 
 def _signalling_recipe(when: str) -> Recipe:

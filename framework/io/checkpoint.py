@@ -6,6 +6,10 @@ Layout of `output_dir/checkpoints/step_<n>/`:
     rng_<rank>.pt          every RNG of each process (loaded with weights_only=True)
     state.json             step counters, data position, and the run's identity (effective batch, seed)
 
+Under FSDP the weights and the optimizer's state are sharded: instead of model.safetensors and trainer.pt's
+optimizer, `sharded/` holds one file per process and an index (framework.io.sharded), listed with sizes and
+SHA-256 in state.json. Either kind resumes on any number of processes, with or without FSDP.
+
 A checkpoint is written into a hidden temporary folder and renamed when
 complete, so a kill mid-write leaves the previous checkpoint as the latest
 one; a folder without state.json is never picked up. Nothing is unpickled
@@ -26,6 +30,7 @@ from typing import Any, Callable, Mapping, Optional
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import DistributedType
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -33,6 +38,15 @@ from framework.core.errors import FlagError, UserError
 from framework.core.rng import capture_rng_state, restore_rng_state
 from framework.data.identity import identity_problem, training_identity
 from framework.io.files import umask_mode
+from framework.io.sharded import (
+    SHARDED_DIR,
+    load_full_into_sharded,
+    load_sharded,
+    manifest_problem,
+    save_sharded,
+    shard_manifest,
+    sharded_shapes,
+)
 from framework.io.weights import WEIGHTS_FILE, bare_model, model_state_dict, weights_problem
 
 STATE_FILE = "state.json"
@@ -72,7 +86,7 @@ def checkpoint_problem(path: Path) -> Optional[str]:
     Checked before anything is loaded: state.json (valid JSON with the train state), the weights'
     safetensors header, and the torch files' archive index.
     """
-    for name in (STATE_FILE, WEIGHTS_FILE, TRAINER_FILE):
+    for name in (STATE_FILE, TRAINER_FILE):
         if not (path / name).is_file():
             return f"{name} is missing"
     try:
@@ -82,7 +96,10 @@ def checkpoint_problem(path: Path) -> Optional[str]:
             return f"{STATE_FILE} lacks the train state"
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         return f"{STATE_FILE} is not readable JSON ({err})"
-    problem = weights_problem(path / WEIGHTS_FILE)
+    if "shards" in record:
+        problem = manifest_problem(path / SHARDED_DIR, record["shards"])
+    else:
+        problem = weights_problem(path / WEIGHTS_FILE)
     if problem:
         return problem
     for file in [path / TRAINER_FILE, *sorted(path.glob("rng_*.pt"))]:
@@ -124,8 +141,9 @@ def resolve_checkpoint(spec: Optional[str], output_dir: str | Path,
     if not path.is_dir():
         raise FlagError("resume_from_checkpoint", f"{spec!r} does not exist (give a checkpoint folder, 'latest' "
                         f"or 'auto')")
-    if not (path / STATE_FILE).is_file() or not (path / WEIGHTS_FILE).is_file():
-        raise FlagError("resume_from_checkpoint", f"{spec!r} is incomplete (no {STATE_FILE} or {WEIGHTS_FILE})")
+    if not (path / STATE_FILE).is_file() or not ((path / WEIGHTS_FILE).is_file() or (path / SHARDED_DIR).is_dir()):
+        raise FlagError("resume_from_checkpoint", f"{spec!r} is incomplete (no {STATE_FILE}, or neither {WEIGHTS_FILE} "
+                        f"nor {SHARDED_DIR}/)")
     problem = checkpoint_problem(path)
     if problem:
         raise FlagError("resume_from_checkpoint", f"{spec!r} is damaged ({problem}); give another checkpoint "
@@ -184,23 +202,30 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, *, model: 
                     parts: Mapping[str, Any], state: Any, identity: dict[str, Any], save_total_limit: int = 0) -> Path:
     """Write `checkpoints/step_<state.step>` atomically on every process; returns its path. `parts` are the named
     stateful parts beside the weights (the optimizer, the scheduler, the grad scaler, a component's): each one's
-    `state_dict()` goes into trainer.pt under its name."""
+    `state_dict()` goes into trainer.pt under its name. Under FSDP the weights and the optimizer are written
+    sharded, each process its own part (framework.io.sharded); nothing is gathered."""
     root = checkpoint_root(output_dir)
     final = root / f"step_{state.step}"
     tmp = root / f".tmp_step_{state.step}"
+    sharded = accelerator.distributed_type == DistributedType.FSDP
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    model_state = model_state_dict(accelerator, model)  # a collective under FSDP: every process calls it
+    whole_parts = {name: part for name, part in parts.items() if not (sharded and name == "optimizer")}
     try:
+        if sharded:  # a collective: every process writes its shard
+            save_sharded(bare_model(accelerator, model), parts["optimizer"], tmp / SHARDED_DIR)
+        else:
+            model_state = model_state_dict(accelerator, model)
         rng_file = tmp / f"rng_{accelerator.process_index}.pt"
         torch.save(capture_rng_state(), rng_file)
         _fsync(rng_file)
         if accelerator.is_main_process:
-            save_file(model_state, str(tmp / WEIGHTS_FILE))
-            umask_mode(tmp / WEIGHTS_FILE)
-            torch.save({name: part.state_dict() for name, part in parts.items()}, tmp / TRAINER_FILE)
+            if not sharded:
+                save_file(model_state, str(tmp / WEIGHTS_FILE))
+                umask_mode(tmp / WEIGHTS_FILE)
+            torch.save({name: part.state_dict() for name, part in whole_parts.items()}, tmp / TRAINER_FILE)
     except Exception as err:  # a full disk: the half-written folder goes (it frees the space), the earlier ones stay
         _discard_and_raise(tmp, err)
     accelerator.wait_for_everyone()
@@ -208,13 +233,15 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, *, model: 
         identity = {k: v for k, v in identity.items() if not k.startswith("_")}
         record = {"state": dataclasses.asdict(state), "identity": identity,
                   "world_size": accelerator.num_processes}
+        if sharded:
+            record["shards"] = shard_manifest(tmp / SHARDED_DIR)
         try:
             (tmp / STATE_FILE).write_text(json.dumps(record, indent=2) + "\n")
         except Exception as err:
             _discard_and_raise(tmp, err)
         # Durable before visible: a power cut after the rename must not leave a "complete" checkpoint
         # whose files never reached the disk.
-        for file in tmp.iterdir():
+        for file in [*tmp.iterdir(), *(tmp / SHARDED_DIR).glob("*")]:
             _fsync(file)
         _fsync(tmp)
         shutil.rmtree(final, ignore_errors=True)
@@ -228,8 +255,11 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, *, model: 
 
 
 def _check_model_shapes(path: Path, model_state: dict[str, torch.Tensor]) -> None:
-    with safe_open(str(path / WEIGHTS_FILE), framework="pt") as handle:
-        saved = {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}
+    if (path / SHARDED_DIR).is_dir():
+        saved = sharded_shapes(path / SHARDED_DIR)
+    else:
+        with safe_open(str(path / WEIGHTS_FILE), framework="pt") as handle:
+            saved = {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}
     current = {k: tuple(v.shape) for k, v in model_state.items()}
     if saved != current:
         differing = sorted(set(saved.items()) ^ set(current.items()))
@@ -264,9 +294,18 @@ def load_checkpoint(accelerator: Accelerator, path: Path, *, model: torch.nn.Mod
                             f"this run has {key}={value}; resuming would not continue the same run")
     unwrapped = bare_model(accelerator, model)
     _check_model_shapes(path, unwrapped.state_dict())
-    with safe_open(str(path / WEIGHTS_FILE), framework="pt", device="cpu") as handle:
-        unwrapped.load_state_dict({k: handle.get_tensor(k) for k in handle.keys()})
     trainer = torch.load(path / TRAINER_FILE, map_location="cpu", weights_only=True)
+    if "shards" in record:  # weights and optimizer resharded to this run's processes (FSDP or not)
+        load_sharded(unwrapped, parts["optimizer"], path / SHARDED_DIR)
+        parts = {name: part for name, part in parts.items() if name != "optimizer"}
+    else:
+        with safe_open(str(path / WEIGHTS_FILE), framework="pt", device="cpu") as handle:
+            weights = {k: handle.get_tensor(k) for k in handle.keys()}
+        if accelerator.distributed_type == DistributedType.FSDP:  # each process keeps its shard of the whole
+            load_full_into_sharded(unwrapped, parts["optimizer"], weights, trainer.pop("optimizer"))
+            parts = {name: part for name, part in parts.items() if name != "optimizer"}
+        else:
+            unwrapped.load_state_dict(weights)
     for name, part in parts.items():
         if trainer.get(name):
             part.load_state_dict(trainer[name])

@@ -28,7 +28,7 @@ from accelerate.utils import DistributedType
 
 from framework.core.compilation import compile_description
 from framework.core.config import config_to_dict
-from framework.core.errors import FlagError, Preempted, TrainingDiverged
+from framework.core.errors import Preempted, TrainingDiverged
 from framework.core.progress import progress_bar
 from framework.core.rng import capture_rng_state, restore_rng_state
 from framework.core.runtime import device_name, format_banner, say
@@ -289,9 +289,6 @@ def _stop_with_checkpoint(run: TrainingRun, state: TrainState, during_evaluation
     what = f"{run.stop.received} received" if run.stop.received else "a stop signal received by another process"
     if during_evaluation:
         what += " during the evaluation (abandoned: the resumed run redoes it)"
-    if run.accelerator.distributed_type == DistributedType.FSDP:
-        raise Preempted(f"{what}: stopped after optimizer step {state.step}; FSDP runs cannot "
-                        f"checkpoint yet, so this run cannot be resumed")
     if run.checkpointed_step != state.step:
         write_checkpoint(run, state)
     raise Preempted(f"{what}: stopped after optimizer step {state.step} of {run.total_steps} and saved "
@@ -345,11 +342,6 @@ def _since_process_start(moment: Optional[float]) -> Optional[float]:
 def setup(run: TrainingRun) -> TrainState:
     """Plan the steps, resume from a checkpoint, search the batch sizes, start the outputs, print the banner."""
     accelerator, config = run.accelerator, run.config
-    if accelerator.distributed_type == DistributedType.FSDP and (config.checkpoint_every or
-                                                                 config.resume_from_checkpoint):
-        # The optimizer state is sharded under FSDP and framework.io.checkpoint saves it from the main process.
-        raise FlagError("checkpointing_steps", "and --resume_from_checkpoint are not supported with FSDP yet; "
-                        "use a DDP config (multi_gpu.yaml) to checkpoint")
     run.total_steps = total_optimizer_steps(config, run.train_data.plan.windows_per_epoch)
     run.stop = StopSignal(accelerator.num_processes, config.ddp_timeout)
     run.params = [p for p in run.model.parameters() if p.requires_grad]
