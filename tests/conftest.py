@@ -11,7 +11,7 @@ import torch
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # local data only: no usage ping from load_dataset
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from helpers import SHAPES, draw_shape, reset_accelerate, write_text_split  # noqa: E402  (after the environment above)
+from helpers import SHAPES, draw_shape, readme_recipe, reset_accelerate, write_text_split  # noqa: E402  (after the environment above)
 
 
 @pytest.fixture(autouse=True)
@@ -61,3 +61,21 @@ def image_folders(tmp_path_factory):
             for i in range(per_class):
                 draw_shape(shape, rng).save(folder / f"{i}.png")
     return root
+
+
+@pytest.fixture(scope="module")
+def cancer_csv(tmp_path_factory):
+    """scikit-learn's breast cancer data (two classes) as the README recipe's CSV files, with the recipe."""
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.model_selection import train_test_split
+
+    folder = tmp_path_factory.mktemp("cancer")
+    data = load_breast_cancer(as_frame=True)
+    frame = data.frame.rename(columns={"target": "label"})
+    frame["label"] = [data.target_names[i] for i in frame["label"]]
+    train, valid = train_test_split(frame, test_size=0.3, stratify=frame["label"], random_state=0)
+    train.to_csv(folder / "train.csv", index=False)
+    valid.to_csv(folder / "valid.csv", index=False)
+    (folder / "tabular.py").write_text(readme_recipe())
+    return folder
+

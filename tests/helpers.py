@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -48,6 +49,34 @@ def _digits_main(argv: list[str]) -> None:
     from recipes import digits
 
     digits.main(argv)
+
+
+def run_script_in_process(script: Path, *args: str) -> int:
+    """Run a recipe file as `python script args` would (its `__main__` block), in this process; returns its exit
+    code. For a recipe outside recipes/ (the README's own): the recipes' modules have run_recipe_in_process."""
+    import runpy
+
+    reset_accelerate()
+    argv = sys.argv
+    sys.argv = [str(script), *args]
+    try:
+        runpy.run_path(str(script), run_name="__main__")
+    except SystemExit as done:
+        return done.code if isinstance(done.code, int) else 1
+    finally:
+        sys.argv = argv
+    return 0
+
+
+def _script_main(script: Path, args: list[str]) -> None:
+    code = run_script_in_process(script, *args)
+    if code != 0:
+        raise SystemExit(code)
+
+
+def run_script_in_group(script: Path, *args: str, num_processes: int = 2, fsdp: bool = False) -> None:
+    """`run_script_in_process` in a forked gloo group (see `debug_launch`); raises if a process fails."""
+    debug_launch(_script_main, script, list(args), num_processes=num_processes, fsdp=fsdp)
 
 
 def run_digits_in_group(output_dir: Path, *args: str, num_processes: int = 2, fsdp: bool = False) -> None:
@@ -312,3 +341,20 @@ def assert_same_report(a: dict, b: dict, rel: float = 1e-6) -> None:
 def per_sample_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Cross entropy per sample (no reduction), as a loop that weights samples needs it."""
     return torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+
+
+def readme_section() -> str:
+    """The README's "Write your own recipe" section."""
+    text = (REPO / "README.md").read_text()
+    start = text.index("## Write your own recipe")
+    return text[start:text.index("\n## ", start + 1)]
+
+
+def readme_blocks(kind: str) -> list[str]:
+    """The code blocks of one kind ("python", "bash") of the README's own-recipe section, in order."""
+    return re.findall(rf"```{kind}\n(.*?)```", readme_section(), re.S)
+
+
+def readme_recipe() -> str:
+    """The recipe block (tabular.py): the python block that defines a Recipe."""
+    return next(block for block in readme_blocks("python") if "Recipe(" in block)

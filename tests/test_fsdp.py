@@ -5,6 +5,7 @@ checkpoint resumes on another number of processes, with or without FSDP."""
 
 from __future__ import annotations
 
+import csv
 import shutil
 import sys
 from pathlib import Path
@@ -14,17 +15,22 @@ import pytest
 from helpers import (
     CONFIGS,
     DIGITS,
+    IMAGES,
+    TEXT,
     launch,
     max_abs_diff,
     read_json,
     run_and_kill_after,
     run_digits_in_group,
     run_digits_in_process,
+    run_script_in_group,
+    run_script_in_process,
     weights,
 )
 
 # 20 steps, a checkpoint every 10, the default dropout on (every RNG must come back)
-STEPS = ["--max_steps", "20", "--mixed_precision", "no", "--seed", "7", "--checkpointing_steps", "10"]
+STEPS = ["--max_steps", "20", "--mixed_precision", "no", "--seed", "7", "--checkpointing_steps", "10",
+         "--do_predict", "true"]
 FSDP_ARGS = [*STEPS, "--per_device_train_batch_size", "16"]  # 2 x 16
 PLAIN_ARGS = [*STEPS, "--per_device_train_batch_size", "32"]  # 1 x 32
 ACCELERATE = str(Path(sys.executable).with_name("accelerate"))
@@ -34,6 +40,11 @@ SHARD_FILES = [".metadata", "__0_0.distcp", "__1_0.distcp"]  # the index, and on
 def _fsdp_command(out: Path, *extra: str) -> list[str]:
     return [ACCELERATE, "launch", "--config_file", str(CONFIGS / "fsdp.yaml"), "--num_processes", "2", str(DIGITS),
             "--output_dir", str(out), *FSDP_ARGS, *extra]
+
+
+def _predictions(run: Path) -> list[dict]:
+    with open(run / "predictions.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
 
 
 def _copy_checkpoints(run: Path, to: Path, *steps: int) -> None:
@@ -59,7 +70,14 @@ def test_the_fsdp_config_trains_digits_sharded_on_two_cpu_processes_as_one_proce
     summary = read_json(sharded / "summary.json")
     assert summary["world_size"] == 2 and summary["sharding"] == "FSDP2, parameters sharded over 2 processes"
     assert max_abs_diff(sharded, plain) < 5e-5  # 2 x 16 sharded == 1 x 32, default dropout on
-    assert read_json(sharded / "report.json")["accuracy"] == read_json(plain / "report.json")["accuracy"]
+    # Evaluation and prediction: every held-out sample once, as one process reports and predicts them
+    report, plain_report = read_json(sharded / "report.json"), read_json(plain / "report.json")
+    assert report["accuracy"] == plain_report["accuracy"] and report["macro avg"]["support"] == 360
+    assert report["macro avg"] == pytest.approx(plain_report["macro avg"], abs=1e-12)
+    predicted, plain_predicted = _predictions(sharded), _predictions(plain)
+    assert [(p["id"], p["prediction"]) for p in predicted] == [(p["id"], p["prediction"]) for p in plain_predicted]
+    assert [float(p["score"]) for p in predicted] == pytest.approx([float(p["score"]) for p in plain_predicted],
+                                                                   abs=1e-4)
     # Each checkpoint: one shard per process and the index, listed with sizes and hashes; no whole weights.
     for step in (10, 20):
         checkpoint = sharded / "checkpoints" / f"step_{step}"
@@ -139,3 +157,35 @@ def test_the_fsdp_runs_weights_evaluate_the_same_on_one_plain_process(runs, tmp_
     own, plain = read_json(runs["fsdp"] / "report.json"), read_json(tmp_path / "report.json")
     assert plain["accuracy"] == own["accuracy"]
     assert plain["macro avg"] == pytest.approx(own["macro avg"], rel=1e-9)
+
+
+# Accumulation, clipping, warmup and class weights on; the recipes' default dropout on; fp32.
+EQUAL = ["--gradient_accumulation_steps", "2", "--max_grad_norm", "0.5", "--warmup_steps", "3",
+         "--class_weights", "balanced", "--mixed_precision", "no", "--seed", "5"]
+
+
+def _recipe_args(name: str, image_folders: Path, text_files: Path, cancer_csv: Path) -> tuple[Path, list[str]]:
+    """The recipe file and its data flags, a short run of each."""
+    if name == "image":
+        return IMAGES, ["--train_dir", str(image_folders / "train"), "--validation_dir", str(image_folders / "valid"),
+                        "--num_train_epochs", "1", "--channels", "8", "--groups", "4", "--augment", "crop,flip"]
+    if name == "text":
+        return TEXT, ["--train_file", str(text_files / "train.csv"), "--validation_file", str(text_files / "valid.csv"),
+                      "--model", "transformer", "--d_model", "32", "--num_layers", "1", "--max_length", "32",
+                      "--max_steps", "12"]
+    return cancer_csv / "tabular.py", ["--train_file", str(cancer_csv / "train.csv"), "--validation_file",
+                                       str(cancer_csv / "valid.csv"), "--num_train_epochs", "2"]
+
+
+@pytest.mark.parametrize("name", ["image", "text", "own"], ids=["image", "text_encoder", "readme_recipe"])
+def test_fsdp_trains_each_recipe_as_one_process_does(name, tmp_path, image_folders, text_files, cancer_csv):
+    script, args = _recipe_args(name, image_folders, text_files, cancer_csv)
+    run_script_in_group(script, *args, *EQUAL, "--per_device_train_batch_size", "8", "--output_dir",
+                        str(tmp_path / "fsdp"), fsdp=True)  # 2 processes x 8 x 2 accumulation
+    assert run_script_in_process(script, *args, *EQUAL, "--per_device_train_batch_size", "16", "--output_dir",
+                                 str(tmp_path / "plain")) == 0  # 1 x 16 x 2
+    assert read_json(tmp_path / "fsdp" / "summary.json")["sharding"] == "FSDP2, parameters sharded over 2 processes"
+    assert max_abs_diff(tmp_path / "fsdp", tmp_path / "plain") < 5e-5
+    fsdp_report, plain_report = read_json(tmp_path / "fsdp" / "report.json"), read_json(tmp_path / "plain" / "report.json")
+    assert fsdp_report["macro avg"]["support"] == plain_report["macro avg"]["support"]  # every sample once
+    assert fsdp_report["accuracy"] == plain_report["accuracy"]

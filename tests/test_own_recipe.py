@@ -10,30 +10,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from sklearn.datasets import load_breast_cancer
-from sklearn.model_selection import train_test_split
 
-from helpers import REPO, accelerate_launch, free_port, read_json
-
-
-def _section() -> str:
-    text = (REPO / "README.md").read_text()
-    start = text.index("## Write your own recipe")
-    return text[start:text.index("\n## ", start + 1)]
-
-
-def _blocks(kind: str) -> list[str]:
-    return re.findall(rf"```{kind}\n(.*?)```", _section(), re.S)
-
-
-def readme_recipe() -> str:
-    """The recipe block (tabular.py): the python block that defines a Recipe."""
-    return next(block for block in _blocks("python") if "Recipe(" in block)
+from helpers import accelerate_launch, free_port, read_json, readme_blocks, readme_recipe, readme_section
 
 
 def test_the_readme_recipe_is_short_and_imports_only_the_public_api():
     assert len([line for line in readme_recipe().splitlines() if line.strip()]) <= 50
-    for block in _blocks("python"):
+    for block in readme_blocks("python"):
         assert not re.search(r"(from|import) framework\.", block), block
 
 
@@ -41,17 +24,17 @@ def test_the_readme_recipe_is_short_and_imports_only_the_public_api():
 def test_the_readme_steps_as_written_reach_the_stated_accuracy_on_one_and_two_processes(tmp_path):
     folder = tmp_path / "elsewhere"  # not the repository: no launcher config or relative path to lean on
     folder.mkdir()
-    make_data = next(block for block in _blocks("python") if "to_csv" in block)
+    make_data = next(block for block in readme_blocks("python") if "to_csv" in block)
     (folder / re.search(r'"""(\w+\.py)', make_data).group(1)).write_text(make_data)
     (folder / "tabular.py").write_text(readme_recipe())
-    commands = [line for line in _blocks("bash")[0].splitlines() if line.strip()]
+    commands = [line for line in readme_blocks("bash")[0].splitlines() if line.strip()]
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "HF_DATASETS_OFFLINE": "1",
            "PET_MASTER_PORT": str(free_port())}  # torchrun's --master_port, so parallel launches do not collide
     for command in commands:
         result = subprocess.run(command, shell=True, cwd=folder, env=env, capture_output=True, text=True,
                                 timeout=300, stdin=subprocess.DEVNULL)
         assert result.returncode == 0, (command, result.stderr[-3000:])
-    stated = float(re.search(r"an accuracy of at least (0\.\d+)", _section()).group(1))
+    stated = float(re.search(r"an accuracy of at least (0\.\d+)", readme_section()).group(1))
     reports = []
     for out, world_size in (("outputs/wine_1", 1), ("outputs/wine_2", 2)):
         assert f"--output_dir {out}" in " ".join(commands)
@@ -61,20 +44,6 @@ def test_the_readme_steps_as_written_reach_the_stated_accuracy_on_one_and_two_pr
         assert read_json(folder / out / "labels.json") == ["class_0", "class_1", "class_2"]
         reports.append(report)
     assert reports[0]["accuracy"] == reports[1]["accuracy"]
-
-
-@pytest.fixture(scope="module")
-def cancer_csv(tmp_path_factory):
-    """scikit-learn's breast cancer data (two classes) as the README recipe's CSV files."""
-    folder = tmp_path_factory.mktemp("cancer")
-    data = load_breast_cancer(as_frame=True)
-    frame = data.frame.rename(columns={"target": "label"})
-    frame["label"] = [data.target_names[i] for i in frame["label"]]
-    train, valid = train_test_split(frame, test_size=0.3, stratify=frame["label"], random_state=0)
-    train.to_csv(folder / "train.csv", index=False)
-    valid.to_csv(folder / "valid.csv", index=False)
-    (folder / "tabular.py").write_text(readme_recipe())
-    return folder
 
 
 @pytest.mark.slow
