@@ -6,20 +6,25 @@ checkpoint resumes on another number of processes, with or without FSDP."""
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from helpers import (
     CONFIGS,
     DIGITS,
     IMAGES,
     TEXT,
+    debug_launch,
+    fit_model,
     launch,
     max_abs_diff,
     read_json,
+    read_metrics,
     run_and_kill_after,
     run_digits_in_group,
     run_digits_in_process,
@@ -189,3 +194,64 @@ def test_fsdp_trains_each_recipe_as_one_process_does(name, tmp_path, image_folde
     fsdp_report, plain_report = read_json(tmp_path / "fsdp" / "report.json"), read_json(tmp_path / "plain" / "report.json")
     assert fsdp_report["macro avg"]["support"] == plain_report["macro avg"]["support"]  # every sample once
     assert fsdp_report["accuracy"] == plain_report["accuracy"]
+
+
+class _InfGradientAt(torch.autograd.Function):
+    """Identity forward; backward puts inf into element 0 of the gradient when told to."""
+
+    @staticmethod
+    def forward(ctx, tensor, poison: bool):
+        ctx.poison = poison
+        return tensor.view_as(tensor)
+
+    @staticmethod
+    def backward(ctx, grad):
+        if ctx.poison:
+            grad = grad.clone()
+            grad[0] = float("inf")
+        return grad, None
+
+
+class _OverflowingMLP(torch.nn.Module):
+    """An MLP whose `offset` (64 zeros, no effect on the output) gets an inf gradient in its element 0 on rank 1's
+    training batches `at`. Under FSDP that element is in rank 0's shard: only rank 0 sees the overflow, unless
+    the ranks agree on it."""
+
+    def __init__(self, at: set[int]):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(10, 16), torch.nn.GELU(), torch.nn.Linear(16, 3))
+        self.offset = torch.nn.Parameter(torch.zeros(64))
+        self.at, self.batches = at, 0
+
+    def forward(self, x):
+        from accelerate import PartialState
+
+        if self.training:
+            self.batches += 1
+        poison = self.training and self.batches in self.at and PartialState().process_index == 1
+        return self.net(x) + _InfGradientAt.apply(self.offset, poison).sum() * 0
+
+
+def _fp16_with_overflows(out: Path) -> None:
+    from datasets import Dataset
+
+    from framework import TrainingConfig
+
+    g = torch.Generator().manual_seed(0)
+    data = Dataset.from_dict({"x": torch.randn(64, 10, generator=g).numpy(),
+                              "labels": torch.randint(0, 3, (64,), generator=g).numpy()}).with_format("torch")
+    config = TrainingConfig(output_dir=str(out), mixed_precision="fp16", per_device_train_batch_size=8, max_steps=8,
+                            logging_steps=1, warmup_ratio=0.0, learning_rate=0.01)
+    accelerator, result = fit_model(config, lambda: _OverflowingMLP({3, 6}), data, data, ["a", "b", "c"])
+    (out / f"rank_{accelerator.process_index}.json").write_text(json.dumps(
+        {"skipped": result.summary["skipped_fp16_steps"], "scale": accelerator.scaler.get_scale()}))
+
+
+def test_fp16_under_fsdp_skips_an_overflow_that_only_one_shard_sees_on_every_process(tmp_path):
+    debug_launch(_fp16_with_overflows, tmp_path, fsdp=True)
+    summary = read_json(tmp_path / "summary.json")
+    assert summary["mixed_precision"] == "fp16" and summary["sharding"].startswith("FSDP2")
+    ranks = [read_json(tmp_path / f"rank_{rank}.json") for rank in (0, 1)]
+    assert ranks[0] == ranks[1] and ranks[0]["skipped"] == 2  # both processes skipped both steps, scale halved
+    lrs = [r["lr"] for r in read_metrics(tmp_path) if "lr" in r]
+    assert [i for i in range(len(lrs) - 1) if lrs[i] == lrs[i + 1]] == [2, 5]  # the skipped steps kept their lr
