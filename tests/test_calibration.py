@@ -12,7 +12,7 @@ import torch
 
 from framework.evaluate.temperature import GRID, best_temperature, nll_at
 
-from helpers import TEXT, accelerate_launch, read_json, read_metrics, run_digits_in_process
+from helpers import TEXT, read_json, read_metrics, run_digits_in_process, run_script_in_group
 
 
 def test_the_nll_at_each_temperature_is_the_cross_entropy_of_the_scaled_logits():
@@ -53,9 +53,8 @@ def test_predict_and_model_path_use_the_saved_temperature(tmp_path, text_files):
     processes, where the temperature is fitted the same."""
     data = ["--train_file", str(text_files / "train.csv"), "--validation_file", str(text_files / "valid.csv"),
             "--max_steps", "20", "--baseline", "false", "--mixed_precision", "no"]
-    two = accelerate_launch("cpu_2proc.yaml", TEXT, *data, "--calibrate", "true", "--per_device_train_batch_size",
-                            "16", "--output_dir", str(tmp_path / "two"))
-    assert two.returncode == 0, two.stderr[-3000:]
+    run_script_in_group(TEXT, *data, "--calibrate", "true", "--per_device_train_batch_size", "16", "--output_dir",
+                        str(tmp_path / "two"))  # a forked 2-process gloo group
     from framework.core.errors import run_main
     from recipes import text_classification
 

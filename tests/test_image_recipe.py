@@ -11,7 +11,17 @@ from PIL import Image
 
 from framework.core.errors import run_main
 
-from helpers import IMAGES, SHAPES, accelerate_launch, launch, max_abs_diff, read_json, run_recipe_in_process, weights
+from helpers import (
+    IMAGES,
+    SHAPES,
+    accelerate_launch,
+    launch,
+    max_abs_diff,
+    read_json,
+    run_recipe_in_process,
+    run_script_in_group,
+    weights,
+)
 
 
 @pytest.mark.slow
@@ -78,25 +88,24 @@ def _image_args(folders, out, *extra):
 def test_augmented_training_is_the_same_on_one_and_two_processes(tmp_path, image_folders):
     assert run_recipe_in_process("image_classification", *_image_args(image_folders, tmp_path / "one",
                                                                       "--per_device_train_batch_size", "32")) == 0
-    two = accelerate_launch("cpu_2proc.yaml", IMAGES, *_image_args(image_folders, tmp_path / "two",
-                                                                   "--per_device_train_batch_size", "16"))
-    assert two.returncode == 0, two.stderr[-3000:]
+    run_script_in_group(IMAGES, *_image_args(image_folders, tmp_path / "two", "--per_device_train_batch_size",
+                                             "16"))  # a forked 2-process gloo group
     assert read_json(tmp_path / "two" / "summary.json")["world_size"] == 2
     assert max_abs_diff(tmp_path / "one", tmp_path / "two") < 5e-5
 
 
 @pytest.mark.slow
-def test_augmented_resume_with_dataloader_workers_is_bitwise(tmp_path, image_folders):
-    args = ["--per_device_train_batch_size", "16", "--dataloader_num_workers", "2"]
-    full = launch([sys.executable, str(IMAGES), *_image_args(image_folders, tmp_path / "full", *args,
-                                                              "--checkpointing_steps", "7")])
-    assert full.returncode == 0, full.stderr[-3000:]
+def test_augmented_resume_with_dataloader_workers_is_bitwise(tmp_path, image_folders, capfd):
+    args = ["--per_device_train_batch_size", "16", "--dataloader_num_workers", "2"]  # worker processes
+    assert run_recipe_in_process("image_classification", *_image_args(image_folders, tmp_path / "full", *args,
+                                                                      "--checkpointing_steps", "7")) == 0
     resumed_dir = tmp_path / "resumed"
     shutil.copytree(tmp_path / "full" / "checkpoints" / "step_7", resumed_dir / "checkpoints" / "step_7")
-    resumed = launch([sys.executable, str(IMAGES), *_image_args(image_folders, resumed_dir, *args,
-                                                                "--resume_from_checkpoint", "latest")])
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resumed from" in resumed.stdout and "at optimizer step 7" in resumed.stdout
+    capfd.readouterr()
+    assert run_recipe_in_process("image_classification", *_image_args(image_folders, resumed_dir, *args,
+                                                                      "--resume_from_checkpoint", "latest")) == 0
+    printed = capfd.readouterr().out
+    assert "resumed from" in printed and "at optimizer step 7" in printed
     a, b = weights(tmp_path / "full"), weights(resumed_dir)
     assert all(a[k].equal(b[k]) for k in a)
 

@@ -19,7 +19,7 @@ from framework.evaluate.evaluation import Predictions, build_report, decide
 from framework.evaluate.probabilities import multi_label_probabilities
 from framework.evaluate.thresholds import best_f1_threshold, fit_thresholds
 
-from helpers import FILLER, TEXT, TOPICS, accelerate_launch, read_json, run_recipe_in_process
+from helpers import FILLER, TEXT, TOPICS, read_json, run_recipe_in_process, run_script_in_group
 
 
 def test_label_sets_from_delimited_strings_and_lists_name_the_same_labels():
@@ -163,11 +163,10 @@ def test_multi_label_text_runs_equal_on_one_and_two_processes_and_predict_uses_t
         args = ["--train_file", str(tagged / "train.csv"), "--validation_file", str(tagged / "valid.jsonl"),
                 "--output_dir", str(out), *MULTI_ARGS, "--per_device_train_batch_size", micro, "--do_predict",
                 "--test_file", str(tagged / "test.csv")]
-        if config == "cpu.yaml":  # one process: in this one (a launcher adds nothing); two: a real launch
+        if config == "cpu.yaml":  # one process: in this one; two: a forked 2-process gloo group (no launcher)
             assert run_recipe_in_process("text_classification", *args) == 0
         else:
-            result = accelerate_launch(config, TEXT, *args)
-            assert result.returncode == 0, result.stderr[-3000:]
+            run_script_in_group(TEXT, *args)
         reports.append(read_json(out / "report.json"))
     one, two = reports
     floats = {"log_loss", "roc_auc", "average_precision", "decision_thresholds"}
@@ -279,11 +278,10 @@ def test_multi_label_image_runs_equal_on_one_and_two_processes(tmp_path):
                 "--channels", "8", "--groups", "4", "--dropout", "0", "--mixed_precision", "no",
                 "--per_device_train_batch_size", micro, "--do_predict", "--test_dir", str(data / "test"),
                 "--baseline", "false"]
-        if config == "cpu.yaml":  # one process: in this one (a launcher adds nothing); two: a real launch
+        if config == "cpu.yaml":  # one process: in this one; two: a forked 2-process gloo group (no launcher)
             assert run_recipe_in_process("image_classification", *args) == 0
         else:
-            result = accelerate_launch(config, IMAGES, *args)
-            assert result.returncode == 0, result.stderr[-3000:]
+            run_script_in_group(IMAGES, *args)
         reports.append(read_json(out / "report.json"))
     one, two = reports
     floats = {"log_loss", "roc_auc", "average_precision"}
