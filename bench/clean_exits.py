@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -23,20 +25,25 @@ from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = {"fsdp": ["--config_file", "accelerate_configs/fsdp.yaml", "--num_processes", "2"],
-           "ddp": ["--config_file", "accelerate_configs/cpu_2proc.yaml"]}
+CONFIGS = {"fsdp": ["--config_file", str(REPO / "accelerate_configs" / "fsdp.yaml"), "--num_processes", "2"],
+           "ddp": ["--config_file", str(REPO / "accelerate_configs" / "cpu_2proc.yaml")]}
 RUN_ARGS = ["--max_steps", "10", "--checkpointing_steps", "5", "--mixed_precision", "no"]
 
 
-def one_run(config: str, out: Path) -> tuple[int, str, float]:
-    """Launch one run; returns its exit code, the tail of what it printed, and its seconds."""
+def _allow_core_dumps() -> None:
+    resource.setrlimit(resource.RLIMIT_CORE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+
+
+def one_run(config: str, out: Path, cores: bool) -> tuple[int, str, float]:
+    """Launch one run; returns its exit code, what it printed, and its seconds."""
     accelerate = str(Path(sys.executable).with_name("accelerate"))
-    command = [accelerate, "launch", *CONFIGS[config], "recipes/digits.py", "--output_dir", str(out), *RUN_ARGS]
+    command = [accelerate, "launch", *CONFIGS[config], str(REPO / "recipes" / "digits.py"), "--output_dir", str(out),
+               *RUN_ARGS]
     start = time.perf_counter()
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                          env={**os.environ, "HF_DATASETS_OFFLINE": "1"})
-    tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-6:])
-    return done.returncode, tail, time.perf_counter() - start
+    done = subprocess.run(command, cwd=out.parent, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                          env={**os.environ, "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": str(REPO)},
+                          preexec_fn=_allow_core_dumps if cores else None)
+    return done.returncode, done.stdout + done.stderr, time.perf_counter() - start
 
 
 def main() -> None:
@@ -44,6 +51,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=200, help="launches in all, the configs in turn (default 200)")
     parser.add_argument("--configs", default="fsdp,ddp", help="comma list of " + ", ".join(CONFIGS))
     parser.add_argument("--out", help="write the table as JSON to this file")
+    parser.add_argument("--keep", help="a folder to keep each failed run's output (and core files) in")
+    parser.add_argument("--cores", action="store_true",
+                        help="let the processes dump core (with the kernel's core_pattern 'core': in --keep)")
     args = parser.parse_args()
     configs = args.configs.split(",")
     unknown = [c for c in configs if c not in CONFIGS]
@@ -55,13 +65,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         for i in range(args.runs):
             config = configs[i % len(configs)]
-            code, tail, took = one_run(config, Path(scratch) / f"run_{i}")
+            workdir = Path(scratch) / f"run_{i}"
+            workdir.mkdir()
+            code, printed, took = one_run(config, workdir / "out", args.cores)
             codes[config][code] += 1
             seconds[config] += took
-            aborted = "terminate called" in tail or code in (-6, 134)
+            aborted = "terminate called" in printed or "SIGABRT" in printed or code in (-6, 134)
             if code != 0:
-                print(f"run {i} ({config}): exit {code}{' (SIGABRT at teardown)' if aborted else ''}\n{tail}",
-                      flush=True)
+                tail = "\n".join(line for line in printed.splitlines() if "terminate" in line or "exitcode" in line)
+                print(f"run {i} ({config}): exit {code}{' (SIGABRT)' if aborted else ''}\n{tail}", flush=True)
+                if args.keep:
+                    (workdir / "printed.txt").write_text(printed)
+                    shutil.copytree(workdir, Path(args.keep) / workdir.name, ignore=shutil.ignore_patterns("out"))
             elif (i + 1) % 20 == 0:
                 print(f"{i + 1} runs, all exits so far: {dict((c, dict(n)) for c, n in codes.items())}", flush=True)
     table = {c: {"runs": sum(n.values()), "exit_codes": {str(k): v for k, v in sorted(n.items())},

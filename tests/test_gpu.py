@@ -80,6 +80,33 @@ def test_fsdp_config_trains_digits(tmp_path):
     assert read_json(tmp_path / "report.json")["accuracy"] >= 0.95
 
 
+def test_fsdp_on_gpus_checkpoints_sharded_resumes_bitwise_and_offloads_to_the_cpu(tmp_path):
+    """fsdp.yaml on every GPU (NCCL, fp16 with its GradScaler): sharded checkpoints resume bitwise, and parameter
+    CPU offload (for one memory-limited GPU) trains the same steps."""
+    import shutil
+    import sys
+
+    from helpers import CONFIGS, DIGITS, launch, max_abs_diff
+
+    def train(out, *extra, launcher=()):
+        done = launch([sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / "fsdp.yaml"),
+                       "--num_processes", str(torch.cuda.device_count()), *launcher, str(DIGITS), "--output_dir",
+                       str(out), "--max_steps", "40", "--checkpointing_steps", "20", *extra], timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return read_json(out / "summary.json")
+
+    summary = train(tmp_path / "full")
+    assert summary["mixed_precision"] == "fp16" and summary["sharding"].startswith("FSDP2")
+    checkpoint = tmp_path / "full" / "checkpoints" / "step_20"
+    assert (checkpoint / "sharded" / ".metadata").is_file() and not (checkpoint / "model.safetensors").exists()
+    shutil.copytree(checkpoint, tmp_path / "resumed" / "checkpoints" / "step_20")
+    train(tmp_path / "resumed", "--resume_from_checkpoint", "latest")
+    assert max_abs_diff(tmp_path / "full", tmp_path / "resumed") == 0.0
+    offloaded = train(tmp_path / "offloaded", launcher=["--fsdp_offload_params", "true"])
+    assert offloaded["optimizer_steps"] == 40 and offloaded["mixed_precision"] == "fp16"
+    assert abs(offloaded["eval_accuracy"] - summary["eval_accuracy"]) <= 0.02
+
+
 def test_compiled_fp16_digits_matches_eager(tmp_path):
     """--torch_compile on CUDA (Triton kernels) with fp16 loss scaling: same accuracy, plain weight names."""
     import sys
