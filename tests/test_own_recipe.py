@@ -11,7 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from helpers import accelerate_launch, free_port, read_json, readme_blocks, readme_recipe, readme_section
+from helpers import (
+    free_port,
+    read_json,
+    readme_blocks,
+    readme_recipe,
+    readme_section,
+    run_script_in_group,
+    run_script_in_process,
+)
 
 
 def test_the_readme_recipe_is_short_and_imports_only_the_public_api():
@@ -47,27 +55,25 @@ def test_the_readme_steps_as_written_reach_the_stated_accuracy_on_one_and_two_pr
 
 
 @pytest.mark.slow
-def test_the_readme_recipe_reports_roc_auc_from_the_gathered_probabilities(tmp_path, cancer_csv):
+def test_the_readme_recipe_reports_roc_auc_from_the_gathered_probabilities(tmp_path, cancer_csv, capfd):
     """A binary task: the recipe's own eval_auc (scikit-learn on the probabilities it receives) is the report's
-    roc_auc, and 2 processes (16 each) report exactly what 1 process (32) does."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    def train(config: str, micro: str):
-        return accelerate_launch(config, cancer_csv / "tabular.py", "--train_file", str(cancer_csv / "train.csv"),
-                                 "--validation_file", str(cancer_csv / "valid.csv"), "--output_dir",
-                                 str(tmp_path / config), "--learning_rate", "3e-3", "--num_train_epochs", "10",
-                                 "--mixed_precision", "no", "--per_device_train_batch_size", micro)
-
-    runs = (("cpu.yaml", "32"), ("cpu_2proc.yaml", "16"))
-    with ThreadPoolExecutor(2) as pool:  # two independent runs, at once
-        results = list(pool.map(lambda run: train(*run), runs))
+    roc_auc, and 2 processes (16 each, a forked gloo group) report exactly what 1 process (32, this one) does."""
+    args = ["--train_file", str(cancer_csv / "train.csv"), "--validation_file", str(cancer_csv / "valid.csv"),
+            "--learning_rate", "3e-3", "--num_train_epochs", "10", "--mixed_precision", "no"]
+    recipe = cancer_csv / "tabular.py"
     reports = []
-    for (config, _), result in zip(runs, results):
-        out = tmp_path / config
-        assert result.returncode == 0, result.stderr[-3000:]
-        report = read_json(out / "report.json")
+    for name, micro in (("one", "32"), ("two", "16")):
+        capfd.readouterr()
+        if name == "one":
+            assert run_script_in_process(recipe, *args, "--per_device_train_batch_size", micro, "--output_dir",
+                                         str(tmp_path / name)) == 0
+        else:
+            run_script_in_group(recipe, *args, "--per_device_train_batch_size", micro, "--output_dir",
+                                str(tmp_path / name))
+        report = read_json(tmp_path / name / "report.json")
         assert report["extra"]["auc"] == pytest.approx(report["roc_auc"], abs=1e-12) and report["roc_auc"] > 0.95
-        assert report["macro avg"]["support"] == 171 and "auc" in result.stdout
+        assert report["macro avg"]["support"] == 171 and "auc" in capfd.readouterr().out
         reports.append(report)
+    assert read_json(tmp_path / "two" / "summary.json")["world_size"] == 2
     assert reports[0]["extra"]["auc"] == pytest.approx(reports[1]["extra"]["auc"], abs=1e-6)
     assert reports[0]["accuracy"] == reports[1]["accuracy"]
