@@ -52,9 +52,10 @@ class StopSignal:
 
     def __enter__(self) -> "StopSignal":
         if self._distributed:
-            # A CPU group: the flag never touches the GPU, so reading it never syncs the device.
+            # A CPU group of its own: the flag never touches the GPU (reading it never syncs the device), and
+            # `__exit__` can tear the group down (see there).
             timeout = None if self._timeout_s is None else timedelta(seconds=self._timeout_s)
-            self._group = None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo", timeout=timeout)
+            self._group = dist.new_group(backend="gloo", timeout=timeout)
         for sig in STOP_SIGNALS:
             try:
                 self._previous[sig] = signal.signal(sig, self._record)
@@ -66,9 +67,19 @@ class StopSignal:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
-        if self._pending is not None:
-            self._pending[0].wait()  # never leave a collective in flight behind us
-            self._pending = None
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending[0].wait()  # never leave a collective in flight behind us
+        if self._group is not None:
+            # A gloo worker thread signals a collective done before it drops its own reference to it; if that
+            # reference is the last, the thread frees the collective's tensors, which needs the GIL, and a thread
+            # that asks for the GIL while the interpreter exits is ended mid-destructor: `terminate called
+            # without an active exception` (SIGABRT) after a successful run, seen in 1 of ~50 two-process runs on
+            # a busy machine. So this thread keeps `pending` while the group is destroyed (its destructor joins
+            # its worker threads, which then have nothing of ours to free) and frees it itself afterwards.
+            dist.destroy_process_group(self._group)
+            self._group = None
+        del pending
 
     def _record(self, signum: int, frame: Any) -> None:
         if self.received is None:
