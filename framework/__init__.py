@@ -40,6 +40,7 @@ from framework.data.preparation import (
 from framework.evaluate.baseline import pixel_logistic_regression, score, tfidf_logistic_regression, wanted
 from framework.evaluate.evaluation import Predictions
 from framework.io.files import write_atomic
+from framework.io.names import WEIGHTS_FILE
 from framework.io.run_directory import RunDirectory
 from framework.recipe import Recipe, RecipeData, TrainedModel
 from framework.runner import run
@@ -65,7 +66,7 @@ __all__ = [
     # evaluation
     "Predictions", "score", "wanted", "tfidf_logistic_regression", "pixel_logistic_regression",
     # outputs and progress
-    "RunDirectory", "write_atomic", "progress_bar",
+    "RunDirectory", "write_atomic", "progress_bar", "WEIGHTS_FILE",
     # the loop's building blocks
     "build_accelerator", "build_optimizer", "build_scheduler", "total_optimizer_steps", "fit", "FitResult",
     "TrainState",

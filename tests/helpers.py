@@ -358,3 +358,19 @@ def readme_blocks(kind: str) -> list[str]:
 def readme_recipe() -> str:
     """The recipe block (tabular.py): the python block that defines a Recipe."""
     return next(block for block in readme_blocks("python") if "Recipe(" in block)
+
+
+def tiny_pretrained_bert(folder: Path) -> None:
+    """A small randomly initialised BERT and its WordPiece tokenizer, saved like a Hub model (no download)."""
+    import pytest
+
+    transformers = pytest.importorskip("transformers")  # the project's 'test' extra installs it
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "."] + sorted(
+        set(FILLER) | {w for words in TOPICS.values() for w in words})
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tokenizer = transformers.BertTokenizerFast(str(folder / "vocab.txt"))  # vocab_file (4.x) or vocab (5.x)
+    config = transformers.BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1,
+                                     num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
+    transformers.BertForSequenceClassification(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+

@@ -30,6 +30,7 @@ from helpers import (
     run_digits_in_process,
     run_script_in_group,
     run_script_in_process,
+    tiny_pretrained_bert,
     weights,
 )
 
@@ -259,3 +260,26 @@ def test_fp16_under_fsdp_skips_an_overflow_that_only_one_shard_sees_on_every_pro
     assert ranks[0] == ranks[1] and ranks[0]["skipped"] == 2  # both processes skipped both steps, scale halved
     lrs = [r["lr"] for r in read_metrics(tmp_path) if "lr" in r]
     assert [i for i in range(len(lrs) - 1) if lrs[i] == lrs[i + 1]] == [2, 5]  # the skipped steps kept their lr
+
+
+def test_a_pretrained_fine_tune_under_fsdp_exports_a_model_transformers_loads(tmp_path, text_files):
+    """The transformers export is written from the run's whole weights: under FSDP no process holds the whole
+    model (the model's own save_pretrained would read its shards)."""
+    transformers = pytest.importorskip("transformers")
+    tiny_pretrained_bert(tmp_path)
+    out = tmp_path / "out"
+    run_script_in_group(TEXT, "--train_file", str(text_files / "train.csv"), "--validation_file",
+                        str(text_files / "valid.csv"), "--model_name_or_path", str(tmp_path), "--output_dir", str(out),
+                        "--max_steps", "10", "--per_device_train_batch_size", "8", "--learning_rate", "2e-3",
+                        "--max_length", "32", "--mixed_precision", "no", "--do_predict", "true", "--test_file",
+                        str(text_files / "valid.csv"), fsdp=True)
+    assert read_json(out / "summary.json")["sharding"] == "FSDP2, parameters sharded over 2 processes"
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(out).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+    assert model.config.id2label == {0: "food", 1: "sports", 2: "tech"}
+    rows = _predictions(out)
+    with open(text_files / "valid.csv", newline="") as handle:
+        texts = [row["text"] for row in csv.DictReader(handle)]
+    with torch.no_grad():
+        logits = model(**tokenizer(texts, padding=True, truncation=True, max_length=32, return_tensors="pt")).logits
+    assert [model.config.id2label[i] for i in logits.argmax(-1).tolist()] == [r["prediction"] for r in rows]

@@ -8,7 +8,7 @@ import pytest
 
 from framework.core.errors import run_main
 
-from helpers import FILLER, TEXT, TEXT_ARGS, TOPICS, accelerate_launch, read_json
+from helpers import TEXT, TEXT_ARGS, accelerate_launch, read_json, tiny_pretrained_bert
 
 
 @pytest.mark.slow
@@ -61,23 +61,10 @@ def test_text_recipe_refuses_a_missing_text_column(tmp_path, capsys):
     assert "no text column 'text' (columns: sentence, label; set --text_column)" in capsys.readouterr().err
 
 
-def _tiny_pretrained_bert(folder):
-    """A small randomly initialised BERT and its WordPiece tokenizer, saved like a Hub model (no download)."""
-    transformers = pytest.importorskip("transformers")  # the project's 'test' extra installs it
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "."] + sorted(
-        set(FILLER) | {w for words in TOPICS.values() for w in words})
-    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tokenizer = transformers.BertTokenizerFast(str(folder / "vocab.txt"))  # vocab_file (4.x) or vocab (5.x)
-    config = transformers.BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1,
-                                     num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
-    transformers.BertForSequenceClassification(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-
-
 def test_model_name_or_path_fine_tunes_a_pretrained_transformers_model(tmp_path, text_files):
     from recipes import text_classification
 
-    _tiny_pretrained_bert(tmp_path)
+    tiny_pretrained_bert(tmp_path)
     out = tmp_path / "out"
     code = run_main(lambda: text_classification.main([
         "--train_file", str(text_files / "train.csv"), "--validation_file", str(text_files / "valid.csv"),
@@ -95,7 +82,7 @@ def test_a_pretrained_fine_tune_loads_with_transformers(tmp_path, text_files):
     from recipes import text_classification
 
     transformers = pytest.importorskip("transformers")
-    _tiny_pretrained_bert(tmp_path)
+    tiny_pretrained_bert(tmp_path)
     out = tmp_path / "out"
     code = run_main(lambda: text_classification.main([
         "--train_file", str(text_files / "train.csv"), "--validation_file", str(text_files / "valid.csv"),

@@ -50,8 +50,21 @@ class PretrainedClassifier(nn.Module):
 
 def save_in_transformers_layout(model: "PretrainedClassifier", class_names: list[str], folder: Path) -> None:
     """Write the fine-tuned model as transformers expects it (config.json with the class names as id2label,
-    unprefixed weights), so AutoModelForSequenceClassification loads the folder."""
+    unprefixed weights), so AutoModelForSequenceClassification loads the folder. Called on the main process
+    after the run wrote its whole weights to folder/model.safetensors: those are renamed (this wrapper's
+    `model.` prefix dropped), so it works on any number of processes, FSDP included, where no process holds the
+    whole model (the model's own save_pretrained would read its sharded parameters)."""
+    from safetensors.torch import load_file, save_file
+
+    from framework import WEIGHTS_FILE
+
     inner = model.model
     inner.config.id2label = dict(enumerate(class_names))
     inner.config.label2id = {name: i for i, name in enumerate(class_names)}
-    inner.save_pretrained(str(folder))  # replaces model.safetensors with the same weights, transformers' names
+    inner.config.save_pretrained(str(folder))
+    weights = load_file(str(folder / WEIGHTS_FILE))
+    prefix = "model."
+    renamed = {name[len(prefix):]: tensor for name, tensor in weights.items() if name.startswith(prefix)}
+    temporary = folder / f".tmp_{WEIGHTS_FILE}"
+    save_file(renamed, str(temporary), metadata={"format": "pt"})  # transformers reads the format
+    temporary.replace(folder / WEIGHTS_FILE)  # the same weights, transformers' names
