@@ -248,8 +248,13 @@ def _fp16_with_overflows(out: Path) -> None:
     config = TrainingConfig(output_dir=str(out), mixed_precision="fp16", per_device_train_batch_size=8, max_steps=8,
                             logging_steps=1, warmup_ratio=0.0, learning_rate=0.01)
     accelerator, result = fit_model(config, lambda: _OverflowingMLP({3, 6}), data, data, ["a", "b", "c"])
+    from torch.distributed.tensor import DTensor
+
+    offset = result.model.offset
     (out / f"rank_{accelerator.process_index}.json").write_text(json.dumps(
-        {"skipped": result.summary["skipped_fp16_steps"], "scale": accelerator.scaler.get_scale()}))
+        {"skipped": result.summary["skipped_fp16_steps"], "scale": accelerator.scaler.get_scale(),
+         "every_parameter_a_dtensor": all(isinstance(p, DTensor) for p in result.model.parameters()),
+         "offset_shard": list(offset.to_local().shape) if isinstance(offset, DTensor) else None}))
 
 
 def test_fp16_under_fsdp_skips_an_overflow_that_only_one_shard_sees_on_every_process(tmp_path):
@@ -257,6 +262,8 @@ def test_fp16_under_fsdp_skips_an_overflow_that_only_one_shard_sees_on_every_pro
     summary = read_json(tmp_path / "summary.json")
     assert summary["mixed_precision"] == "fp16" and summary["sharding"].startswith("FSDP2")
     ranks = [read_json(tmp_path / f"rank_{rank}.json") for rank in (0, 1)]
+    # sharded: every parameter a DTensor, each process holding half of the 64-element offset
+    assert all(r["every_parameter_a_dtensor"] and r["offset_shard"] == [32] for r in ranks)
     assert ranks[0] == ranks[1] and ranks[0]["skipped"] == 2  # both processes skipped both steps, scale halved
     lrs = [r["lr"] for r in read_metrics(tmp_path) if "lr" in r]
     assert [i for i in range(len(lrs) - 1) if lrs[i] == lrs[i + 1]] == [2, 5]  # the skipped steps kept their lr
