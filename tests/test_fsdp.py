@@ -60,19 +60,16 @@ def _copy_checkpoints(run: Path, to: Path, *steps: int) -> None:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
-    """The FSDP launch on 2 processes and the plain 1-process run of the same 20 steps, made once."""
+    """The same 20 steps sharded on 2 processes with fsdp.yaml's settings (a forked gloo group: no launcher;
+    the launch test below shows a launch trains the same bits) and on one plain process, made once."""
     root = tmp_path_factory.mktemp("fsdp")
-    result = launch(_fsdp_command(root / "fsdp"))
-    assert result.returncode == 0, result.stderr[-3000:]
-    (root / "fsdp" / "launch_stdout.txt").write_text(result.stdout)
+    run_digits_in_group(root / "fsdp", *FSDP_ARGS, fsdp=True)
     assert run_digits_in_process(root / "plain", *PLAIN_ARGS) == 0
     return {"fsdp": root / "fsdp", "plain": root / "plain"}
 
 
-@pytest.mark.slow
-def test_the_fsdp_config_trains_digits_sharded_on_two_cpu_processes_as_one_process_does(runs):
+def test_fsdp_trains_evaluates_and_predicts_digits_as_one_process_and_checkpoints_a_shard_per_process(runs):
     sharded, plain = runs["fsdp"], runs["plain"]
-    assert "sharding FSDP2, parameters sharded over 2 processes" in (sharded / "launch_stdout.txt").read_text()
     summary = read_json(sharded / "summary.json")
     assert summary["world_size"] == 2 and summary["sharding"] == "FSDP2, parameters sharded over 2 processes"
     assert max_abs_diff(sharded, plain) < 5e-5  # 2 x 16 sharded == 1 x 32, default dropout on
@@ -96,6 +93,20 @@ def test_the_fsdp_config_trains_digits_sharded_on_two_cpu_processes_as_one_proce
               for rank in (0, 1)]
     whole = (plain / "checkpoints" / "step_10" / "model.safetensors").stat().st_size
     assert max(shards) < whole * 3 * 0.75  # each holds about half of the weights and the two Adam moments
+
+
+@pytest.mark.slow
+def test_the_fsdp_config_trains_digits_sharded_on_two_cpu_processes(runs, tmp_path):
+    """`accelerate launch --config_file accelerate_configs/fsdp.yaml --num_processes 2`: sharded over gloo, and
+    bit for bit the run of the forked group with the same settings that the other tests here use."""
+    launched = tmp_path / "launched"
+    result = launch(_fsdp_command(launched))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "sharding FSDP2, parameters sharded over 2 processes" in result.stdout  # the banner
+    assert read_json(launched / "summary.json")["sharding"] == "FSDP2, parameters sharded over 2 processes"
+    assert sorted(p.name for p in (launched / "checkpoints" / "step_10" / "sharded").iterdir()) == SHARD_FILES
+    assert max_abs_diff(launched, runs["fsdp"]) == 0.0
+    assert read_json(launched / "report.json") == read_json(runs["fsdp"] / "report.json")
 
 
 @pytest.mark.slow
@@ -187,6 +198,7 @@ def _recipe_args(name: str, image_folders: Path, text_files: Path, cancer_csv: P
                                        str(cancer_csv / "valid.csv"), "--num_train_epochs", "2"]
 
 
+@pytest.mark.slow  # whole recipes, 6 runs
 @pytest.mark.parametrize("name", ["image", "text", "own"], ids=["image", "text_encoder", "readme_recipe"])
 def test_fsdp_trains_each_recipe_as_one_process_does(name, tmp_path, image_folders, text_files, cancer_csv):
     script, args = _recipe_args(name, image_folders, text_files, cancer_csv)
@@ -269,6 +281,7 @@ def test_fp16_under_fsdp_skips_an_overflow_that_only_one_shard_sees_on_every_pro
     assert [i for i in range(len(lrs) - 1) if lrs[i] == lrs[i + 1]] == [2, 5]  # the skipped steps kept their lr
 
 
+@pytest.mark.slow  # a transformers model fine-tuned
 def test_a_pretrained_fine_tune_under_fsdp_exports_a_model_transformers_loads(tmp_path, text_files):
     """The transformers export is written from the run's whole weights: under FSDP no process holds the whole
     model (the model's own save_pretrained would read its shards)."""
