@@ -13,7 +13,10 @@ SHA-256 in state.json. Either kind resumes on any number of processes, with or w
 A checkpoint is written into a hidden temporary folder and renamed when
 complete, so a kill mid-write leaves the previous checkpoint as the latest
 one; a folder without state.json is never picked up. Nothing is unpickled
-beyond tensors and plain containers.
+beyond tensors and plain containers, except a sharded checkpoint's index:
+torch.distributed.checkpoint pickles `.metadata`, and it is read only after
+its SHA-256 matched the one state.json recorded (resume only checkpoints
+your own runs wrote, as with any file that can hold pickled objects).
 """
 
 from __future__ import annotations
