@@ -303,3 +303,23 @@ def test_a_pretrained_fine_tune_under_fsdp_exports_a_model_transformers_loads(tm
     with torch.no_grad():
         logits = model(**tokenizer(texts, padding=True, truncation=True, max_length=32, return_tensors="pt")).logits
     assert [model.config.id2label[i] for i in logits.argmax(-1).tolist()] == [r["prediction"] for r in rows]
+
+
+@pytest.mark.slow  # two more runs
+def test_the_best_evaluation_is_kept_and_loaded_back_under_fsdp(tmp_path):
+    """--load_best_model_at_end: the best weights are gathered whole into best/ and put back into the sharded
+    model at the end (each process keeping its shard), as one process does; a checkpoint written right after an
+    evaluation (when FSDP keeps the root's parameters gathered) resumes bitwise."""
+    args = ["--max_steps", "40", "--eval_steps", "10", "--checkpointing_steps", "10", "--metric_for_best_model",
+            "eval_accuracy", "--load_best_model_at_end", "true", "--mixed_precision", "no"]
+    run_digits_in_group(tmp_path / "fsdp", *args, "--per_device_train_batch_size", "16", fsdp=True)
+    assert run_digits_in_process(tmp_path / "plain", *args, "--per_device_train_batch_size", "32") == 0
+    sharded, plain = read_json(tmp_path / "fsdp" / "summary.json"), read_json(tmp_path / "plain" / "summary.json")
+    assert sharded["best_step"] == plain["best_step"] and sharded["eval_accuracy"] == plain["eval_accuracy"]
+    assert max_abs_diff(tmp_path / "fsdp", tmp_path / "plain") < 5e-5  # the best step's weights, on both
+    assert max_abs_diff(tmp_path / "fsdp", tmp_path / "fsdp" / "best") == 0.0
+    _copy_checkpoints(tmp_path / "fsdp", tmp_path / "resumed", 20)
+    shutil.copytree(tmp_path / "fsdp" / "best", tmp_path / "resumed" / "best")  # a stopped run keeps its best/ too
+    run_digits_in_group(tmp_path / "resumed", *args, "--per_device_train_batch_size", "16", "--resume_from_checkpoint",
+                        "auto", fsdp=True)
+    assert max_abs_diff(tmp_path / "fsdp", tmp_path / "resumed") == 0.0

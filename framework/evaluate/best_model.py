@@ -24,7 +24,7 @@ from framework.core.errors import FlagError
 from framework.evaluate.evaluation import ExtraMetrics, Report
 from framework.io.files import umask_mode, write_atomic
 from framework.io.names import BEST_DIR
-from framework.io.weights import WEIGHTS_FILE, bare_model, model_state_dict
+from framework.io.weights import WEIGHTS_FILE, load_weights, model_state_dict
 
 
 def improves(value: float, best: float | None, key: str, threshold: float = 0.0) -> bool:
@@ -70,7 +70,7 @@ def load_best(accelerator: Accelerator, model: torch.nn.Module, output_dir: str)
     """Put the best evaluation's weights into `model`; return its report and step."""
     folder = Path(output_dir) / BEST_DIR
     record = json.loads((folder / "report.json").read_text())
-    bare_model(accelerator, model).load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
+    load_weights(accelerator, model, load_file(str(folder / WEIGHTS_FILE)))  # every process: FSDP reshards
     errors = record.get("errors")  # a best/ of an older version has none
     report = Report(record["text"], record["metrics"], record["loss"], np.array(record["confusion"]),
                     record["extra"], [tuple(row) for row in errors] if errors is not None else None)

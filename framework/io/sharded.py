@@ -30,6 +30,16 @@ def _state_dict_api():
     return state_dict
 
 
+def _resharded(model: torch.nn.Module) -> torch.nn.Module:
+    """`model` with its parameters sharded. FSDP2 leaves the root module's parameters gathered whole after a
+    forward without a backward (an evaluation) until the next step; the state-dict API expects the shards."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if isinstance(model, FSDPModule):
+        model.reshard()
+    return model
+
+
 def _bare_optimizer(optimizer: Any) -> torch.optim.Optimizer:
     """The torch optimizer inside Accelerate's wrapper."""
     return getattr(optimizer, "optimizer", optimizer)
@@ -40,7 +50,7 @@ def save_sharded(model: torch.nn.Module, optimizer: Any, directory: Path) -> Non
     every process calls it). `model` is the bare model (framework.io.weights.bare_model)."""
     import torch.distributed.checkpoint as dcp
 
-    model_state, optimizer_state = _state_dict_api().get_state_dict(model, _bare_optimizer(optimizer))
+    model_state, optimizer_state = _state_dict_api().get_state_dict(_resharded(model), _bare_optimizer(optimizer))
     dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=str(directory))
 
 
@@ -50,7 +60,7 @@ def load_sharded(model: torch.nn.Module, optimizer: Any, directory: Path) -> Non
     import torch.distributed.checkpoint as dcp
 
     api = _state_dict_api()
-    model_state, optimizer_state = api.get_state_dict(model, _bare_optimizer(optimizer))
+    model_state, optimizer_state = api.get_state_dict(_resharded(model), _bare_optimizer(optimizer))
     state = {"model": model_state, "optimizer": optimizer_state}
     with warnings.catch_warnings():
         # On one process without a process group torch warns that it assumes a 1-process load: that is the intent.
@@ -74,8 +84,14 @@ def load_full_into_sharded(model: torch.nn.Module, optimizer: Any, model_state: 
         "param_groups": [{**group, "params": [positions[i] for i in group["params"]]}
                          for group in optimizer_state["param_groups"]],
     }
-    api.set_state_dict(model, bare, model_state_dict=model_state, optim_state_dict=by_name,
+    api.set_state_dict(_resharded(model), bare, model_state_dict=model_state, optim_state_dict=by_name,
                        options=api.StateDictOptions(full_state_dict=True))
+
+
+def load_full_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load a whole state dict (model.safetensors) into a sharded model: each process keeps its shard."""
+    api = _state_dict_api()
+    api.set_model_state_dict(_resharded(model), state, options=api.StateDictOptions(full_state_dict=True))
 
 
 def sharded_shapes(directory: Path) -> dict[str, tuple[int, ...]]:

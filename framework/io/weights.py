@@ -49,6 +49,20 @@ def bare_model(accelerator: Accelerator, model: torch.nn.Module) -> torch.nn.Mod
     return accelerator.unwrap_model(model, keep_torch_compile=False)
 
 
+def load_weights(accelerator: Accelerator, model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Put whole weights (as model.safetensors holds them) into a prepared model; under FSDP each process keeps
+    its shard of them (every process calls it)."""
+    from accelerate.utils import DistributedType
+
+    bare = bare_model(accelerator, model)
+    if accelerator.distributed_type == DistributedType.FSDP:
+        from framework.io.sharded import load_full_model_state
+
+        load_full_model_state(bare, state)
+    else:
+        bare.load_state_dict(state)
+
+
 def save_weights(accelerator: Accelerator, model: torch.nn.Module, directory: str | Path) -> Path:
     """Write `directory/model.safetensors` from the main process, atomically; call it on every process."""
     state = model_state_dict(accelerator, model)  # a collective under FSDP
