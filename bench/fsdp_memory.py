@@ -50,6 +50,7 @@ def child(args) -> None:
 
     from framework import TrainingConfig
     from framework.core.runtime import build_accelerator
+    from framework.core.sharding import wrap_blocks_not_containers
     from framework.io.checkpoint import load_checkpoint, save_checkpoint
     from framework.io.weights import bare_model
     from framework.train.activation_checkpointing import enable_gradient_checkpointing
@@ -66,6 +67,7 @@ def child(args) -> None:
     if args.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    wrap_blocks_not_containers(accelerator, model)  # as framework.runner does before preparing
     model, optimizer = accelerator.prepare(model, optimizer)
     generator = torch.Generator().manual_seed(accelerator.process_index)
     step_times = []

@@ -21,7 +21,7 @@ from torch.utils.data import default_collate
 from framework.core.config import TrainingConfig, config_to_dict, parse_config, validate_config
 from framework.core.errors import FlagError, RunStopped, UserError, write_failure
 from framework.core.runtime import Precision, build_accelerator, peer_lost, say
-from framework.core.sharding import check_sharded
+from framework.core.sharding import check_sharded, wrap_blocks_not_containers
 from framework.data.identity import forget_sources, recorded_sources
 from framework.data.loaders import build_eval_loader, build_train_data
 from framework.data.streaming import build_stream_eval, build_stream_train_data, is_stream
@@ -140,6 +140,7 @@ def _train(recipe: Recipe, config: TrainingConfig, accelerator: Accelerator, pre
     optimizer = build_optimizer(model, config)
     total = total_optimizer_steps(config, train_data.plan.windows_per_epoch)
     scheduler = build_scheduler(optimizer, config, total)  # not prepared: see build_scheduler
+    wrap_blocks_not_containers(accelerator, model)  # FSDP's auto-wrap (framework.core.sharding)
     model, optimizer = accelerator.prepare(model, optimizer)
     notes = dict(data.notes)
     shards = check_sharded(accelerator, model)  # FSDP: really sharded, or refused
@@ -241,6 +242,7 @@ def _run_phases(recipe: Recipe, config: TrainingConfig, accelerator: Accelerator
             recipe.export(config, bare_model(accelerator, model), data, run_dir.path)
     else:
         stop.phase, stop.consequence = "evaluating", "the model of --model_path is unchanged: run the same command again"
+        wrap_blocks_not_containers(accelerator, model)
         model = accelerator.prepare(model)
         temperature, thresholds = _evaluate_only(accelerator, config, model, eval_loader, data, run_dir, precision,
                                                  recipe.extra_metrics, loss_fn, temperature, thresholds)

@@ -12,6 +12,7 @@ CPU this way (torch refuses its compute device), so a CPU run needs `fsdp_versio
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any, Optional
 
@@ -44,6 +45,37 @@ def fsdp_plugin_for(cuda: bool, process_group_kwargs: dict[str, Any]) -> Optiona
     if state.num_processes > 1:
         PartialState._shared_state["distributed_type"] = DistributedType.MULTI_GPU
     return plugin
+
+
+def wrap_blocks_not_containers(accelerator: Any, model: torch.nn.Module) -> None:
+    """Call before preparing `model`. fsdp.yaml's size-based auto-wrap is meant to give each large block of a
+    model (a transformer's layer, a ResNet stage) its own FSDP unit, gathered whole only for its own forward and
+    backward. Accelerate's FSDP2 version (1.15) picks every module above `fsdp_min_num_params` instead:
+    containers such as a transformer's `nn.ModuleList` of layers, which torch's `fully_shard` refuses (they have
+    no forward), and modules whose parent reads their weights directly (the output projection inside
+    `nn.MultiheadAttention`), which then fail with sharded weights. So every transformer of that size failed.
+    Here the rule is applied to the blocks the model runs one after another: the members of its
+    `nn.ModuleList`, `nn.ModuleDict` and `nn.Sequential` containers above the size (all instances of a class,
+    or none); they are handed to Accelerate as the classes to wrap, and the rest stays in the model's own unit.
+    Other policies are left as configured."""
+    plugin = getattr(accelerator.state, "fsdp_plugin", None)
+    if plugin is None or not fsdp_requested():
+        return
+    from torch.distributed.fsdp.wrap import size_based_auto_wrap_policy, transformer_auto_wrap_policy
+
+    policy = plugin.auto_wrap_policy
+    if (policy.func if isinstance(policy, functools.partial) else policy) is not size_based_auto_wrap_policy:
+        return
+    containers = (torch.nn.ModuleList, torch.nn.ModuleDict, torch.nn.Sequential)
+    sizes: dict[type, list[int]] = {}
+    for module in model.modules():
+        if isinstance(module, containers):
+            for block in module.children():
+                sizes.setdefault(type(block), []).append(sum(p.numel() for p in block.parameters()))
+    classes = {cls for cls, counts in sizes.items()
+               if min(counts) > plugin.min_num_params and not issubclass(cls, containers)}
+    plugin.transformer_cls_names_to_wrap = sorted(cls.__name__ for cls in classes)
+    plugin.auto_wrap_policy = functools.partial(transformer_auto_wrap_policy, transformer_layer_cls=classes)
 
 
 def shard_count(model: torch.nn.Module) -> int:
