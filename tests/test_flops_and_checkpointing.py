@@ -88,13 +88,18 @@ def test_checkpointed_transformer_same_weights_and_less_memory(tmp_path, long_te
             "--per_device_train_batch_size", "32", "--max_steps", "1", "--mixed_precision", "no",
             "--dropout", "0.1", "--baseline", "false", "--per_device_eval_batch_size", "8"]
     runs = {}
+    # glibc keeps freed heap blocks, so the peak RSS of the default allocator depended on the order of allocations
+    # (checkpointed/plain 0.70-0.87 over four pairs of runs); blocks over 64 KiB from mmap go back at free, so the
+    # peak is that of the live memory: 0.58 in three pairs, each run within 0.1 MiB of the others.
+    live_memory = {"MALLOC_MMAP_THRESHOLD_": "65536"}
     for name, extra in (("plain", []), ("ckpt", ["--gradient_checkpointing", "true"])):
-        result = launch([sys.executable, str(text), *args, *extra, "--output_dir", str(tmp_path / name)], timeout=300)
+        result = launch([sys.executable, str(text), *args, *extra, "--output_dir", str(tmp_path / name)], timeout=300,
+                        env=live_memory)
         assert result.returncode == 0, result.stderr[-3000:]
         runs[name] = read_json(tmp_path / name / "summary.json")
     assert max_abs_diff(tmp_path / "plain", tmp_path / "ckpt") <= 1e-6
-    # 0.76x measured (1,834 vs 2,422 MiB); the encoder keeps no attention weights, so less is left to save
-    assert runs["ckpt"]["peak_host_rss_mib"] <= 0.85 * runs["plain"]["peak_host_rss_mib"]
+    # 0.58x measured (1,060 vs 1,821-1,835 MiB); the encoder keeps no attention weights, so less is left to save
+    assert runs["ckpt"]["peak_host_rss_mib"] <= 0.7 * runs["plain"]["peak_host_rss_mib"]
     assert runs["ckpt"]["model_flops_per_sample"] == runs["plain"]["model_flops_per_sample"]  # recompute not counted
 
 
