@@ -235,3 +235,36 @@ def test_a_signal_during_a_long_native_call_still_stops_within_seconds(tmp_path)
     err = proc.stderr.read().strip().splitlines()
     assert code == EXIT_PREEMPTED and took < 30, (code, took)  # the call alone runs for minutes
     assert err == ["stopped: SIGTERM received while preparing the data and the model: stopped; nothing was lost"]
+
+
+SIGNAL_IN_TRAINING_THEN_ERROR = """
+import os, signal, time
+from framework.core.errors import run_main
+from framework.train.preemption import StopAtOnce, StopSignal
+
+StopAtOnce.GRACE_S = 0.2
+
+def main():
+    with StopAtOnce("setting up training", "nothing was lost"):
+        with StopSignal(1) as stop:  # training: this handler is in charge
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert stop.received == "SIGTERM"
+        time.sleep(1.0)  # training ended by an error whose handling outlasts the grace (a dead peer's collective)
+        raise RuntimeError("the collective's error")
+
+raise SystemExit(run_main(main))
+"""
+
+
+def test_a_signal_that_training_received_is_not_acted_on_again_after_training_fails(tmp_path):
+    import subprocess
+    import sys
+
+    from helpers import REPO
+
+    # Before: the watcher woke on the signal, slept its grace, found its own handler back and ended the process
+    # with "SIGTERM received while setting up training" (exit 4) instead of the error that ended training.
+    done = subprocess.run([sys.executable, "-c", SIGNAL_IN_TRAINING_THEN_ERROR], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode not in (0, EXIT_PREEMPTED) and "the collective's error" in done.stderr, done.stderr
+    assert "stopped:" not in done.stderr

@@ -39,6 +39,15 @@ from framework.core.errors import EXIT_PREEMPTED, Preempted
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
+class _HandledSignals:
+    """How many stop signals a Python-level handler (StopSignal's or StopAtOnce's) has run for, in this process."""
+
+    count = 0
+
+
+_HANDLED = _HandledSignals()
+
+
 class StopSignal:
     """Records SIGTERM/SIGUSR1 while installed (a context manager) and agrees across processes to stop."""
 
@@ -69,7 +78,13 @@ class StopSignal:
         self._previous.clear()
         pending, self._pending = self._pending, None
         if pending is not None:
-            pending[0].wait()  # never leave a collective in flight behind us
+            try:
+                pending[0].wait()  # never leave a collective in flight behind us
+            except Exception:
+                if exc[0] is None:
+                    raise
+                # Training is already failing (a process left the job, a collective timed out): that error, not
+                # this flag's echo of it, is the one to report.
         if self._group is not None:
             # A gloo worker thread signals a collective done before it drops its own reference to it; if that
             # reference is the last, the thread frees the collective's tensors, which needs the GIL, and a thread
@@ -82,6 +97,7 @@ class StopSignal:
         del pending
 
     def _record(self, signum: int, frame: Any) -> None:
+        _HANDLED.count += 1
         if self.received is None:
             self.received = signal.Signals(signum).name
 
@@ -115,8 +131,10 @@ class StopAtOnce:
     Python runs a signal handler only between bytecodes of the main thread, so a long native call (a Rust
     tokenizer's training, a wait in a collective) would hold the stop back until it returns. A watcher thread,
     woken by the signal itself (signal.set_wakeup_fd), ends the process with the same line and exit code when
-    the handler has not ended it within GRACE_S seconds: before training nothing is half-written (datasets and
-    the framework write their caches to temporary names and rename them)."""
+    no Python handler has run for the signal within GRACE_S seconds and this one is in charge: before training
+    nothing is half-written (datasets and the framework write their caches to temporary names and rename them).
+    A signal that training's StopSignal received is that handler's, even if training then fails and gives the
+    handlers back within the grace (its error is the one reported)."""
 
     GRACE_S = 2.0
 
@@ -140,7 +158,8 @@ class StopAtOnce:
             except ValueError:
                 os.close(read_end), os.close(write_end)
             else:
-                threading.Thread(target=self._watch, args=(read_end,), daemon=True, name="stop-watcher").start()
+                threading.Thread(target=self._watch, args=(read_end, _HANDLED.count), daemon=True,
+                                 name="stop-watcher").start()
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -157,9 +176,11 @@ class StopAtOnce:
         return f"{signal.Signals(signum).name} received while {self.phase}: stopped; {self.consequence}"
 
     def _stop(self, signum: int, frame: Any) -> None:
+        _HANDLED.count += 1
         raise Preempted(self._message(signum))
 
-    def _watch(self, read_end: int) -> None:
+    def _watch(self, read_end: int, handled_before: int) -> None:
+        arrived = 0
         try:
             while True:
                 data = os.read(read_end, 64)
@@ -168,8 +189,14 @@ class StopAtOnce:
                 for signum in data:
                     if signum not in STOP_SIGNALS:
                         continue
+                    arrived += 1
                     time.sleep(self.GRACE_S)
                     if signal.getsignal(signum) != self._stop:  # training's StopSignal is in charge, or we are done
+                        continue
+                    # A Python handler ran for every signal so far: this one's, or training's StopSignal's (which
+                    # may have given the handlers back since, e.g. when training ended by an error that is still
+                    # being reported): the main thread is not stuck, and what it does with the signal stands.
+                    if _HANDLED.count - handled_before >= arrived:
                         continue
                     if os.environ.get("RANK", "0") == "0":
                         print(f"stopped: {self._message(signum)}", file=sys.stderr, flush=True)
