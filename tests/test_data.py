@@ -85,6 +85,15 @@ def test_check_labels():
         check_labels(Dataset.from_dict({"y": [0]}), 3)
     with pytest.raises(UserError, match="is empty"):
         check_labels(Dataset.from_dict({"labels": []}), 3)
+    with pytest.raises(UserError, match="has no label in row 1; every row needs one"):
+        check_labels(Dataset.from_dict({"labels": [0, None, 1]}), 3)
+    with pytest.raises(UserError, match="has label 'cat'; labels must be integers 0..2"):
+        check_labels(Dataset.from_dict({"labels": ["cat", "dog"]}), 3)
+    # a split (an indices mapping over the table) is checked by its own rows, read as one column
+    split = Dataset.from_dict({"labels": [0, 7, 1, 2]}).select([0, 2, 3])
+    check_labels(split, 3)
+    with pytest.raises(UserError, match="label 7"):
+        check_labels(Dataset.from_dict({"labels": [0, 7, 1, 2]}).select([3, 1]), 3)
 
 
 def test_a_torch_formatted_dataset_is_fetched_as_columns_and_gives_the_row_path_batches():

@@ -384,14 +384,27 @@ def largest_sample_index(dataset: Any) -> int:
     return int(total.argmax())
 
 
+def column_values(dataset: Any, column: str) -> np.ndarray:
+    """One column of a table-like dataset as a NumPy array. A `datasets.Dataset`'s column is read through Arrow in
+    one call (indexing it by name yields its rows one by one: 3.7 s for 160k labels, 0.4 s this way)."""
+    import datasets
+
+    if isinstance(dataset, datasets.Dataset):
+        values = dataset.with_format("arrow", columns=[column])[:][column].to_numpy(zero_copy_only=False)
+        return np.asarray(values.tolist()) if values.dtype == object else values  # strings: a str array, as before
+    return np.asarray(dataset[column])
+
+
 def check_labels(dataset: Any, num_labels: int, column: str = "labels", name: str = "dataset") -> None:
     """Refuse a dataset without the label column or with a label outside 0..num_labels-1."""
     columns = getattr(dataset, "column_names", None)
     if columns is not None:
         require_column(columns, column, f"the {name}", hint="")
-    labels = np.asarray(dataset[column] if columns is not None else [s[column] for s in dataset])
+    labels = column_values(dataset, column) if columns is not None else np.asarray([s[column] for s in dataset])
     if len(labels) == 0:
         raise UserError(f"the {name} is empty")
+    if np.issubdtype(labels.dtype, np.floating) and np.isnan(labels).any():  # an integer column with nulls
+        raise UserError(f"the {name} has no label in row {int(np.isnan(labels).argmax())}; every row needs one")
     if not np.issubdtype(labels.dtype, np.integer):
         raise UserError(f"the {name} has label {labels.flat[0].item()!r}; labels must be integers 0..{num_labels - 1}")
     bad = labels[(labels < 0) | (labels >= num_labels)]
