@@ -86,6 +86,14 @@ def run_digits_in_group(output_dir: Path, *args: str, num_processes: int = 2, fs
     debug_launch(_digits_main, ["--output_dir", str(output_dir), *args], num_processes=num_processes, fsdp=fsdp)
 
 
+def in_process_result(recipe: str, args: Sequence[str], capfd) -> subprocess.CompletedProcess:
+    """`run_recipe_in_process`, its exit code and output (pytest's `capfd`) as a launch's result would hold them."""
+    capfd.readouterr()
+    code = run_recipe_in_process(recipe, *args)
+    out, err = capfd.readouterr()
+    return subprocess.CompletedProcess([recipe, *args], code, out, err)
+
+
 def run_recipe_in_process(recipe: str, *args: str) -> int:
     """Run recipes/<recipe>.py's main (digits, text_classification, image_classification) with `args` in this
     process, as `python recipes/<recipe>.py args` would; returns its exit code."""

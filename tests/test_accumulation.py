@@ -152,6 +152,7 @@ def test_contrast_dividing_by_n_fails_the_same_tolerance(reference_32):
     assert diff > 2 * TOLERANCE, f"dividing by N came within {diff:.2e}: the tolerance cannot tell them apart"
 
 
+@pytest.mark.slow
 def test_class_weighted_accumulation_equals_the_big_batch(tmp_path):
     weighted = ["--class_weights", "balanced", "--label_smoothing", "0.1"]
     big, split = tmp_path / "big", tmp_path / "split"

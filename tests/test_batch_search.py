@@ -107,6 +107,7 @@ def _digits_with_oom_above(threshold, config, eval_threshold=None):
     return DigitsOOM, train_set, test_set, names
 
 
+@pytest.mark.slow
 def test_automatic_split_trains_the_same_weights_as_the_big_batch(tmp_path):
     from recipes import digits
 
@@ -155,6 +156,7 @@ def test_resume_reuses_the_chosen_micro_batch(tmp_path, capsys):
     assert read_json(tmp_path / "summary.json")["optimizer_steps"] == 10
 
 
+@pytest.mark.slow
 def test_evaluation_batch_is_searched_too_and_gives_the_same_report(tmp_path):
     from recipes import digits
 

@@ -80,6 +80,7 @@ def test_compiled_two_processes_with_accumulation_match_the_big_batch(tmp_path, 
     assert max_abs_diff(out, eager_32) < TOLERANCE
 
 
+@pytest.mark.slow
 def test_missing_cpu_compiler_is_one_line_and_writes_nothing(tmp_path):
     out = tmp_path / "out"
     done = launch([sys.executable, str(DIGITS), "--output_dir", str(out), "--torch_compile"],

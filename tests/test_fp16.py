@@ -107,6 +107,7 @@ RESUME_ARGS = [*FP16, "--dropout", "0.2", "--max_steps", "24", "--checkpointing_
 
 
 
+@pytest.mark.slow
 def test_a_checkpoint_holds_the_scaler_and_an_fp16_resume_is_bitwise(tmp_path):
     assert run_digits_in_process(tmp_path / "full", *RESUME_ARGS) == 0
     trainer = torch.load(tmp_path / "full" / "checkpoints" / "step_8" / "trainer.pt", weights_only=True)
@@ -138,6 +139,7 @@ def test_a_killed_two_process_fp16_run_resumes_bitwise(tmp_path, capfd):
     assert max_abs_diff(tmp_path / "reference", out) == 0.0
 
 
+@pytest.mark.slow
 def test_gradient_checkpointing_under_fp16_gives_the_same_weights(tmp_path):
     args = [*FP16, "--max_steps", "8", "--dropout", "0.3"]
     assert run_digits_in_process(tmp_path / "plain", *args) == 0
@@ -162,6 +164,7 @@ def test_torch_compile_under_fp16_trains_like_eager(tmp_path):
     assert losses[0] == pytest.approx(losses[1], rel=1e-4)  # measured 1e-6 relative
 
 
+@pytest.mark.slow
 def test_fp16_evaluation_on_two_processes_gathers_each_sample_once(tmp_path):
     trained = tmp_path / "trained"
     evaluate = ["--do_train", "false", "--model_path", str(trained), *FP16]

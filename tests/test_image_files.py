@@ -139,7 +139,7 @@ def test_a_corrupt_image_with_the_size_and_time_of_a_checked_one_is_decoded_agai
     assert recorded_sources()["train_dir"]["sha256"] != before
 
 
-@pytest.mark.parametrize("workers", [0, 1])
+@pytest.mark.parametrize("workers", [0, pytest.param(1, marks=pytest.mark.slow)])
 def test_an_image_that_breaks_after_the_check_stops_the_run_with_one_line_naming_it(tmp_path, capsys, workers):
     from datasets import Dataset, Image
     from image_classification import transform

@@ -15,6 +15,7 @@ from helpers import (
     IMAGES,
     SHAPES,
     accelerate_launch,
+    in_process_result,
     launch,
     max_abs_diff,
     read_json,
@@ -25,12 +26,14 @@ from helpers import (
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("launch_config,world_size", [("cpu.yaml", 1), ("cpu_2proc.yaml", 2)])
-def test_image_recipe_learns_generated_shapes(tmp_path, image_folders, launch_config, world_size):
-    result = accelerate_launch(launch_config, IMAGES, "--train_dir", str(image_folders / "train"),
-                               "--validation_dir", str(image_folders / "valid"), "--output_dir", str(tmp_path),
-                               "--num_train_epochs", "8", "--per_device_train_batch_size", "16",
-                               "--channels", "16", "--learning_rate", "3e-3")
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_image_recipe_learns_generated_shapes(tmp_path, image_folders, world_size, capfd):
+    args = ["--train_dir", str(image_folders / "train"), "--validation_dir", str(image_folders / "valid"),
+            "--output_dir", str(tmp_path), "--num_train_epochs", "8", "--per_device_train_batch_size", "16",
+            "--channels", "16", "--learning_rate", "3e-3"]
+    # 2 processes through the launcher; 1 in this process (a 1-process launch is test_digits_e2e's)
+    result = (accelerate_launch("cpu_2proc.yaml", IMAGES, *args) if world_size == 2
+              else in_process_result("image_classification", args, capfd))
     assert result.returncode == 0, result.stderr[-3000:]
     report = read_json(tmp_path / "report.json")
     assert report["accuracy"] >= 0.8
@@ -145,6 +148,7 @@ def test_a_corrupt_image_stops_the_run_before_training(tmp_path, folders_with_a_
     assert "train" not in printed.out and not out.exists()  # no banner, no step, nothing written
 
 
+@pytest.mark.slow
 def test_skip_bad_images_trains_and_counts_them(tmp_path, folders_with_a_corrupt_image):
     """...and the decode check of each split shows in a log (stderr not a terminal) as a plain bar with its count
     and rate (that the next run decodes nothing is tested in test_image_files)."""

@@ -30,7 +30,7 @@ from helpers import (
 
 ACCELERATE = str(Path(sys.executable).with_name("accelerate"))
 # Dropout on (the digits default 0.1) so every RNG must come back; no periodic checkpoints.
-RUN_ARGS = ["--mixed_precision", "no", "--num_train_epochs", "6", "--seed", "3", "--logging_steps", "5",
+RUN_ARGS = ["--mixed_precision", "no", "--num_train_epochs", "3", "--seed", "3", "--logging_steps", "5",
             "--resume_from_checkpoint", "auto"]
 
 
@@ -131,6 +131,10 @@ def test_stop_signal_checkpoints_and_the_same_command_resumes_bitwise(tmp_path, 
         p.name for p in (out / "checkpoints" / f"step_{step}").iterdir()}
     assert not (out / "summary.json").exists()
     assert read_json(out / "labels.json") == [str(i) for i in range(10)]  # the checkpoint is usable (--model_path)
+    if launcher == "accelerate-1proc":
+        # Under test here: the 1-process launcher passes the signal on and the run stops as above. Its resume is
+        # one process resuming a checkpoint, as in the python case (and test_resume's killed 1-process launches).
+        return
 
     resumed = launch(_command(launcher, out))
     assert resumed.returncode == 0, resumed.stderr[-3000:]

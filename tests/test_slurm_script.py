@@ -73,7 +73,7 @@ def test_sbatch_script_runs_two_nodes(tmp_path):
 def test_time_limit_signal_checkpoints_requeues_and_the_requeued_job_resumes(tmp_path):
     env = _slurm_env(tmp_path)
     out = tmp_path / "run"
-    command = ["bash", "scripts/slurm/train.sbatch", "--output_dir", str(out), "--num_train_epochs", "8",
+    command = ["bash", "scripts/slurm/train.sbatch", "--output_dir", str(out), "--num_train_epochs", "4",
                "--mixed_precision", "no", "--logging_steps", "5"]
     job = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                            stdin=subprocess.DEVNULL)
@@ -96,7 +96,7 @@ def test_time_limit_signal_checkpoints_requeues_and_the_requeued_job_resumes(tmp
     assert requeued.returncode == 0, requeued.stderr[-3000:]
     assert f"resumed from {checkpoint} at optimizer step {step}" in requeued.stdout
     summary = read_json(out / "summary.json")
-    assert summary["world_size"] == 2 and summary["optimizer_steps"] == 8 * 23
+    assert summary["world_size"] == 2 and summary["optimizer_steps"] == 4 * 23
 
 
 def _trained_past(out: Path, step: int) -> bool:

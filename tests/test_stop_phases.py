@@ -217,6 +217,7 @@ raise SystemExit(run_main(main))
 """
 
 
+@pytest.mark.slow
 def test_a_signal_during_a_long_native_call_still_stops_within_seconds(tmp_path):
     import subprocess
     import sys
