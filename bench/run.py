@@ -15,6 +15,7 @@ its RSS once the peer's libraries and the data are loaded.
     python bench/run.py                      # full size (meant for a GPU), fp32 and fp16
     python bench/run.py --quick --out F.json # CPU size, under 3 minutes on 2 cores
     python bench/run.py --compile            # also raw, accelerate and framework under torch.compile
+    python bench/run.py --compile framework  # only the framework (and raw, its base) under torch.compile
     python bench/run.py --auto_batch_check   # effective batch 256 fp16: 256 x 1 vs auto micro-batch under 3 GiB
 
 Peers: raw, accelerate, framework, and lightning / hf when those packages are installed.
@@ -484,8 +485,9 @@ def main() -> None:
                         help="instead: the framework at effective batch 256 (or 64 with --quick), unconstrained "
                              "(256 x 1) against --auto_find_batch_size under --max_memory_gib")
     parser.add_argument("--max_memory_gib", type=float, help="the cap for --auto_batch_check (CUDA; default 3)")
-    parser.add_argument("--compile", action="store_true",
-                        help="also time " + ", ".join(COMPILABLE) + " under torch.compile, against raw+compile")
+    parser.add_argument("--compile", nargs="?", const=",".join(COMPILABLE), default="",
+                        help="also time these peers (a comma list; alone: " + ", ".join(COMPILABLE) + ") under "
+                             "torch.compile, each against raw+compile")
     parser.add_argument("--peer", help=argparse.SUPPRESS)
     parser.add_argument("--compiled", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--checkpointed", action="store_true", help=argparse.SUPPRESS)
@@ -504,8 +506,13 @@ def main() -> None:
     precisions = (args.precisions or ("no,fp16" if cuda else "no")).split(",")
     peers = [p for p in args.peers.split(",") if p not in REQUIRES or _installed(REQUIRES[p])]
     skipped = [p for p in args.peers.split(",") if p not in peers]
-    runs = ([(peer, []) for peer in peers] + [(peer, ["--compiled"]) for peer in peers
-                                             if args.compile and peer in COMPILABLE]
+    compiled = [p for p in args.compile.split(",") if p]
+    unknown = [p for p in compiled if p not in COMPILABLE]
+    if unknown:
+        parser.error(f"--compile {','.join(unknown)}: not a compilable peer (allowed: {', '.join(COMPILABLE)})")
+    if compiled and "raw" not in compiled:
+        compiled.insert(0, "raw")  # what every compiled row is compared with
+    runs = ([(peer, []) for peer in peers] + [(peer, ["--compiled"]) for peer in peers if peer in compiled]
             + [("framework", ["--checkpointed"])] * ("framework" in peers))
     runs_of: dict[tuple[str, str], list[dict]] = {}
     for _ in range(args.repeats):

@@ -1,84 +1,253 @@
-"""A small model against a hand-written loop: recipes/digits.py defaults vs a dozen-line PyTorch loop.
+"""Small models against a hand-written loop: the framework's own overhead where the model is cheap.
 
-    python bench/small_models.py --rounds 5 [--epochs 3] [--out rows.json]
+    python bench/small_models.py --workload digits --rounds 5 [--epochs 3] [--threads 1] [--out rows.json]
+    python bench/small_models.py --workload tabular --rounds 5
+    python bench/small_models.py --workload ngram --rounds 5 --text_dir /tmp/scale/man100k [--rows 100000]
+    python bench/small_models.py --workload ngram --sgd --text_dir /tmp/scale/man100k   # + scikit-learn's SGDClassifier
 
-Each round runs, one after the other in fresh processes, (1) the hand-written loop: the digits recipe's own
-`DigitsCNN` and train split as two tensors, micro-batch 32, AdamW at the recipe's learning rate and weight
-decay, clipping at 1.0, a seeded shuffle per epoch; and (2) `python recipes/digits.py --num_train_epochs N`,
-whose summary.json gives its training samples/s and `data_wait_share`. The order alternates between rounds.
-It prints one JSON line per run and a summary line: each side's median samples/s and spread ((max - min) /
-median), the ratio of medians, and the framework's median data_wait_share.
+Workloads (real data, each the same model, data and optimizer on both sides):
+- digits: recipes/digits.py's defaults (its `DigitsCNN`, micro-batch 32, AdamW, clipping at 1.0) on
+  scikit-learn's 8x8 digits;
+- tabular: a recipe written here with the public API only (as a user would): scikit-learn's breast
+  cancer measurements (569 tumours, 30 numeric columns, standardized with the training statistics),
+  an MLP (30 -> 64 -> 2 with keyed dropout), micro-batch 32, AdamW;
+- ngram: recipes/text_classification.py's default n-gram model (hashed word and character n-grams,
+  IDF-weighted, one embedding-bag table) on man-page lines (`bench/scale.py build`): --text_dir holds
+  train.csv and valid.csv.
+
+Each round runs, one after the other in fresh processes, (1) the hand-written loop: the recipe's own
+data (its build_data, as tensors or through a plain DataLoader with the recipe's collate function),
+its model, `torch.optim.AdamW` with the recipe's learning rate and weight decay, a seeded shuffle per
+epoch, clipping at 1.0, nothing else; (2) the recipe through the framework (`python recipe ...`),
+whose summary.json gives its training samples/s and `data_wait_share`. Both rates count from the first
+training step to the last. The order alternates between rounds. Every process is pinned to the same
+core set (--cpus, default: the last --threads cores) with --threads intra-op threads, which is what
+makes the spread of repeated runs small on a shared machine.
+
+It prints one JSON line per run and a summary line: each side's median samples/s and spread
+((max - min) / median), the ratio of medians, a verdict only where the ratio is further from 1 than
+the larger spread, the framework's median data_wait_share, and the per-step overhead: the median
+time of one optimizer step in the framework minus the hand-written loop's, in microseconds.
+With --sgd (ngram), scikit-learn's SGDClassifier (hinge loss, the classic fast baseline) trains on the
+same hashed n-gram features (the same IDF weights, as a sparse matrix), timed the same way.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+WORKLOADS = ("digits", "tabular", "ngram")
+DEFAULT_EPOCHS = {"digits": 3, "tabular": 20, "ngram": 1}
 
 
-def hand_written(epochs: int) -> dict:
-    """The hand-written loop, timed from its first step to its last (data already tensors)."""
+# ---- the tabular recipe: the public API only, as a user writes one ------------------------------------------------
+
+def tabular_recipe():
+    """The breast-cancer MLP recipe (built on first use: the framework is imported only by the processes that
+    train)."""
+    import torch
+    from datasets import Dataset
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.model_selection import train_test_split
+    from torch import nn
+
+    from framework import KeyedDropout, Recipe, RecipeData, TrainingConfig, flag
+
+    @dataclass
+    class CancerConfig(TrainingConfig):
+        output_dir: str = "outputs/cancer"
+        hidden: int = flag("Width of the hidden layer.", default=64)
+        dropout: float = flag("Dropout after the hidden layer.", default=0.1)
+
+    class MLP(nn.Module):
+        def __init__(self, features: int, hidden: int, classes: int, dropout: float):
+            super().__init__()
+            self.layers = nn.Sequential(nn.Linear(features, hidden), nn.GELU(), KeyedDropout(dropout),
+                                        nn.Linear(hidden, classes))
+
+        def forward(self, features: torch.Tensor) -> torch.Tensor:
+            return self.layers(features)
+
+    def build_data(config, trained=None) -> RecipeData:
+        data = load_breast_cancer()
+        x_train, x_valid, y_train, y_valid = train_test_split(data.data, data.target, test_size=0.2,
+                                                              stratify=data.target, random_state=0)
+        mean, std = x_train.mean(0), x_train.std(0) + 1e-6
+
+        def split(x, y):
+            return Dataset.from_dict({"features": ((x - mean) / std).astype("float32"), "labels": y}).with_format(
+                "torch")
+
+        return RecipeData(list(data.target_names), train=split(x_train, y_train), eval=split(x_valid, y_valid))
+
+    def build_model(config, data: RecipeData) -> nn.Module:
+        return MLP(30, config.hidden, len(data.class_names), config.dropout)
+
+    return Recipe(CancerConfig, build_data, build_model, model_flags=("hidden",), name="tabular")
+
+
+# ---- each workload's recipe, and its data and model for the hand-written loop -------------------------------------
+
+def _recipe_command(workload: str, args) -> list[str]:
+    if workload == "digits":
+        return [sys.executable, str(REPO / "recipes" / "digits.py")]
+    if workload == "tabular":
+        return [sys.executable, __file__, "--tabular_child"]
+    text = Path(args.text_dir)
+    return [sys.executable, str(REPO / "recipes" / "text_classification.py"), "--train_file", str(text / "train.csv"),
+            "--validation_file", str(text / "valid.csv"), "--model", "ngram", "--baseline", "false"]
+
+
+def _workload_parts(workload: str, args):
+    """(config, train split, collate function or None, model) as the recipe builds them."""
     sys.path[:0] = [str(REPO), str(REPO / "recipes")]
+    from framework.core.config import parse_config
+
+    if workload == "digits":
+        from recipes import digits
+
+        config = parse_config(digits.DigitsConfig, [])
+        train, _, names = digits.load_splits(config)
+        return config, train, None, digits.DigitsCNN(config.channels, len(names), config.dropout)
+    if workload == "tabular":
+        recipe = tabular_recipe()
+        config = parse_config(recipe.config_class, [])
+        data = recipe.build_data(config)
+        return config, data.train, None, recipe.build_model(config, data)
+    import text_classification as text
+
+    config = parse_config(text.TextConfig, _recipe_command("ngram", args)[3:] + ["--output_dir", args.scratch])
+    data = text.build_data(config)
+    return config, data.train, data.collate_fn, text.build_model(config, data)
+
+
+def hand_written(workload: str, epochs: int, args) -> dict:
+    """The hand-written loop, timed from its first step to its last."""
     import torch
 
-    from recipes import digits
+    from framework.train.sparse import clip_grad_norm_ as clip_sparse
 
-    config = digits.DigitsConfig()
-    train, _, names = digits.load_splits(config)
-    columns = train[:]  # the whole split as tensors (a column alone is read lazily from Arrow)
-    x, y = columns["pixel_values"], columns["labels"]
+    config, train, collate, model = _workload_parts(workload, args)
     torch.manual_seed(config.seed)
-    model = digits.DigitsCNN(config.channels, len(names), config.dropout)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    if config.optim == "sgd":  # the n-gram model's: plain SGD, its table's gradient sparse
+        optimizer = torch.optim.SGD(model.parameters(), lr=config.learning_rate, momentum=config.momentum,
+                                    weight_decay=config.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    # torch's clipping rejects a sparse gradient; the same rule on the coalesced one is framework.train.sparse's
+    sparse = any(getattr(m, "sparse", False) for m in model.modules())
+    clip = clip_sparse if sparse else torch.nn.utils.clip_grad_norm_
     batch, samples = config.per_device_train_batch_size, 0
     generator = torch.Generator().manual_seed(config.seed)
+    if collate is None:  # a small torch-formatted set: its columns as tensors, a micro-batch is an index
+        columns = train[:]
+        inputs = {k: v for k, v in columns.items() if k != "labels"}
+        labels = columns["labels"]
+
+        def batches():
+            order = torch.randperm(len(labels), generator=generator)
+            for start in range(0, len(labels), batch):
+                rows = order[start:start + batch]
+                yield {k: v[rows] for k, v in inputs.items()}, labels[rows]
+    else:  # rows of different lengths: a plain DataLoader with the recipe's collate function
+        loader = torch.utils.data.DataLoader(train, batch_size=batch, shuffle=True, collate_fn=collate,
+                                             generator=generator)
+
+        def batches():
+            for b in loader:
+                yield {k: v for k, v in b.items() if k != "labels"}, b["labels"]
+    model.train()
     started = time.perf_counter()
     for _ in range(epochs):
-        order = torch.randperm(len(x), generator=generator)
-        for start in range(0, len(x), batch):
-            rows = order[start:start + batch]
-            loss = torch.nn.functional.cross_entropy(model(x[rows]), y[rows])
+        for x, y in batches():
+            loss = torch.nn.functional.cross_entropy(model(**x), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            clip(list(model.parameters()), 1.0)
             optimizer.step()
-            samples += len(rows)
+            samples += len(y)
     elapsed = time.perf_counter() - started
-    return {"side": "hand-written", "samples_per_s": samples / elapsed}
+    return {"side": "hand-written", "samples_per_s": samples / elapsed, "micro_batch": batch}
 
 
-def framework(epochs: int) -> dict:
-    """recipes/digits.py with its defaults, in its own process; its summary.json's rate."""
+def sgd_baseline(epochs: int, args) -> dict:
+    """scikit-learn's SGDClassifier on the n-gram model's own features (a sparse matrix of the weights its forward
+    computes: (1 + ln count) x IDF, word and character blocks each scaled to unit norm), `epochs` passes, timed over
+    the fit alone."""
+    import numpy as np
+    from scipy.sparse import csr_matrix
+    from sklearn.linear_model import SGDClassifier
+
+    config, train, _, model = _workload_parts("ngram", args)
+    columns = train.with_format("numpy")[:]
+    ids = np.concatenate(columns["input_ids"]).astype(np.int64)
+    counts = np.concatenate(columns["counts"]).astype(np.float64)
+    starts = np.concatenate([[0], np.cumsum([len(row) for row in columns["input_ids"]])])
+    rows = np.repeat(np.arange(len(starts) - 1), np.diff(starts))
+    weights = np.where(counts > 0, 1.0 + np.log(np.maximum(counts, 1.0)), 0.0) * model.idf.numpy()[ids]
+    is_word = ids < int(model.char_start)
+    for block in (is_word, ~is_word):  # unit L2 norm per sample and block, as NgramClassifier.forward
+        norms = np.sqrt(np.bincount(rows, weights=np.where(block, weights, 0.0) ** 2, minlength=len(starts) - 1))
+        weights = np.where(block, weights / np.maximum(norms[rows], 1e-12), weights)
+    matrix = csr_matrix((weights, ids, starts), shape=(len(starts) - 1, model.table.num_embeddings))
+    labels = np.asarray(columns["labels"])
+    classifier = SGDClassifier(max_iter=epochs, tol=None, random_state=config.seed)
+    started = time.perf_counter()
+    classifier.fit(matrix, labels)
+    elapsed = time.perf_counter() - started
+    return {"side": "sgd", "samples_per_s": len(labels) * epochs / elapsed,
+            "train_accuracy": float(classifier.score(matrix, labels))}
+
+
+def framework(workload: str, epochs: int, args) -> dict:
+    """The recipe in its own process; its summary.json's rate."""
     with tempfile.TemporaryDirectory() as out:
-        done = subprocess.run([sys.executable, str(REPO / "recipes" / "digits.py"), "--output_dir", out,
-                               "--num_train_epochs", str(epochs)], capture_output=True, text=True,
-                              env={"HF_DATASETS_OFFLINE": "1", **_environ()})
+        command = _recipe_command(workload, args) + ["--output_dir", out, "--num_train_epochs", str(epochs)]
+        done = subprocess.run(command, capture_output=True, text=True, env=_child_env(args),
+                              preexec_fn=_pinning(args))
         if done.returncode != 0:
             raise SystemExit(done.stderr[-2000:])
         summary = json.loads((Path(out) / "summary.json").read_text())
     return {"side": "framework", "samples_per_s": summary["train_samples_per_second"],
-            "data_wait_share": summary["data_wait_share"]}
+            "data_wait_share": summary["data_wait_share"], "micro_batch": summary["per_device_train_batch_size"]}
 
 
-def _environ() -> dict:
-    import os
+def _child_env(args) -> dict:
+    threads = str(args.threads)
+    return {**os.environ, "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
+            "PYTHONPATH": str(REPO)}
 
-    return dict(os.environ)
+
+def _cpus(args) -> set[int]:
+    if args.cpus:
+        return {int(c) for c in args.cpus.split(",")}
+    available = sorted(os.sched_getaffinity(0))
+    return set(available[-args.threads:])
 
 
-def _run_side(side: str, epochs: int) -> dict:
+def _pinning(args):
+    cpus = _cpus(args)
+    return lambda: os.sched_setaffinity(0, cpus)
+
+
+def _run_side(side: str, args) -> dict:
     if side == "framework":
-        return framework(epochs)
-    done = subprocess.run([sys.executable, __file__, "--child", "--epochs", str(epochs)], capture_output=True,
-                          text=True)
+        return framework(args.workload, args.epochs, args)
+    child = [sys.executable, __file__, "--child", side, "--workload", args.workload, "--epochs", str(args.epochs),
+             "--threads", str(args.threads), "--scratch", args.scratch]
+    if args.text_dir:
+        child += ["--text_dir", args.text_dir]
+    done = subprocess.run(child, capture_output=True, text=True, env=_child_env(args), preexec_fn=_pinning(args))
     if done.returncode != 0:
         raise SystemExit(done.stderr[-2000:])
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -88,29 +257,71 @@ def _spread(values: list[float]) -> float:
     return (max(values) - min(values)) / statistics.median(values)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--out", help="write {'rows': [...], 'summary': {...}} here")
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.child:
-        print(json.dumps(hand_written(args.epochs)))
-        return
-    rows = []
-    for round_ in range(args.rounds):
-        sides = ("hand-written", "framework") if round_ % 2 == 0 else ("framework", "hand-written")
-        for side in sides:
-            row = {"round": round_, **_run_side(side, args.epochs)}
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-    rates = {side: [r["samples_per_s"] for r in rows if r["side"] == side] for side in ("hand-written", "framework")}
+def summarize(rows: list[dict], sides: tuple[str, ...]) -> dict:
+    """Medians, spreads, the ratio of medians with a verdict beyond the spread, and the per-step overhead."""
+    rates = {side: [r["samples_per_s"] for r in rows if r["side"] == side] for side in sides}
     summary = {f"{side}_median": round(statistics.median(v), 1) for side, v in rates.items()}
     summary.update({f"{side}_spread": round(_spread(v), 3) for side, v in rates.items()})
-    summary["ratio"] = round(summary["framework_median"] / summary["hand-written_median"], 3)
+    ratio = summary["framework_median"] / summary["hand-written_median"]
+    noise = max(summary["framework_spread"], summary["hand-written_spread"])
+    summary["ratio"] = round(ratio, 3)
+    summary["verdict"] = ("within the spread" if abs(ratio - 1) <= noise
+                          else "framework faster" if ratio > 1 else "framework slower")
+    batch = next(r["micro_batch"] for r in rows if r["side"] == "framework")
+    summary["overhead_us_per_step"] = round(1e6 * batch * (1 / summary["framework_median"]
+                                                           - 1 / summary["hand-written_median"]), 1)
     summary["framework_data_wait_share"] = round(statistics.median(
         r["data_wait_share"] for r in rows if r["side"] == "framework"), 3)
+    if "sgd" in rates:
+        summary["framework_vs_sgd"] = round(summary["framework_median"] / summary["sgd_median"], 3)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
+    parser.add_argument("--workload", choices=WORKLOADS, default="digits")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--epochs", type=int, help="epochs per run (default: digits 3, tabular 20, ngram 1)")
+    parser.add_argument("--threads", type=int, default=1, help="intra-op threads of every process (default 1)")
+    parser.add_argument("--cpus", help="comma list of cores to pin every process to (default: the last --threads)")
+    parser.add_argument("--text_dir", help="ngram: a folder with train.csv and valid.csv (bench/scale.py build)")
+    parser.add_argument("--sgd", action="store_true", help="ngram: also scikit-learn's SGDClassifier")
+    parser.add_argument("--out", help="write {'rows': [...], 'summary': {...}} here")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--tabular_child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--scratch", help=argparse.SUPPRESS)
+    args, rest = parser.parse_known_args(argv)
+    if args.tabular_child:  # the framework side of the tabular workload: the recipe's own command line
+        sys.path.insert(0, str(REPO))
+        from framework import run, run_main
+
+        raise SystemExit(run_main(lambda: run(tabular_recipe(), rest)))
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.workload == "ngram" and not args.text_dir:
+        parser.error("--workload ngram needs --text_dir (python bench/scale.py build DIR --rows 100000)")
+    args.epochs = args.epochs or DEFAULT_EPOCHS[args.workload]
+    if args.child:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        row = sgd_baseline(args.epochs, args) if args.child == "sgd" else hand_written(args.workload, args.epochs,
+                                                                                          args)
+        print(json.dumps(row))
+        return
+    sides = ("hand-written", "framework") + (("sgd",) if args.sgd else ())
+    rows = []
+    with tempfile.TemporaryDirectory() as scratch:
+        args.scratch = scratch  # the hand-written side's --output_dir (the text recipe caches beside its data)
+        for round_ in range(args.rounds):
+            order = sides if round_ % 2 == 0 else tuple(reversed(sides))
+            for side in order:
+                row = {"round": round_, **_run_side(side, args)}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    summary = {"workload": args.workload, "epochs": args.epochs, "threads": args.threads,
+               "cpus": sorted(_cpus(args)), **summarize(rows, sides)}
     print(json.dumps(summary))
     if args.out:
         Path(args.out).write_text(json.dumps({"rows": rows, "summary": summary}, indent=2) + "\n")

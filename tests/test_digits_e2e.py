@@ -7,7 +7,18 @@ from pathlib import Path
 
 import pytest
 
-from helpers import CONFIGS, DIGITS, accelerate_launch, launch, read_json, read_metrics, run_digits_in_process
+from helpers import (
+    CONFIGS,
+    DIGITS,
+    accelerate_launch,
+    assert_same_report,
+    launch,
+    max_abs_diff,
+    read_json,
+    read_metrics,
+    run_digits_in_process,
+    train_lr_pairs,
+)
 
 TEST_SET_SIZE = 360  # 20% of 1797, stratified
 
@@ -38,12 +49,19 @@ def test_cpu_yaml_default_run(tmp_path):
 
 
 @pytest.mark.slow
-def test_cpu_2proc_yaml_one_group_one_set_of_bars(tmp_path):
-    result = accelerate_launch("cpu_2proc.yaml", DIGITS, "--output_dir", str(tmp_path))
+def test_cpu_2proc_yaml_one_group_one_set_of_bars_and_the_model_of_one_process(tmp_path):
+    two, one = tmp_path / "two", tmp_path / "one"
+    result = accelerate_launch("cpu_2proc.yaml", DIGITS, "--output_dir", str(two))
     assert result.returncode == 0, result.stderr[-3000:]
-    summary = _check_outputs(tmp_path, 2)
+    summary = _check_outputs(two, 2)
     assert summary["effective_batch_size"] == 64
-    assert read_json(tmp_path / "report.json")["accuracy"] >= 0.95
+    assert read_json(two / "report.json")["accuracy"] >= 0.95
+    # The launch trains the model one process trains on the same global batch (1 x 64; default dropout on):
+    # weights within 5e-5, the same schedule and the same report.
+    assert run_digits_in_process(one, "--per_device_train_batch_size", "64") == 0
+    assert max_abs_diff(one, two) <= 5e-5
+    assert train_lr_pairs(one) == train_lr_pairs(two)
+    assert_same_report(read_json(one / "report.json"), read_json(two / "report.json"))
     assert result.stdout.count("weighted avg") == 1
     assert result.stdout.count("processes       :") == 1  # one banner
     # stderr is not a terminal here: plain lines, no carriage returns, and bars from one process only
