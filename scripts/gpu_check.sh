@@ -28,4 +28,10 @@ timeout 300 python3 bench/run.py --repeats 2 ${BENCH_ARGS:-} --out "$OUT/bench.j
 # 4. torch.compile: raw and framework, eager and compiled, fp16, one repeat (about 2 minutes)
 timeout 120 python3 bench/run.py ${BENCH_ARGS:-} --compile --peers raw,framework --precisions fp16 --repeats 1 \
   --out "$OUT/bench_compile.json" 2>&1 | tee "$OUT/bench_compile.txt" || status=1
+# 5. small models (issue 33): digits and tabular, framework vs a hand-written loop on the GPU, 3 alternating
+#    rounds each (about 1.5 minutes)
+for workload in digits tabular; do
+  timeout 90 python3 bench/small_models.py --workload "$workload" --rounds 3 --threads 4 \
+    --out "$OUT/small_$workload.json" 2>&1 | tee "$OUT/small_$workload.txt" || status=1
+done
 exit $status

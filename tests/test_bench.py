@@ -104,3 +104,22 @@ def test_median_spread_and_no_ratio_claimed_within_the_spread():
         compare(row, raw)
     assert (raw["verdict"], close["verdict"], far["verdict"]) == ("reference", "within spread", "faster")
     assert far["ratio_to_raw"] == pytest.approx(1.2)
+
+
+def test_small_models_rate_is_the_fastest_window_and_a_verdict_needs_more_than_the_spread():
+    sys.path.insert(0, str(REPO / "bench"))
+    import small_models
+
+    # 10 steps of 32 samples in 0.1 s, then an interrupted window (0.5 s), then 0.08 s: the fastest is 4,000/s
+    assert small_models.fastest_window([(10, 0.1), (20, 0.2), (30, 0.7), (40, 0.78)], 32) == pytest.approx(4000)
+    rows = [{"side": "hand-written", "samples_per_s": 900.0, "window_samples_per_s": rate, "micro_batch": 32}
+            for rate in (1000.0, 1010.0, 990.0)]
+    rows += [{"side": "framework", "samples_per_s": 800.0, "window_samples_per_s": rate, "micro_batch": 32,
+              "data_wait_share": 0.1} for rate in (800.0, 810.0, 790.0)]
+    summary = small_models.summarize(rows, ("hand-written", "framework"))
+    assert summary["ratio"] == 0.8 and summary["verdict"] == "framework slower"
+    assert summary["overhead_us_per_step"] == pytest.approx(1e6 * 32 * (1 / 800 - 1 / 1000), abs=0.1)  # 8,000 us
+    assert summary["ratio_whole_runs"] == pytest.approx(800 / 900, abs=1e-3)
+    # the same medians with a 30% spread on one side: no verdict
+    rows[0]["window_samples_per_s"] = 1300.0
+    assert small_models.summarize(rows, ("hand-written", "framework"))["verdict"] == "within the spread"
