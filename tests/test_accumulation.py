@@ -47,7 +47,7 @@ def reference_32(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("micro,accum,big", [(8, 4, 32), (5, 3, 15)])
+@pytest.mark.parametrize("micro,accum,big", [(8, 4, 32), pytest.param(5, 3, 15, marks=pytest.mark.slow)])
 def test_one_process_accumulation_equals_big_batch(tmp_path, reference_32, micro, accum, big):
     reference = reference_32
     if big != 32:
@@ -81,6 +81,7 @@ def test_a_one_process_checkpoint_resumed_on_two_processes_ends_the_same(tmp_pat
     assert max_abs_diff(reference_32, out) <= TOLERANCE
 
 
+@pytest.mark.slow
 def test_contrast_torch_dropout_fails_the_same_tolerance(tmp_path, reference_32, monkeypatch):
     from recipes import digits
 
@@ -131,6 +132,7 @@ def _divide_by_n_weights(micro: int, accum: int) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in accelerator.unwrap_model(model).state_dict().items()}
 
 
+@pytest.mark.slow
 def test_contrast_dividing_by_n_fails_the_same_tolerance(reference_32):
     naive = _divide_by_n_weights(8, 4)
     reference = weights(reference_32)

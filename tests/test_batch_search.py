@@ -130,6 +130,7 @@ def test_automatic_split_trains_the_same_weights_as_the_big_batch(tmp_path):
     assert max((auto[k] - ref[k]).abs().max().item() for k in ref) <= 5e-5
 
 
+@pytest.mark.slow
 def test_resume_reuses_the_chosen_micro_batch(tmp_path, capsys):
     from recipes import digits
 
@@ -227,6 +228,7 @@ def _variable_length_tokens(size: int, long_every: int):
     return Dataset.from_dict(rows).with_format("torch")
 
 
+@pytest.mark.slow
 def test_search_probes_the_longest_sequences_so_training_never_runs_out_of_memory(tmp_path):
     from framework.core.config import TrainingConfig
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from helpers import fit_model, read_json, run_digits_in_process
 
 
@@ -22,6 +24,7 @@ class SlowSamples:
         return self.dataset[index]
 
 
+@pytest.mark.slow
 def test_a_slow_dataset_is_reported_as_data_bound(tmp_path, capsys):
     from recipes import digits
 

@@ -58,6 +58,7 @@ def test_counting_flops_does_not_change_training(tmp_path):
     assert torch.equal(before, torch.get_rng_state())
 
 
+@pytest.mark.slow
 def test_checkpointed_digits_train_the_same_weights_with_dropout(tmp_path):
     args = ["--max_steps", "40", "--dropout", "0.3", "--mixed_precision", "no"]
     assert run_digits_in_process(tmp_path / "plain", *args) == 0
@@ -104,6 +105,7 @@ def test_checkpointed_transformer_same_weights_and_less_memory(tmp_path, long_te
 
 
 
+@pytest.mark.slow
 def test_checkpointing_on_two_processes_with_accumulation_matches_one_process(tmp_path):
     from helpers import EXACT_ARGS, run_digits_in_group
 
@@ -115,6 +117,7 @@ def test_checkpointing_on_two_processes_with_accumulation_matches_one_process(tm
     assert max_abs_diff(tmp_path / "one", tmp_path / "two") <= 5e-5
 
 
+@pytest.mark.slow
 def test_checkpointed_run_resumes_bitwise(tmp_path):
     import shutil
 

@@ -257,6 +257,7 @@ raise SystemExit(run_main(main))
 """
 
 
+@pytest.mark.slow
 def test_a_signal_that_training_received_is_not_acted_on_again_after_training_fails(tmp_path):
     import subprocess
     import sys
