@@ -1,6 +1,7 @@
 """Small models against a hand-written loop: the framework's own overhead where the model is cheap.
 
     python bench/small_models.py --workload digits --rounds 5 [--epochs 3] [--threads 1] [--out rows.json]
+    python bench/small_models.py --workload digits --rounds 5 --epochs 20 --paired
     python bench/small_models.py --workload tabular --rounds 5
     python bench/small_models.py --workload ngram --rounds 5 --text_dir /tmp/scale/man100k [--rows 100000]
     python bench/small_models.py --workload ngram --sgd --text_dir /tmp/scale/man100k   # + scikit-learn's SGDClassifier
@@ -25,6 +26,12 @@ has its training time every 10 steps, --logging_steps' default): a shared machin
 ever slow a window down. The whole-run rates (first step to last) are kept too. The order alternates
 between rounds. Every process is pinned to the same core set (--cpus, default: the last --threads
 cores) with --threads intra-op threads. On a CUDA machine both sides train on the GPU.
+
+With --paired, both sides run at once on the same cores instead: the hand-written loop starts at the framework's
+10th step and trains until the framework ends, so the two share the cores in slices of milliseconds and every
+change in the machine's speed reaches both alike; each side's rate is then its median 10-step window, and the
+noise is the spread of the per-round ratios (for runs of many windows: digits at 10 or more epochs; a short
+run's evaluation pauses leave the other side alone on the cores).
 
 It prints one JSON line per run and a summary line: each side's median samples/s and spread
 ((max - min) / median), the ratio of medians (and of the whole-run medians), a verdict only where the
@@ -174,8 +181,13 @@ def hand_written(workload: str, epochs: int, args) -> dict:
                 yield {k: v for k, v in b.items() if k != "labels"}, b["labels"]
     model.train()
     params, step, marks = list(model.parameters()), 0, []
+    if args.start_when:  # --paired: start at the framework's 10th step (its first log line)
+        while not os.path.exists(args.start_when):
+            time.sleep(0.002)
     started = time.perf_counter()
-    for _ in range(epochs):
+    epoch = 0
+    while epoch < epochs or (args.until_pid and _alive(args.until_pid)):  # --paired: as long as the framework runs
+        epoch += 1
         for x, y in batches():
             loss = torch.nn.functional.cross_entropy(model(**x), y)
             optimizer.zero_grad(set_to_none=True)
@@ -188,11 +200,21 @@ def hand_written(workload: str, epochs: int, args) -> dict:
                 if device.type == "cuda":
                     torch.cuda.synchronize()  # as the framework's log line (a loss read) waits for the step
                 marks.append((step, time.perf_counter() - started))
+                if args.until_pid and epoch > epochs and not _alive(args.until_pid):
+                    break
     if device.type == "cuda":
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - started
     return {"side": "hand-written", "samples_per_s": samples / elapsed, "micro_batch": batch,
-            "window_samples_per_s": fastest_window(marks, batch)}
+            "window_samples_per_s": fastest_window(marks, batch), "median_window_samples_per_s": median_window(marks, batch)}
+
+
+def _alive(pid: int) -> bool:
+    """Whether the process still runs (a zombie counts as ended)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 WINDOW_STEPS = 10  # the framework's default --logging_steps: its metrics.jsonl has the training time every 10 steps
@@ -205,6 +227,13 @@ def fastest_window(marks: list[tuple[int, float]], batch: int) -> float:
     rates = [(b_step - a_step) * batch / (b_time - a_time)
              for (a_step, a_time), (b_step, b_time) in zip(marks, marks[1:]) if b_time > a_time]
     return max(rates) if rates else float("nan")
+
+
+def median_window(marks: list[tuple[int, float]], batch: int) -> float:
+    """The median rate over consecutive windows of marks (--paired: both sides share one core throughout)."""
+    rates = [(b_step - a_step) * batch / (b_time - a_time)
+             for (a_step, a_time), (b_step, b_time) in zip(marks, marks[1:]) if b_time > a_time]
+    return statistics.median(rates) if rates else float("nan")
 
 
 def sgd_baseline(epochs: int, args) -> dict:
@@ -236,21 +265,31 @@ def sgd_baseline(epochs: int, args) -> dict:
             "train_accuracy": float(classifier.score(matrix, labels))}
 
 
-def framework(workload: str, epochs: int, args) -> dict:
-    """The recipe in its own process; its summary.json's rate."""
-    with tempfile.TemporaryDirectory() as out:
-        command = _recipe_command(workload, args) + ["--output_dir", out, "--num_train_epochs", str(epochs)]
-        done = subprocess.run(command, capture_output=True, text=True, env=_child_env(args),
-                              preexec_fn=_pinning(args))
-        if done.returncode != 0:
-            raise SystemExit(done.stderr[-2000:])
-        summary = json.loads((Path(out) / "summary.json").read_text())
-        lines = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines() if line]
-    batch = summary["per_device_train_batch_size"]
-    marks = [(r["step"], r["elapsed_s"]) for r in lines if "elapsed_s" in r and r["step"] % WINDOW_STEPS == 0]
-    return {"side": "framework", "samples_per_s": summary["train_samples_per_second"],
-            "data_wait_share": summary["data_wait_share"], "micro_batch": batch,
-            "window_samples_per_s": fastest_window(marks, batch)}
+def framework(workload: str, epochs: int, args):
+    """Start the recipe in its own process; returns a function that waits for it and gives its summary.json's
+    rate."""
+    out = tempfile.TemporaryDirectory()
+    command = _recipe_command(workload, args) + ["--output_dir", out.name, "--num_train_epochs", str(epochs)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=_child_env(args), preexec_fn=_pinning(args))
+
+    def finish() -> dict:
+        _, stderr = process.communicate()
+        if process.returncode != 0:
+            raise SystemExit(stderr[-2000:])
+        with out:
+            summary = json.loads((Path(out.name) / "summary.json").read_text())
+            lines = [json.loads(line) for line in (Path(out.name) / "metrics.jsonl").read_text().splitlines() if line]
+        batch = summary["per_device_train_batch_size"]
+        marks = [(r["step"], r["elapsed_s"]) for r in lines if "elapsed_s" in r and r["step"] % WINDOW_STEPS == 0]
+        return {"side": "framework", "samples_per_s": summary["train_samples_per_second"],
+                "data_wait_share": summary["data_wait_share"], "micro_batch": batch,
+                "window_samples_per_s": fastest_window(marks, batch),
+                "median_window_samples_per_s": median_window(marks, batch)}
+
+    finish.pid = process.pid
+    finish.first_log = str(Path(out.name) / "metrics.jsonl")  # written at its 10th step
+    return finish
 
 
 def _child_env(args) -> dict:
@@ -271,17 +310,43 @@ def _pinning(args):
     return lambda: os.sched_setaffinity(0, cpus)
 
 
-def _run_side(side: str, args) -> dict:
+def _start_side(side: str, args, start_when: str | None = None, until_pid: int | None = None):
+    """Start one side's run; returns a function that waits for it and gives its row."""
     if side == "framework":
         return framework(args.workload, args.epochs, args)
     child = [sys.executable, __file__, "--child", side, "--workload", args.workload, "--epochs", str(args.epochs),
              "--threads", str(args.threads), "--scratch", args.scratch]
+    if start_when:
+        child += ["--start_when", start_when, "--until_pid", str(until_pid)]
     if args.text_dir:
         child += ["--text_dir", args.text_dir]
-    done = subprocess.run(child, capture_output=True, text=True, env=_child_env(args), preexec_fn=_pinning(args))
-    if done.returncode != 0:
-        raise SystemExit(done.stderr[-2000:])
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    process = subprocess.Popen(child, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=_child_env(args), preexec_fn=_pinning(args))
+
+    def finish() -> dict:
+        stdout, stderr = process.communicate()
+        if process.returncode != 0:
+            raise SystemExit(stderr[-2000:])
+        return json.loads(stdout.strip().splitlines()[-1])
+
+    return finish
+
+
+def _paired_round(round_: int, args) -> list[dict]:
+    """Both sides at once on the same --threads cores: the hand-written loop starts at the framework's 10th step
+    and trains until the framework ends, so the two share the cores in slices of milliseconds throughout and every
+    change in the machine's speed reaches both alike. Each side's rate is its median 10-step window."""
+    finish_framework = _start_side("framework", args)
+    finish_hand = _start_side("hand-written", args, start_when=finish_framework.first_log,
+                              until_pid=finish_framework.pid)
+    rows = [{"round": round_, **finish_framework()}, {"round": round_, **finish_hand()}]
+    for row in rows:
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def _run_side(side: str, args) -> dict:
+    return _start_side(side, args)()
 
 
 def _spread(values: list[float]) -> float:
@@ -291,19 +356,26 @@ def _spread(values: list[float]) -> float:
 RATE = "window_samples_per_s"  # what the summary compares: each run's fastest 10-step window
 
 
-def summarize(rows: list[dict], sides: tuple[str, ...]) -> dict:
+def summarize(rows: list[dict], sides: tuple[str, ...], paired: bool = False) -> dict:
     """Medians, spreads, the ratio of medians with a verdict beyond the spread, and the per-step overhead."""
-    rates = {side: [r[RATE] for r in rows if r["side"] == side] for side in sides}
+    rate = "median_window_samples_per_s" if paired else RATE
+    rates = {side: [r[rate] for r in rows if r["side"] == side] for side in sides}
     summary = {f"{side}_median": round(statistics.median(v), 1) for side, v in rates.items()}
     summary.update({f"{side}_spread": round(_spread(v), 3) for side, v in rates.items()})
     ratio = summary["framework_median"] / summary["hand-written_median"]
-    noise = max(summary["framework_spread"], summary["hand-written_spread"])
+    ratios = [f[rate] / h[rate] for f in rows for h in rows
+              if f["side"] == "framework" and h["side"] == "hand-written" and f["round"] == h["round"]]
+    summary["round_ratios"] = [round(r, 3) for r in ratios]
+    summary["round_ratio_spread"] = round(_spread(ratios), 3)
+    # Paired runs see the same machine, so the ratio's own spread is the noise; apart, either side's
+    noise = summary["round_ratio_spread"] if paired else max(summary["framework_spread"], summary["hand-written_spread"])
     summary["ratio"] = round(ratio, 3)
     summary["verdict"] = ("within the spread" if abs(ratio - 1) <= noise
                           else "framework faster" if ratio > 1 else "framework slower")
     batch = next(r["micro_batch"] for r in rows if r["side"] == "framework")
-    summary["overhead_us_per_step"] = round(1e6 * batch * (1 / summary["framework_median"]
-                                                           - 1 / summary["hand-written_median"]), 1)
+    # Paired, the two share the cores (and their caches): a step's time alone is not measured
+    summary["overhead_us_per_step"] = None if paired else round(
+        1e6 * batch * (1 / summary["framework_median"] - 1 / summary["hand-written_median"]), 1)
     summary["framework_data_wait_share"] = round(statistics.median(
         r["data_wait_share"] for r in rows if r["side"] == "framework"), 3)
     overall = {side: statistics.median(r["samples_per_s"] for r in rows if r["side"] == side) for side in sides}
@@ -327,6 +399,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--tabular_child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--scratch", help=argparse.SUPPRESS)
+    parser.add_argument("--start_when", help=argparse.SUPPRESS)
+    parser.add_argument("--until_pid", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--paired", action="store_true",
+                        help="run both sides at once on the same cores; compare median windows")
     args, rest = parser.parse_known_args(argv)
     if args.tabular_child:  # the framework side of the tabular workload: the recipe's own command line
         sys.path.insert(0, str(REPO))
@@ -352,12 +428,15 @@ def main(argv: list[str] | None = None) -> None:
         args.scratch = scratch  # the hand-written side's --output_dir (the text recipe caches beside its data)
         for round_ in range(args.rounds):
             order = sides if round_ % 2 == 0 else tuple(reversed(sides))
+            if args.paired:
+                rows += _paired_round(round_, args)
+                continue
             for side in order:
                 row = {"round": round_, **_run_side(side, args)}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     summary = {"workload": args.workload, "epochs": args.epochs, "threads": args.threads,
-               "cpus": sorted(_cpus(args)), **summarize(rows, sides)}
+               "cpus": sorted(_cpus(args)), **summarize(rows, sides, args.paired)}
     print(json.dumps(summary))
     if args.out:
         Path(args.out).write_text(json.dumps({"rows": rows, "summary": summary}, indent=2) + "\n")

@@ -112,10 +112,10 @@ def test_small_models_rate_is_the_fastest_window_and_a_verdict_needs_more_than_t
 
     # 10 steps of 32 samples in 0.1 s, then an interrupted window (0.5 s), then 0.08 s: the fastest is 4,000/s
     assert small_models.fastest_window([(10, 0.1), (20, 0.2), (30, 0.7), (40, 0.78)], 32) == pytest.approx(4000)
-    rows = [{"side": "hand-written", "samples_per_s": 900.0, "window_samples_per_s": rate, "micro_batch": 32}
-            for rate in (1000.0, 1010.0, 990.0)]
-    rows += [{"side": "framework", "samples_per_s": 800.0, "window_samples_per_s": rate, "micro_batch": 32,
-              "data_wait_share": 0.1} for rate in (800.0, 810.0, 790.0)]
+    rows = [{"round": i, "side": "hand-written", "samples_per_s": 900.0, "window_samples_per_s": rate,
+             "micro_batch": 32} for i, rate in enumerate((1000.0, 1010.0, 990.0))]
+    rows += [{"round": i, "side": "framework", "samples_per_s": 800.0, "window_samples_per_s": rate, "micro_batch": 32,
+              "data_wait_share": 0.1} for i, rate in enumerate((800.0, 810.0, 790.0))]
     summary = small_models.summarize(rows, ("hand-written", "framework"))
     assert summary["ratio"] == 0.8 and summary["verdict"] == "framework slower"
     assert summary["overhead_us_per_step"] == pytest.approx(1e6 * 32 * (1 / 800 - 1 / 1000), abs=0.1)  # 8,000 us
@@ -123,3 +123,12 @@ def test_small_models_rate_is_the_fastest_window_and_a_verdict_needs_more_than_t
     # the same medians with a 30% spread on one side: no verdict
     rows[0]["window_samples_per_s"] = 1300.0
     assert small_models.summarize(rows, ("hand-written", "framework"))["verdict"] == "within the spread"
+    # --paired: both sides of a round ran at once, so the noise is the spread of the rounds' ratios: a machine
+    # 30% faster in one round (both sides) still gives a verdict; a ratio that moves by 30% does not
+    for row, rate in zip(rows, (1300.0, 1010.0, 990.0, 1040.0, 810.0, 790.0)):
+        row["median_window_samples_per_s"] = rate
+    paired = small_models.summarize(rows, ("hand-written", "framework"), paired=True)
+    assert paired["round_ratios"] == [0.8, 0.802, 0.798] and paired["verdict"] == "framework slower"
+    assert paired["overhead_us_per_step"] is None  # two runs sharing the cores: no step time alone
+    rows[3]["median_window_samples_per_s"] = 1040.0 * 1.3
+    assert small_models.summarize(rows, ("hand-written", "framework"), paired=True)["verdict"] == "within the spread"
