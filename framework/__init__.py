@@ -37,6 +37,7 @@ from framework.data.preparation import (
     preparation_workers,
     shared_work,
 )
+from framework.data.table_collate import column_tensor, pad_list_column
 from framework.evaluate.baseline import pixel_logistic_regression, score, tfidf_logistic_regression, wanted
 from framework.evaluate.evaluation import Predictions
 from framework.io.files import write_atomic
@@ -60,7 +61,7 @@ __all__ = [
     "stratified_hold_out", "training_classes", "to_model_labels",
     "label_name", "sorted_class_names", "multi_label_names_from", "to_indicators", "check_labels", "cached_beside",
     "column_batches", "map_with_progress", "arrow_batches", "preparation_workers", "shared_work", "build_train_data",
-    "build_eval_loader",
+    "build_eval_loader", "pad_list_column", "column_tensor",
     # model parts
     "KeyedDropout", "sparse_updates_apply",
     # evaluation

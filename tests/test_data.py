@@ -118,3 +118,26 @@ def test_a_torch_formatted_dataset_is_fetched_as_columns_and_gives_the_row_path_
         for one, other in zip(a, b):
             assert one.keys() == other.keys()
             assert all(torch.equal(one[k], other[k]) and one[k].dtype == other[k].dtype for k in one)
+
+
+def test_list_columns_read_as_a_table_pad_and_stack_as_the_torch_format_gives():
+    """framework.pad_list_column and column_tensor, the blocks of a collate_table: on a selection of the rows, an
+    empty list and multi-label indicator rows; the expected values are written out by hand."""
+    from datasets import Dataset
+
+    from framework import column_tensor, pad_list_column
+    from framework.data.table_collate import arrow_view
+
+    rows = Dataset.from_dict({"ids": [[3, 1], [], [7, 8, 9], [2]], "tags": [[0, 1], [1, 0], [1, 1], [0, 0]],
+                              "score": [1.5, 2.0, 0.5, 1.0], "labels": [0, 1, 2, 1]})
+    view = rows.select([3, 2, 0, 1])
+    table = arrow_view(view)[[0, 1, 2, 3]]
+    padded, lengths = pad_list_column(table["ids"], fill=-1)
+    assert padded.tolist() == [[2, -1, -1], [7, 8, 9], [3, 1, -1], [-1, -1, -1]] and lengths.tolist() == [1, 3, 2, 0]
+    formatted = view.with_format("torch")
+    for name in ("tags", "score", "labels"):
+        expected = torch.stack([formatted[i][name] for i in range(4)])
+        got = column_tensor(table[name])
+        assert got.dtype == expected.dtype and torch.equal(got, expected), name
+    assert column_tensor(table["tags"]).tolist() == [[0, 0], [1, 1], [0, 1], [1, 0]]
+    assert column_tensor(table["score"]).dtype == torch.float32 and column_tensor(table["labels"]).dtype == torch.int64

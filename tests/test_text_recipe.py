@@ -109,3 +109,59 @@ def test_a_pretrained_fine_tune_loads_with_transformers(tmp_path, text_files):
         "--do_train", "false", "--model_path", str(out), "--validation_file", str(text_files / "valid.csv"),
         "--output_dir", str(again)])) == 0
     assert read_json(again / "report.json") == read_json(out / "report.json")
+
+
+def _with_tags(source, target) -> None:
+    """The text file with a `tags` column of label sets: its topic, and 'long' for texts of 8 words or more."""
+    with open(source, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    with open(target, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["text", "tags"])
+        writer.writeheader()
+        for row in rows:
+            tags = [row["label"]] + (["long"] if len(row["text"].split()) >= 8 else [])
+            writer.writerow({"text": row["text"], "tags": ",".join(tags)})
+
+
+@pytest.mark.parametrize("kind", ["ngram", "transformer", "pretrained", "multi_label"])
+def test_a_micro_batch_read_as_one_table_is_padded_as_its_rows_are(tmp_path, text_files, kind):
+    """The padder's collate_table (one Arrow read per micro-batch) gives the tensors its row path gives, dtypes
+    included, for every kind of text model, on a selection of the rows; and the training batches of an epoch are
+    the same whichever path fetched them."""
+    import torch
+
+    from framework import parse_config
+    from framework.data.loaders import TrainData, WindowPlan
+    from framework.data.table_collate import arrow_view
+    from recipes import text_classification
+
+    train, valid = text_files / "train.csv", text_files / "valid.csv"
+    args = ["--model", kind] if kind in ("ngram", "transformer") else []
+    if kind == "pretrained":
+        tiny_pretrained_bert(tmp_path)
+        args = ["--model_name_or_path", str(tmp_path), "--max_length", "32"]
+    if kind == "multi_label":
+        train, valid = tmp_path / "train.csv", tmp_path / "valid.csv"
+        _with_tags(text_files / "train.csv", train)
+        _with_tags(text_files / "valid.csv", valid)
+        args = ["--problem_type", "multi_label_classification", "--label_column", "tags"]
+    config = parse_config(text_classification.TextConfig, ["--train_file", str(train), "--validation_file", str(valid),
+                                                           "--output_dir", str(tmp_path / "out"), *args])
+    data = text_classification.build_data(config)
+    padder = data.collate_fn
+    for split in (data.train, data.eval):
+        view = split.select(range(len(split) - 1, 0, -3))  # reversed, every third row: an indices mapping
+        for indices in ([0, 5, 9, 2], list(range(40))):
+            by_rows = padder(view.__getitems__(indices))
+            by_table = padder.collate_table(arrow_view(view)[indices])
+            assert by_rows.keys() == by_table.keys()
+            for key in by_rows:
+                assert by_rows[key].dtype == by_table[key].dtype and torch.equal(by_rows[key], by_table[key]), key
+    if kind == "multi_label":
+        assert by_rows["labels"].shape == (40, len(data.class_names))
+    plan = WindowPlan(len(data.train), micro_batch=16, accumulation=2, seed=5)
+    tables, rows = TrainData(data.train, plan, padder), TrainData(data.train, plan, lambda samples: padder(samples))
+    assert tables.loader.dataset.table is not None and rows.loader.dataset.table is None
+    for (_, a), (_, b) in zip(tables.epoch(1), rows.epoch(1)):
+        for one, other in zip(a, b):
+            assert one.keys() == other.keys() and all(torch.equal(one[k], other[k]) for k in one)

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
+import pyarrow as pa
 import torch
 from accelerate import Accelerator
 from torch.utils.data import DataLoader, Dataset, default_collate
@@ -33,6 +34,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from framework.core.config import TrainingConfig
 from framework.core.errors import FlagError, UserError
 from framework.data.columns import require_column
+from framework.data.table_collate import arrow_view, fetches_table
 
 Key = tuple[int, float]  # (dataset index, sample weight)
 Augment = Callable[[Any, torch.Generator], Any]  # (one sample, its generator) -> the augmented sample
@@ -125,13 +127,16 @@ class WeightedSamples(Dataset):
     goes through `augment` with its own `sample_generator(seed, epoch, index)`.
     """
 
-    def __init__(self, dataset: Any, augment: Optional[Augment] = None, seed: int = 0, batched: bool = False):
+    def __init__(self, dataset: Any, augment: Optional[Augment] = None, seed: int = 0, batched: bool = False,
+                 table: bool = False):
         self.dataset = dataset
         self.augment = augment
         self.seed = seed
         self.batched = batched  # one indexed call per micro-batch, as columns (see `fetches_columns`)
         # A small set read as columns is held as tensors once: a micro-batch is then one index per column
         self.columns = in_memory_columns(dataset) if batched else None
+        # one Arrow table per micro-batch, for a collate function's collate_table (framework.data.table_collate)
+        self.table = arrow_view(dataset) if table else None
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -143,6 +148,8 @@ class WeightedSamples(Dataset):
             return {name: column[rows] for name, column in self.columns.items()}, [key[1] for key in keys], indices
         if self.batched:  # the micro-batch's columns in one read, never split into rows
             return self.dataset[indices], [key[1] for key in keys], indices
+        if self.table is not None:
+            return self.table[indices], [key[1] for key in keys], indices
         fetch = getattr(self.dataset, "__getitems__", None)
         samples = fetch(indices) if fetch else [self.dataset[i] for i in indices]
         if self.augment is not None and keys and len(keys[0]) > 2:
@@ -188,26 +195,39 @@ def collate_columns(columns: Any) -> dict[str, Any]:
     return default_collate(rows)
 
 
-class WeightedCollate:
-    """Collate (samples, weights, indices) into the recipe's batch plus `weight` (float32) and `index` (int64);
-    samples fetched as columns (`WeightedSamples.batched`) are already the batch's tensors."""
+class FetchedCollate:
+    """Collate what a fetch gave: columns (`WeightedSamples.batched`, `ColumnBatches`) are already the batch's
+    tensors; an Arrow table goes to the recipe's `collate_table`; rows to its collate function."""
 
-    def __init__(self, collate_fn: Callable):
-        self.collate_fn = collate_fn
+    def __init__(self, collate_fn: Optional[Callable]):
+        self.collate_fn = collate_fn or default_collate
+
+    def __call__(self, samples: Any) -> dict[str, Any]:
+        if isinstance(samples, dict):
+            return collate_columns(samples)
+        if isinstance(samples, pa.Table):
+            return self.collate_fn.collate_table(samples)
+        return self.collate_fn(samples)
+
+
+class WeightedCollate(FetchedCollate):
+    """Collate (samples, weights, indices) into the recipe's batch plus `weight` (float32) and `index` (int64)."""
 
     def __call__(self, fetched: tuple[Any, list[float], list[int]]) -> dict[str, Any]:
         samples, weights, indices = fetched
-        batch = collate_columns(samples) if isinstance(samples, dict) else self.collate_fn(samples)
+        batch = super().__call__(samples)
         batch["weight"] = torch.tensor(weights, dtype=torch.float32)
         batch["index"] = torch.tensor(indices, dtype=torch.int64)
         return batch
 
 
 class ColumnBatches(Dataset):
-    """An evaluation view of a torch-formatted `datasets.Dataset` that reads a batch as columns in one call."""
+    """An evaluation view of a `datasets.Dataset` that reads a batch in one call: as columns (torch-formatted), or
+    as an Arrow table (`table`, for a collate function's collate_table). One index still gives a row."""
 
-    def __init__(self, dataset: Any):
+    def __init__(self, dataset: Any, table: bool = False):
         self.dataset = dataset
+        self.reader = arrow_view(dataset) if table else dataset
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -215,8 +235,8 @@ class ColumnBatches(Dataset):
     def __getitem__(self, index: int) -> Any:
         return self.dataset[index]
 
-    def __getitems__(self, indices: list[int]) -> dict[str, Any]:
-        return self.dataset[indices]
+    def __getitems__(self, indices: list[int]) -> Any:
+        return self.reader[indices]
 
 
 class _WindowBatchSampler:
@@ -249,7 +269,8 @@ class TrainData:
         # Its own generator: a DataLoader draws a base seed each time an iterator starts, and
         # drawing it from the global RNG would shift the dropout stream of a resumed run.
         self.loader = DataLoader(
-            WeightedSamples(dataset, augment, plan.seed, batched=fetches_columns(dataset, collate_fn, augment)),
+            WeightedSamples(dataset, augment, plan.seed, batched=fetches_columns(dataset, collate_fn, augment),
+                            table=fetches_table(dataset, collate_fn, augment)),
             batch_sampler=self._sampler,
             collate_fn=WeightedCollate(collate_fn or default_collate),
             num_workers=num_workers, pin_memory=pin_memory, persistent_workers=num_workers > 0,
@@ -362,9 +383,10 @@ def build_eval_loader(dataset: Sequence, config: TrainingConfig, accelerator: Ac
     """An evaluation DataLoader, prepared so that `gather_for_metrics` returns each sample exactly once."""
     if len(dataset) == 0:
         raise UserError("the evaluation set is empty")
-    columns = fetches_columns(dataset, collate_fn)
-    loader = DataLoader(ColumnBatches(dataset) if columns else dataset, batch_size=config.per_device_eval_batch_size,
-                        shuffle=False, collate_fn=collate_columns if columns else collate_fn or default_collate,
+    columns, table = fetches_columns(dataset, collate_fn), fetches_table(dataset, collate_fn)
+    loader = DataLoader(ColumnBatches(dataset, table) if columns or table else dataset,
+                        batch_size=config.per_device_eval_batch_size, shuffle=False,
+                        collate_fn=FetchedCollate(collate_fn) if columns or table else collate_fn or default_collate,
                         num_workers=_workers(config, accelerator, len(dataset))[0],
                         pin_memory=accelerator.device.type == "cuda")
     return accelerator.prepare(loader)
