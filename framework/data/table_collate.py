@@ -37,33 +37,35 @@ def arrow_view(dataset: Any) -> Any:
     return dataset.with_format("arrow", columns=shown["columns"], output_all_columns=shown["output_all_columns"])
 
 
-def _flat(column: pa.ChunkedArray | pa.Array) -> pa.Array:
-    return column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+def _lengths(lists: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    lengths = pc.list_value_length(lists)
+    if lengths.null_count:  # a missing list counts as empty
+        lengths = lengths.fill_null(0)
+    return lengths.to_numpy().astype(np.int64, copy=False)
 
 
 def pad_list_column(column: pa.ChunkedArray | pa.Array, fill: int, dtype: Any = np.int64
                     ) -> tuple[np.ndarray, np.ndarray]:
     """A column of lists as an array of shape (rows, longest list), each row's values first and `fill` after
     them, and the rows' lengths. A missing list counts as empty."""
-    lists = _flat(column)
-    lengths = pc.list_value_length(lists).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+    lengths = _lengths(column)
     longest = int(lengths.max()) if len(lengths) else 0
     padded = np.full((len(lengths), longest), fill, dtype=dtype)
-    # flatten() gives the values of the table's rows only (a slice of a larger array included), row after row,
-    # which is the order of the mask's True cells read row by row
-    padded[np.arange(longest)[None, :] < lengths[:, None]] = lists.flatten().to_numpy(zero_copy_only=False)
+    # list_flatten gives the values of the column's rows only (a slice of a larger array included), row after row,
+    # which is the order of the mask's True cells read row by row. A table read from a datasets.Dataset is one
+    # chunk per row: both calls take the chunks as they are (joining them first would copy every value).
+    padded[np.arange(longest)[None, :] < lengths[:, None]] = pc.list_flatten(column).to_numpy()
     return padded, lengths
 
 
 def column_tensor(column: pa.ChunkedArray | pa.Array) -> torch.Tensor:
     """A column of numbers, or of lists of one length (multi-label indicator rows), as the tensor datasets' torch
     format gives for those rows stacked: integers as int64, floating point as float32, booleans as bool."""
-    values = _flat(column)
-    if pa.types.is_list(values.type) or pa.types.is_large_list(values.type) or pa.types.is_fixed_size_list(
-            values.type):
-        array = values.flatten().to_numpy(zero_copy_only=False).reshape(len(values), -1)
+    kind = column.type
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
+        array = pc.list_flatten(column).to_numpy().reshape(len(column), -1)
     else:
-        array = values.to_numpy(zero_copy_only=False)
+        array = column.to_numpy()
     if np.issubdtype(array.dtype, np.bool_):
         return torch.from_numpy(array.copy())
     if np.issubdtype(array.dtype, np.integer):
