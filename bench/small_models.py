@@ -2,7 +2,7 @@
 
     python bench/small_models.py --workload digits --rounds 5 [--epochs 3] [--threads 1] [--out rows.json]
     python bench/small_models.py --workload digits --rounds 5 --epochs 20 --paired
-    python bench/small_models.py --workload tabular --rounds 5
+    python bench/small_models.py --workload tabular --rounds 5 [--recipe_args='--dropout 0']
     python bench/small_models.py --workload ngram --rounds 5 --text_dir /tmp/scale/man100k [--rows 100000]
     python bench/small_models.py --workload ngram --sgd --text_dir /tmp/scale/man100k   # + scikit-learn's SGDClassifier
 
@@ -47,6 +47,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -118,6 +119,12 @@ def _recipe_command(workload: str, args) -> list[str]:
             "--validation_file", str(text / "valid.csv"), "--model", "ngram", "--baseline", "false"]
 
 
+def _extra(args) -> list[str]:
+    """--recipe_args: the recipe's own flags, the same on both sides (the hand-written loop builds its model and
+    optimizer from the recipe's config)."""
+    return shlex.split(args.recipe_args or "")
+
+
 def _workload_parts(workload: str, args):
     """(config, train split, collate function or None, model) as the recipe builds them."""
     sys.path[:0] = [str(REPO), str(REPO / "recipes")]
@@ -126,17 +133,18 @@ def _workload_parts(workload: str, args):
     if workload == "digits":
         from recipes import digits
 
-        config = parse_config(digits.DigitsConfig, [])
+        config = parse_config(digits.DigitsConfig, _extra(args))
         train, _, names = digits.load_splits(config)
         return config, train, None, digits.DigitsCNN(config.channels, len(names), config.dropout)
     if workload == "tabular":
         recipe = tabular_recipe()
-        config = parse_config(recipe.config_class, [])
+        config = parse_config(recipe.config_class, _extra(args))
         data = recipe.build_data(config)
         return config, data.train, None, recipe.build_model(config, data)
     import text_classification as text
 
-    config = parse_config(text.TextConfig, _recipe_command("ngram", args)[2:] + ["--output_dir", args.scratch])
+    config = parse_config(text.TextConfig, _recipe_command("ngram", args)[2:] + _extra(args)
+                          + ["--output_dir", args.scratch])
     data = text.build_data(config)
     return config, data.train, data.collate_fn, text.build_model(config, data)
 
@@ -269,7 +277,8 @@ def framework(workload: str, epochs: int, args):
     """Start the recipe in its own process; returns a function that waits for it and gives its summary.json's
     rate."""
     out = tempfile.TemporaryDirectory()
-    command = _recipe_command(workload, args) + ["--output_dir", out.name, "--num_train_epochs", str(epochs)]
+    command = _recipe_command(workload, args) + _extra(args) + ["--output_dir", out.name, "--num_train_epochs",
+                                                                str(epochs)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                env=_child_env(args), preexec_fn=_pinning(args))
 
@@ -320,6 +329,8 @@ def _start_side(side: str, args, start_when: str | None = None, until_pid: int |
         child += ["--start_when", start_when, "--until_pid", str(until_pid)]
     if args.text_dir:
         child += ["--text_dir", args.text_dir]
+    if args.recipe_args:
+        child.append(f"--recipe_args={args.recipe_args}")  # one word: it starts with --
     process = subprocess.Popen(child, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                env=_child_env(args), preexec_fn=_pinning(args))
 
@@ -395,6 +406,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cpus", help="comma list of cores to pin every process to (default: the last --threads)")
     parser.add_argument("--text_dir", help="ngram: a folder with train.csv and valid.csv (bench/scale.py build)")
     parser.add_argument("--sgd", action="store_true", help="ngram: also scikit-learn's SGDClassifier")
+    parser.add_argument("--recipe_args", help="the recipe's own flags for both sides: --recipe_args='--dropout 0'")
     parser.add_argument("--out", help="write {'rows': [...], 'summary': {...}} here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--tabular_child", action="store_true", help=argparse.SUPPRESS)
@@ -436,6 +448,7 @@ def main(argv: list[str] | None = None) -> None:
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     summary = {"workload": args.workload, "epochs": args.epochs, "threads": args.threads,
+               "recipe_args": args.recipe_args,
                "cpus": sorted(_cpus(args)), **summarize(rows, sides, args.paired)}
     print(json.dumps(summary))
     if args.out:

@@ -141,3 +141,26 @@ def test_list_columns_read_as_a_table_pad_and_stack_as_the_torch_format_gives():
         assert got.dtype == expected.dtype and torch.equal(got, expected), name
     assert column_tensor(table["tags"]).tolist() == [[0, 0], [1, 1], [0, 1], [1, 0]]
     assert column_tensor(table["score"]).dtype == torch.float32 and column_tensor(table["labels"]).dtype == torch.int64
+
+
+def test_a_table_is_read_only_for_a_collate_table_on_rows_the_table_shows_as_they_are():
+    """Where the split's format would change the rows (numpy arrays, a dtype) or an augmentation works on rows,
+    the collate function gets rows, as before."""
+    from datasets import Dataset
+
+    from framework.data.table_collate import fetches_table
+
+    class Both:
+        def __call__(self, rows):
+            return rows
+
+        def collate_table(self, table):
+            return table
+
+    rows = Dataset.from_dict({"ids": [[1, 2], [3]], "labels": [0, 1]})
+    assert fetches_table(rows, Both()) and fetches_table(rows.with_format("torch"), Both())
+    assert not fetches_table(rows, lambda r: r)  # no collate_table
+    assert not fetches_table(rows.with_format("numpy"), Both())
+    assert not fetches_table(rows.with_format("torch", dtype=torch.float16), Both())
+    assert not fetches_table(rows, Both(), augment=lambda sample, generator: sample)
+    assert not fetches_table([{"ids": [1], "labels": 0}], Both())

@@ -162,6 +162,12 @@ def test_a_micro_batch_read_as_one_table_is_padded_as_its_rows_are(tmp_path, tex
     plan = WindowPlan(len(data.train), micro_batch=16, accumulation=2, seed=5)
     tables, rows = TrainData(data.train, plan, padder), TrainData(data.train, plan, lambda samples: padder(samples))
     assert tables.loader.dataset.table is not None and rows.loader.dataset.table is None
-    for (_, a), (_, b) in zip(tables.epoch(1), rows.epoch(1)):
-        for one, other in zip(a, b):
+    compared = [tables, rows]
+    if kind == "ngram":  # DataLoader workers read tables too
+        compared.append(TrainData(data.train, plan, padder, num_workers=2))
+    epochs = [[batch for _, batches in data_.epoch(1) for batch in batches] for data_ in compared]
+    assert len(epochs[0]) == 2 * plan.windows_per_epoch
+    for batches in epochs[1:]:
+        assert len(batches) == len(epochs[0])
+        for one, other in zip(epochs[0], batches):
             assert one.keys() == other.keys() and all(torch.equal(one[k], other[k]) for k in one)

@@ -22,12 +22,14 @@ import torch
 
 
 def fetches_table(dataset: Any, collate_fn: Optional[Callable], augment: Optional[Callable] = None) -> bool:
-    """Whether micro-batches of `dataset` are read as Arrow tables: a `datasets.Dataset`, a collate function with
-    a `collate_table` method, and no per-sample augmentation (which works on rows)."""
+    """Whether micro-batches of `dataset` are read as Arrow tables: a `datasets.Dataset` (unformatted or
+    torch-formatted, without format options such as a dtype, which the table would not carry), a collate function
+    with a `collate_table` method, and no per-sample augmentation (which works on rows)."""
     import datasets
 
     return (augment is None and callable(getattr(collate_fn, "collate_table", None))
-            and isinstance(dataset, datasets.Dataset))
+            and isinstance(dataset, datasets.Dataset) and dataset.format.get("type") in (None, "torch")
+            and not dataset.format.get("format_kwargs"))
 
 
 def arrow_view(dataset: Any) -> Any:
