@@ -279,13 +279,10 @@ def framework(workload: str, epochs: int, args):
     out = tempfile.TemporaryDirectory()
     command = _recipe_command(workload, args) + _extra(args) + ["--output_dir", out.name, "--num_train_epochs",
                                                                 str(epochs)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env=_child_env(args), preexec_fn=_pinning(args))
+    process = _started(command, args)
 
     def finish() -> dict:
-        _, stderr = process.communicate()
-        if process.returncode != 0:
-            raise SystemExit(stderr[-2000:])
+        _waited(process)
         with out:
             summary = json.loads((Path(out.name) / "summary.json").read_text())
             lines = [json.loads(line) for line in (Path(out.name) / "metrics.jsonl").read_text().splitlines() if line]
@@ -331,16 +328,22 @@ def _start_side(side: str, args, start_when: str | None = None, until_pid: int |
         child += ["--text_dir", args.text_dir]
     if args.recipe_args:
         child.append(f"--recipe_args={args.recipe_args}")  # one word: it starts with --
-    process = subprocess.Popen(child, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env=_child_env(args), preexec_fn=_pinning(args))
+    process = _started(child, args)
+    return lambda: json.loads(_waited(process).strip().splitlines()[-1])
 
-    def finish() -> dict:
-        stdout, stderr = process.communicate()
-        if process.returncode != 0:
-            raise SystemExit(stderr[-2000:])
-        return json.loads(stdout.strip().splitlines()[-1])
 
-    return finish
+def _started(command: list[str], args) -> subprocess.Popen:
+    """A run's process, pinned to the bench's cores with its thread count."""
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=_child_env(args), preexec_fn=_pinning(args))
+
+
+def _waited(process: subprocess.Popen) -> str:
+    """The process's stdout once it ended; its stderr's end as the bench's error if it failed."""
+    stdout, stderr = process.communicate()
+    if process.returncode != 0:
+        raise SystemExit(stderr[-2000:])
+    return stdout
 
 
 def _paired_round(round_: int, args) -> list[dict]:
@@ -381,7 +384,8 @@ def summarize(rows: list[dict], sides: tuple[str, ...], paired: bool = False) ->
     # Paired runs see the same machine, so the ratio's own spread is the noise; apart, either side's
     noise = summary["round_ratio_spread"] if paired else max(summary["framework_spread"], summary["hand-written_spread"])
     summary["ratio"] = round(ratio, 3)
-    summary["verdict"] = ("within the spread" if abs(ratio - 1) <= noise
+    summary["verdict"] = ("none: one round has no spread" if len(ratios) < 2
+                          else "within the spread" if abs(ratio - 1) <= noise
                           else "framework faster" if ratio > 1 else "framework slower")
     batch = next(r["micro_batch"] for r in rows if r["side"] == "framework")
     # Paired, the two share the cores (and their caches): a step's time alone is not measured

@@ -130,5 +130,7 @@ def test_small_models_rate_is_the_fastest_window_and_a_verdict_needs_more_than_t
     paired = small_models.summarize(rows, ("hand-written", "framework"), paired=True)
     assert paired["round_ratios"] == [0.8, 0.802, 0.798] and paired["verdict"] == "framework slower"
     assert paired["overhead_us_per_step"] is None  # two runs sharing the cores: no step time alone
+    one_round = [row for row in rows if row["round"] == 0]
+    assert small_models.summarize(one_round, ("hand-written", "framework"))["verdict"].startswith("none")
     rows[3]["median_window_samples_per_s"] = 1040.0 * 1.3
     assert small_models.summarize(rows, ("hand-written", "framework"), paired=True)["verdict"] == "within the spread"
