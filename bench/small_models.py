@@ -228,19 +228,23 @@ def _alive(pid: int) -> bool:
 WINDOW_STEPS = 10  # the framework's default --logging_steps: its metrics.jsonl has the training time every 10 steps
 
 
+def _window_rates(marks: list[tuple[int, float]], batch: int) -> list[float]:
+    """Samples/s of each window between consecutive (step, seconds of training) marks (micro-batch x steps
+    samples a window; an epoch's last, shorter step makes one window in five 1% slower)."""
+    return [(b_step - a_step) * batch / (b_time - a_time)
+            for (a_step, a_time), (b_step, b_time) in zip(marks, marks[1:]) if b_time > a_time]
+
+
 def fastest_window(marks: list[tuple[int, float]], batch: int) -> float:
-    """The best rate over consecutive windows of (step, seconds of training) marks: a shared machine's
-    interruptions only ever slow a window down, so the fastest one is the least disturbed measure (each window
-    counts micro-batch x steps samples; an epoch's last, shorter step makes one window in five 1% slower)."""
-    rates = [(b_step - a_step) * batch / (b_time - a_time)
-             for (a_step, a_time), (b_step, b_time) in zip(marks, marks[1:]) if b_time > a_time]
+    """The best window rate: a shared machine's interruptions only ever slow a window down, so the fastest one is
+    the least disturbed measure."""
+    rates = _window_rates(marks, batch)
     return max(rates) if rates else float("nan")
 
 
 def median_window(marks: list[tuple[int, float]], batch: int) -> float:
-    """The median rate over consecutive windows of marks (--paired: both sides share one core throughout)."""
-    rates = [(b_step - a_step) * batch / (b_time - a_time)
-             for (a_step, a_time), (b_step, b_time) in zip(marks, marks[1:]) if b_time > a_time]
+    """The median window rate (--paired: both sides share the cores throughout, so no window is alone)."""
+    rates = _window_rates(marks, batch)
     return statistics.median(rates) if rates else float("nan")
 
 
@@ -427,6 +431,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(run_main(lambda: run(tabular_recipe(), rest)))
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.paired and args.sgd:
+        parser.error("--paired runs the framework and the hand-written loop side by side; run --sgd without it")
     if args.workload == "ngram" and not args.text_dir:
         parser.error("--workload ngram needs --text_dir (python bench/scale.py build DIR --rows 100000)")
     args.epochs = args.epochs or DEFAULT_EPOCHS[args.workload]

@@ -386,10 +386,11 @@ def build_eval_loader(dataset: Sequence, config: TrainingConfig, accelerator: Ac
     """An evaluation DataLoader, prepared so that `gather_for_metrics` returns each sample exactly once."""
     if len(dataset) == 0:
         raise UserError("the evaluation set is empty")
-    columns, table = fetches_columns(dataset, collate_fn), fetches_table(dataset, collate_fn)
-    loader = DataLoader(ColumnBatches(dataset, table) if columns or table else dataset,
+    table = fetches_table(dataset, collate_fn)
+    batched = table or fetches_columns(dataset, collate_fn)  # one read per batch: columns, or an Arrow table
+    loader = DataLoader(ColumnBatches(dataset, table) if batched else dataset,
                         batch_size=config.per_device_eval_batch_size, shuffle=False,
-                        collate_fn=FetchedCollate(collate_fn) if columns or table else collate_fn or default_collate,
+                        collate_fn=FetchedCollate(collate_fn) if batched else collate_fn or default_collate,
                         num_workers=_workers(config, accelerator, len(dataset))[0],
                         pin_memory=accelerator.device.type == "cuda")
     return accelerator.prepare(loader)
