@@ -10,6 +10,8 @@ import torch
 from framework.core.errors import UserError
 from framework.data.loaders import WindowPlan, check_labels
 
+from helpers import reset_accelerate
+
 
 def window_sets(num_samples, micro, accum, procs, seed=1, epoch=0):
     """For each optimizer step: the multiset of (index, weight) over all processes."""
@@ -120,6 +122,40 @@ def test_a_torch_formatted_dataset_is_fetched_as_columns_and_gives_the_row_path_
             assert all(torch.equal(one[k], other[k]) and one[k].dtype == other[k].dtype for k in one)
 
 
+@pytest.mark.parametrize("procs,micro,accum,effective,start,fillers", [
+    (1, 8, 2, 0, 0, False), (2, 4, 2, 0, 1, False), (3, 4, 1, 0, 0, False), (2, 3, 2, 13, 0, True),
+    (4, 2, 1, 0, 2, False)])
+def test_an_epoch_sliced_from_gathered_chunks_gives_each_micro_batchs_fetch(monkeypatch, procs, micro, accum,
+                                                                             effective, start, fillers):
+    """A set held as tensors: the micro-batches sliced from chunks gathered in training order (a chunk of 5 rows
+    here, so micro-batches cross chunk ends) are, key for key and bit for bit, what fetching each micro-batch's keys
+    gives, on every process, for filler micro-batches (weight 0), a resumed epoch and an effective batch that is no
+    multiple of the micro-batch."""
+    from datasets import Dataset
+
+    from framework.data.loaders import TrainData, _ChunkedRows
+
+    rows = Dataset.from_dict({"x": [[float(i), float(-i)] for i in range(23)], "labels": [i % 3 for i in range(23)]})
+    dataset = rows.with_format("torch")
+    monkeypatch.setattr(_ChunkedRows, "CHUNK_BYTES", 5 * (2 * 4 + 8))
+    seen_fillers = 0
+    for process in range(procs):
+        plan = WindowPlan(23, micro, accum, procs, process, seed=4, effective_batch=effective)
+        data = TrainData(dataset, plan)
+        assert data.loader.dataset.columns is not None
+        for epoch in (0, 1):
+            windows = list(data.epoch(epoch, start))
+            assert [w for w, _ in windows] == list(plan.windows(epoch, start))
+            for window, batches in windows:
+                for keys, batch in zip(window.micro_batches, batches):
+                    fetched = data.collated(keys)  # one micro-batch's keys, fetched alone
+                    seen_fillers += keys[0][1] == 0.0
+                    assert batch.keys() == fetched.keys()
+                    for name in batch:
+                        assert batch[name].dtype == fetched[name].dtype and torch.equal(batch[name], fetched[name])
+    assert bool(seen_fillers) == fillers
+
+
 def test_list_columns_read_as_a_table_pad_and_stack_as_the_torch_format_gives():
     """framework.pad_list_column and column_tensor, the blocks of a collate_table: on a selection of the rows, an
     empty list and multi-label indicator rows; the expected values are written out by hand."""
@@ -164,3 +200,32 @@ def test_a_table_is_read_only_for_a_collate_table_on_rows_the_table_shows_as_the
     assert not fetches_table(rows.with_format("torch", dtype=torch.float16), Both())
     assert not fetches_table(rows, Both(), augment=lambda sample, generator: sample)
     assert not fetches_table([{"ids": [1], "labels": 0}], Both())
+
+
+def test_an_evaluation_loader_of_a_small_torch_formatted_set_gives_its_rows_batched(tmp_path):
+    """The evaluation view holds a small torch-formatted set as tensors (as training does): each batch equals the
+    rows read one by one and collated, on a selection of an image-shaped (Array3D) column, the last batch short."""
+    from accelerate import Accelerator
+    from datasets import Array3D, Dataset, Features, Value
+    from torch.utils.data import default_collate
+
+    from framework.core.config import TrainingConfig
+    from framework.data.loaders import build_eval_loader
+
+    features = Features({"pixel_values": Array3D((1, 2, 3), "float32"), "labels": Value("int64")})
+    images = torch.arange(40 * 6, dtype=torch.float32).view(40, 1, 2, 3).numpy() / 7
+    rows = Dataset.from_dict({"pixel_values": images, "labels": [i % 4 for i in range(40)]}, features=features)
+    dataset = rows.select(list(range(39, 2, -3))).with_format("torch")  # 13 rows, reversed, every third
+    config = TrainingConfig(output_dir=str(tmp_path), per_device_eval_batch_size=5)
+    try:
+        loader = build_eval_loader(dataset, config, Accelerator(cpu=True))
+        assert loader.dataset.columns is not None
+        batches = list(loader)
+    finally:
+        reset_accelerate()
+    assert [len(b["labels"]) for b in batches] == [5, 5, 3]
+    for number, batch in enumerate(batches):
+        expected = default_collate([dataset[i] for i in range(5 * number, min(13, 5 * number + 5))])
+        assert batch.keys() == expected.keys()
+        assert all(batch[k].dtype == expected[k].dtype and torch.equal(batch[k], expected[k]) for k in batch)
+    assert batches[0]["labels"].tolist() == [39 % 4, 36 % 4, 33 % 4, 30 % 4, 27 % 4]

@@ -105,6 +105,32 @@ def test_gradients_pass_through_the_kept_elements_only():
     assert x.grad.equal((out.detach() != 0).float() / 0.6)
 
 
+def test_the_cpu_float_factor_gives_the_bits_of_mask_then_scale_forward_and_backward():
+    """On a CPU a float32 activation is multiplied by a factor made on the host (0 or 1 / (1 - p)); the same bits,
+    signed zeros and non-finite values included, as multiplying by the boolean mask and then by the scale (the path
+    of other dtypes, CUDA and compiled code), and the same gradient."""
+    from framework.train.keyed_dropout import _mix_, position_hashes
+
+    layer = KeyedDropout(0.3, key=99).train()
+    x = torch.randn(6, 4, 5)
+    x[0, 0, :3] = torch.tensor([float("inf"), float("nan"), -0.0])
+    indices = [4, 0, 17, 2 ** 31 + 5, 9, 11]
+    keys = sample_keys(torch.tensor(indices), 7, 3)
+    positions = position_hashes(20, 99, torch.device("cpu")).view(4, 5)
+    keep = _mix_(positions ^ keys.view(-1, 1, 1)) >= int(0.3 * 2 ** 32)  # the tensor path's mask
+    expected_in = x.clone().requires_grad_()
+    expected = expected_in * keep * (1 / 0.7)
+    got_in = x.clone().requires_grad_()
+    with keyed_samples(keys):
+        got = layer(got_in)
+    grad = torch.randn_like(x)
+    grad[1, 1, 1] = -0.0
+    expected.backward(grad)
+    got.backward(grad)
+    for one, other in ((got, expected), (got_in.grad, expected_in.grad)):
+        assert one.dtype == other.dtype == torch.float32
+        assert torch.equal(one.view(torch.int32), other.view(torch.int32))  # bit for bit: -0.0 and NaN too
+
 def test_bad_probability_and_batch_mismatch_are_refused():
     with pytest.raises(ValueError, match=r"dropout probability 1\.0 is not in \[0, 1\)"):
         KeyedDropout(1.0)

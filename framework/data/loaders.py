@@ -105,16 +105,24 @@ class WindowPlan:
             return np.arange(self.num_samples)
         return np.random.default_rng([self.seed, epoch]).permutation(self.num_samples)
 
-    def windows(self, epoch: int, start: int = 0) -> Iterator[Window]:
-        """Yield this process's windows of `epoch`, beginning at window `start`."""
-        order, size = self.order(epoch), self.effective_batch
+    def window_positions(self, start: int = 0) -> Iterator[tuple[int, int, list[range]]]:
+        """For each window from `start`: its first position in the epoch's order, its size, and this process's
+        micro-batches as ranges of positions in that order (an empty range: filler, see `windows`)."""
+        size = self.effective_batch
         for k in range(start, self.windows_per_epoch):
-            window = order[k * size:(k + 1) * size]
-            micro_batches = []
-            for slot in window_slots(len(window), self.micro_batch, self.num_processes, self.process_index):
-                chunk = [(int(i), 1.0) for i in window[slot.start:slot.stop]]
-                micro_batches.append(chunk or [(int(window[0]), 0.0)])
-            yield Window(micro_batches, len(window))
+            first = k * size
+            length = min(size, self.num_samples - first)
+            slots = window_slots(length, self.micro_batch, self.num_processes, self.process_index)
+            yield first, length, [range(first + slot.start, first + slot.stop) for slot in slots]
+
+    def windows(self, epoch: int, start: int = 0) -> Iterator[Window]:
+        """Yield this process's windows of `epoch`, beginning at window `start`. A micro-batch where this process
+        has no real sample holds the window's first sample with weight 0."""
+        order = self.order(epoch)
+        for first, length, ranges in self.window_positions(start):
+            micro_batches = [[(i, 1.0) for i in order[r.start:r.stop].tolist()] or [(int(order[first]), 0.0)]
+                             for r in ranges]
+            yield Window(micro_batches, length)
 
 
 class WeightedSamples(Dataset):
@@ -223,12 +231,16 @@ class WeightedCollate(FetchedCollate):
 
 
 class ColumnBatches(Dataset):
-    """An evaluation view of a `datasets.Dataset` that reads a batch in one call: as columns (torch-formatted), or
-    as an Arrow table (`table`, for a collate function's collate_table). One index still gives a row."""
+    """An evaluation view of a `datasets.Dataset` that reads a batch in one call: as columns (torch-formatted; a
+    small set held as tensors, `in_memory_columns`, as training holds it), or as an Arrow table (`table`, for a
+    collate function's collate_table). One index still gives a row."""
 
     def __init__(self, dataset: Any, table: bool = False):
         self.dataset = dataset
         self.reader = arrow_view(dataset) if table else dataset
+        # Reading a fixed-shape column (an image's Array3D) back from Arrow costs about 10 ms per batch of 128
+        # rows in datasets' formatting, more than the digits CNN's forward pass over it: a small set is read once.
+        self.columns = None if table else in_memory_columns(dataset)
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -237,7 +249,32 @@ class ColumnBatches(Dataset):
         return self.dataset[index]
 
     def __getitems__(self, indices: list[int]) -> Any:
+        if self.columns is not None:
+            rows = torch.from_numpy(np.asarray(indices, dtype=np.int64))
+            return {name: column[rows] for name, column in self.columns.items()}
         return self.reader[indices]
+
+
+class _ChunkedRows:
+    """Rows of in-memory columns in a given order, read a slice at a time: each column is indexed once per chunk
+    of about CHUNK_BYTES (the whole epoch of a small set), and a read within the chunk is a slice of it."""
+
+    CHUNK_BYTES = 4 << 20
+
+    def __init__(self, columns: dict[str, torch.Tensor], indices: torch.Tensor):
+        self.columns, self.indices = columns, indices
+        row_bytes = sum(c[0].numel() * c.element_size() for c in columns.values()) if len(indices) else 1
+        self.chunk_rows = max(1, self.CHUNK_BYTES // max(1, row_bytes))
+        self.start, self.stop, self.chunk = 0, 0, {}
+
+    def rows(self, start: int, stop: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """The columns of the rows at `start:stop` of the order, and their indices in the dataset."""
+        if start < self.start or stop > self.stop:
+            self.start, self.stop = start, min(len(self.indices), max(stop, start + self.chunk_rows))
+            rows = self.indices[self.start:self.stop]
+            self.chunk = {name: column[rows] for name, column in self.columns.items()}
+        a, b = start - self.start, stop - self.start
+        return {name: values[a:b] for name, values in self.chunk.items()}, self.indices[start:stop]
 
 
 class _WindowBatchSampler:
@@ -296,7 +333,12 @@ class TrainData:
     def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[Window, Iterator[dict[str, Any]]]]:
         """Yield (window, its micro-batches) for `epoch` from window `start` on."""
         self._sampler.epoch, self._sampler.start = epoch, start
-        batches = iter(self.loader) if self.num_workers else self._fetched_here()
+        if self.num_workers:
+            batches = iter(self.loader)
+        elif self.loader.dataset.columns is not None:
+            batches = self._sliced_here(epoch, start)
+        else:
+            batches = self._fetched_here()
         for window in self.plan.windows(epoch, start):
             yield window, (self._next_timed(batches) for _ in window.micro_batches)
 
@@ -307,6 +349,31 @@ class TrainData:
         for keys in self._sampler:
             batch = self.collated(keys)
             yield pin_tensors(batch) if self.loader.pin_memory else batch
+
+    def _sliced_here(self, epoch: int, start: int) -> Iterator[dict[str, Any]]:
+        """Without workers, for a set held as tensors (`in_memory_columns`): this process's samples of the epoch
+        gathered in their training order a chunk at a time, each micro-batch a slice of a chunk. The batches
+        `_fetched_here` gives (the same keys, values and dtypes), with one index per column per chunk instead
+        of per micro-batch; a filler micro-batch (weight 0) is fetched as before."""
+        columns, order = self.loader.dataset.columns, self.plan.order(epoch)
+        ranges = [r for _, _, micro_batches in self.plan.window_positions(start) for r in micro_batches]
+        mine = order[np.concatenate([np.arange(r.start, r.stop) for r in ranges] or [np.zeros(0, np.int64)])]
+        reader = _ChunkedRows(columns, torch.from_numpy(mine.astype(np.int64)))
+        ones = torch.ones(max(len(r) for r in ranges) if ranges else 0, dtype=torch.float32)
+        done = 0  # samples of `mine` already given
+        for first_window, r in zip(self._first_positions(start), ranges):
+            if not len(r):
+                batch = self.collated([(int(order[first_window]), 0.0)])
+            else:
+                batch, index = reader.rows(done, done + len(r))
+                batch["weight"], batch["index"] = ones[:len(r)], index
+                done += len(r)
+            yield pin_tensors(batch) if self.loader.pin_memory else batch
+
+    def _first_positions(self, start: int) -> Iterator[int]:
+        """For each micro-batch of this process from window `start` on, its window's first position."""
+        for first, _, micro_batches in self.plan.window_positions(start):
+            yield from (first for _ in micro_batches)
 
     def _next_timed(self, batches: Iterator[dict[str, Any]]) -> dict[str, Any]:
         """The next micro-batch; the time spent waiting for it is added to `wait_seconds`.

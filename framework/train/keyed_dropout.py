@@ -146,9 +146,16 @@ class KeyedDropout(nn.Module):
         if keys.device != x.device:  # e.g. keys made on the host for a user's own loop
             keys = keys.to(x.device)
         per_sample = x.numel() // x.shape[0] if x.shape[0] else 0
-        keep = keep_mask(self._positions(per_sample, x.device).view(x.shape[1:]), keys, self.p)
+        positions = self._positions(per_sample, x.device).view(x.shape[1:])
+        scale = 1.0 / (1.0 - self.p)
+        if x.dtype == torch.float32 and keys.device.type == "cpu" and not torch.compiler.is_compiling():
+            # The mask hashed in NumPy as the factor itself (0 or the scale in float32, the factor the two
+            # multiplications below apply): one multiplication forward and one backward, as torch's dropout
+            # on a CPU, the same bits; autograd keeps the float factor (4 bytes an element instead of 1).
+            return x * torch.from_numpy(_scaled_keep_on_host(positions.numpy(), keys.numpy(), self.p, scale))
+        keep = keep_mask(positions, keys, self.p)
         # Autograd keeps only the boolean mask for backward (as torch's dropout does).
-        return x * keep * (1.0 / (1.0 - self.p))
+        return x * keep * scale
 
     def _positions(self, count: int, device: torch.device) -> torch.Tensor:
         """The hashes of positions 0..count-1 in this layer. A shape's positions in row-major order are a
@@ -185,6 +192,12 @@ def keep_mask(position_hash: torch.Tensor, keys: torch.Tensor, p: float) -> torc
     for start in range(0, len(keys), rows):
         torch.ge(_mix_(position_hash ^ sample[start:start + rows]), threshold, out=keep[start:start + rows])
     return keep
+
+
+def _scaled_keep_on_host(position_hash: np.ndarray, keys: np.ndarray, p: float, scale: float) -> np.ndarray:
+    """`keep_mask` on the host as float32 factors: `scale` where kept, 0 where dropped."""
+    keep = _keep_mask_on_host(position_hash, keys, int(p * 2 ** 32))
+    return np.where(keep, np.float32(scale), np.float32(0.0))
 
 
 def _keep_mask_on_host(position_hash: np.ndarray, keys: np.ndarray, threshold: int) -> np.ndarray:

@@ -12,11 +12,16 @@ from framework.core.config import TrainingConfig
 from framework.core.errors import FlagError
 
 
+FUSED_ADAMW = ("cuda", "cpu")  # device types whose parameters get the fused AdamW kernel
+
+
 def build_optimizer(model: torch.nn.Module, config: TrainingConfig) -> torch.optim.Optimizer:
     """`--optim` (AdamW, or SGD with momentum) over the trainable parameters; no weight decay on biases and
     norm weights (1-D tensors).
 
-    AdamW uses the fused CUDA kernel when every parameter is on a CUDA device.
+    AdamW uses torch's fused kernel when every parameter is on a CUDA device, or every one on the CPU: one
+    kernel over all tensors instead of a dozen tensor-list operations. The same update to float rounding; on a
+    CPU a small model's step takes a third of the time (the digits CNN: 280 -> 90 us; bench/RESULTS.md).
     """
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
@@ -24,7 +29,7 @@ def build_optimizer(model: torch.nn.Module, config: TrainingConfig) -> torch.opt
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if config.optim == "sgd":
         return torch.optim.SGD(groups, lr=config.learning_rate, momentum=config.momentum)
-    fused = bool(params) and all(p.device.type == "cuda" for p in params)
+    fused = bool(params) and len({p.device.type for p in params}) == 1 and params[0].device.type in FUSED_ADAMW
     return torch.optim.AdamW(groups, lr=config.learning_rate, fused=fused or None)
 
 
