@@ -130,10 +130,11 @@ def test_an_epoch_sliced_from_gathered_chunks_gives_each_micro_batchs_fetch(monk
     """A set held as tensors: the micro-batches sliced from chunks gathered in training order (a chunk of 5 rows
     here, so micro-batches cross chunk ends) are, key for key and bit for bit, what fetching each micro-batch's keys
     gives, on every process, for filler micro-batches (weight 0), a resumed epoch and an effective batch that is no
-    multiple of the micro-batch."""
+    multiple of the micro-batch; with the keys of keyed dropout asked for, each sample's own."""
     from datasets import Dataset
 
     from framework.data.loaders import TrainData, _ChunkedRows
+    from framework.data.sample_keys import sample_keys
 
     rows = Dataset.from_dict({"x": [[float(i), float(-i)] for i in range(23)], "labels": [i % 3 for i in range(23)]})
     dataset = rows.with_format("torch")
@@ -143,12 +144,15 @@ def test_an_epoch_sliced_from_gathered_chunks_gives_each_micro_batchs_fetch(monk
         plan = WindowPlan(23, micro, accum, procs, process, seed=4, effective_batch=effective)
         data = TrainData(dataset, plan)
         assert data.loader.dataset.columns is not None
+        data.dropout_keys_seed = 9  # as the loop asks for a model with KeyedDropout layers
         for epoch in (0, 1):
             windows = list(data.epoch(epoch, start))
             assert [w for w, _ in windows] == list(plan.windows(epoch, start))
             for window, batches in windows:
                 for keys, batch in zip(window.micro_batches, batches):
                     fetched = data.collated(keys)  # one micro-batch's keys, fetched alone
+                    # the epoch's keys, hashed at once, are each sample's own
+                    assert torch.equal(batch.pop("dropout_keys"), sample_keys(fetched["index"], 9, epoch))
                     seen_fillers += keys[0][1] == 0.0
                     assert batch.keys() == fetched.keys()
                     for name in batch:

@@ -109,7 +109,8 @@ def test_the_cpu_float_factor_gives_the_bits_of_mask_then_scale_forward_and_back
     """On a CPU a float32 activation is multiplied by a factor made on the host (0 or 1 / (1 - p)); the same bits,
     signed zeros and non-finite values included, as multiplying by the boolean mask and then by the scale (the path
     of other dtypes, CUDA and compiled code), and the same gradient."""
-    from framework.train.keyed_dropout import _mix_, position_hashes
+    from framework.data.sample_keys import hash32_
+    from framework.train.keyed_dropout import position_hashes
 
     layer = KeyedDropout(0.3, key=99).train()
     x = torch.randn(6, 4, 5)
@@ -117,7 +118,7 @@ def test_the_cpu_float_factor_gives_the_bits_of_mask_then_scale_forward_and_back
     indices = [4, 0, 17, 2 ** 31 + 5, 9, 11]
     keys = sample_keys(torch.tensor(indices), 7, 3)
     positions = position_hashes(20, 99, torch.device("cpu")).view(4, 5)
-    keep = _mix_(positions ^ keys.view(-1, 1, 1)) >= int(0.3 * 2 ** 32)  # the tensor path's mask
+    keep = hash32_(positions ^ keys.view(-1, 1, 1)) >= int(0.3 * 2 ** 32)  # the tensor path's mask
     expected_in = x.clone().requires_grad_()
     expected = expected_in * keep * (1 / 0.7)
     got_in = x.clone().requires_grad_()

@@ -35,6 +35,7 @@ from framework.core.config import TrainingConfig
 from framework.core.errors import FlagError, UserError
 from framework.data.columns import require_column
 from framework.data.table_collate import arrow_view, fetches_table
+from framework.data.sample_keys import sample_keys
 
 Key = tuple[int, float]  # (dataset index, sample weight)
 Augment = Callable[[Any, torch.Generator], Any]  # (one sample, its generator) -> the augmented sample
@@ -305,6 +306,9 @@ class TrainData:
         self.num_workers = num_workers
         self.workers_note = ""  # why this many (build_train_data: --dataloader_num_workers auto)
         self.wait_seconds = 0.0  # time spent waiting for micro-batches (framework.train.loop: data_wait_share)
+        # Set (to the run's seed) when the model has KeyedDropout layers: a batch sliced from an epoch's gathered
+        # rows then carries its samples' keys (`dropout_keys`), hashed for the whole epoch at once
+        self.dropout_keys_seed: Optional[int] = None
         self._sampler = _WindowBatchSampler(plan, with_epoch=augment is not None)
         # Its own generator: a DataLoader draws a base seed each time an iterator starts, and
         # drawing it from the global RNG would shift the dropout stream of a resumed run.
@@ -360,13 +364,19 @@ class TrainData:
         mine = order[np.concatenate([np.arange(r.start, r.stop) for r in ranges] or [np.zeros(0, np.int64)])]
         reader = _ChunkedRows(columns, torch.from_numpy(mine.astype(np.int64)))
         ones = torch.ones(max(len(r) for r in ranges) if ranges else 0, dtype=torch.float32)
+        seed = self.dropout_keys_seed
+        keys = sample_keys(mine, seed, epoch) if seed is not None else None
         done = 0  # samples of `mine` already given
         for first_window, r in zip(self._first_positions(start), ranges):
             if not len(r):
                 batch = self.collated([(int(order[first_window]), 0.0)])
+                if seed is not None:
+                    batch["dropout_keys"] = sample_keys(batch["index"], seed, epoch)
             else:
                 batch, index = reader.rows(done, done + len(r))
                 batch["weight"], batch["index"] = ones[:len(r)], index
+                if keys is not None:
+                    batch["dropout_keys"] = keys[done:done + len(r)]
                 done += len(r)
             yield pin_tensors(batch) if self.loader.pin_memory else batch
 

@@ -23,75 +23,51 @@ unchanged.
 
 from __future__ import annotations
 
-import contextlib
 import zlib
-from typing import Iterator, Optional
+from typing import Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-_LOW32 = 0xFFFFFFFF
-# An odd 27-bit multiplier: a 32-bit value times it stays below 2**59, so int64
-# arithmetic never overflows and every backend computes the same bits.
-_MULTIPLIER = 0x45D9F3B
-
-
-def _mix_(values: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
-    """hash32, in place, of int64 `values` in [0, 2**32) (a tensor on any device, or a NumPy array, int64 or
-    uint32: the same operators, the same bits): two rounds of x = (x ^ x >> 16) * 0x45D9F3B mod 2**32, then
-    x ^ x >> 16."""
-    # In place: on a CPU, allocating a fresh tensor per operation made the mix three times slower.
-    shift = torch.bitwise_right_shift if torch.is_tensor(values) else np.right_shift
-    shifted = torch.empty_like(values) if torch.is_tensor(values) else np.empty_like(values)
-    wraps = not torch.is_tensor(values) and values.dtype == np.uint32  # its product is already mod 2**32
-    for _ in range(2):
-        values ^= shift(values, 16, out=shifted)
-        values *= _MULTIPLIER
-        if not wraps:
-            values &= _LOW32
-    values ^= shift(values, 16, out=shifted)
-    return values
-
+from framework.data.sample_keys import hash32_, sample_keys  # noqa: F401  (sample_keys: re-exported)
 
 class _Keys:
-    """The samples of the forward pass in progress: per-sample 32-bit keys on the device, or None."""
+    """The samples of the forward pass in progress: per-sample 32-bit keys on the device, or None; for keys on the
+    CPU, the same as a NumPy uint32 array once a layer has asked for it (one conversion per pass, not per layer)."""
 
     sample_keys: Optional[torch.Tensor] = None
+    host_keys: Optional[np.ndarray] = None
+
+    def on_host(self, keys: torch.Tensor) -> np.ndarray:
+        """`keys` (CPU) as uint32, converted once for the keys in force."""
+        if keys is not self.sample_keys:  # keys moved by a layer: not the ones in force
+            return keys.numpy().astype(np.uint32)
+        if self.host_keys is None:
+            self.host_keys = keys.numpy().astype(np.uint32)
+        return self.host_keys
 
 
 _CURRENT = _Keys()
 
 
-def _mix_int(value: int) -> int:
-    """hash32 of one Python integer in [0, 2**32)."""
-    for _ in range(2):
-        value = ((value ^ (value >> 16)) * _MULTIPLIER) & _LOW32
-    return value ^ (value >> 16)
-
-
-def sample_keys(index: np.ndarray | torch.Tensor, seed: int, epoch: int) -> torch.Tensor:
-    """Per-sample 32-bit keys (int64, on the host) from the samples' dataset indices, the seed and the epoch:
-    hash32(index ^ hash32(hash32(seed) ^ epoch)).
-
-    Computed with NumPy: a micro-batch's few keys cost microseconds there, a dozen small device ops here."""
-    start = _mix_int(_mix_int(seed & _LOW32) ^ (epoch & _LOW32))
-    index = index.numpy() if torch.is_tensor(index) else np.asarray(index)
-    return torch.from_numpy(_mix_((index.astype(np.int64) & _LOW32) ^ start))
-
-
-@contextlib.contextmanager
-def keyed_samples(keys: Optional[torch.Tensor]) -> Iterator[None]:
+class keyed_samples:  # noqa: N801 (used as a function: `with keyed_samples(keys):`)
     """Within this block, `KeyedDropout` layers key their masks by `keys` (`sample_keys`, one per batch row,
     best on the model's device; None: torch's dropout). Wrap forward AND backward: activation checkpointing
-    recomputes the forward pass during backward, and must draw the same masks."""
-    previous = _CURRENT.sample_keys
-    _CURRENT.sample_keys = keys
-    try:
-        yield
-    finally:
-        _CURRENT.sample_keys = previous
+    recomputes the forward pass during backward, and must draw the same masks. (A class, not a generator: it is
+    entered once per micro-batch.)"""
+
+    def __init__(self, keys: Optional[torch.Tensor]):
+        self.keys = keys
+        self.previous: tuple = (None, None)
+
+    def __enter__(self) -> None:
+        self.previous = (_CURRENT.sample_keys, _CURRENT.host_keys)
+        _CURRENT.sample_keys, _CURRENT.host_keys = self.keys, None
+
+    def __exit__(self, *exc: object) -> None:
+        _CURRENT.sample_keys, _CURRENT.host_keys = self.previous
 
 
 def layer_key(name: str) -> int:
@@ -127,6 +103,7 @@ class KeyedDropout(nn.Module):
         self.p = p
         self.key = key
         self._position_hashes: dict[torch.device, torch.Tensor] = {}  # per device, the longest needed so far
+        self._position_hashes_host: Optional[np.ndarray] = None
 
     def extra_repr(self) -> str:
         return f"p={self.p}, key={self.key}"
@@ -146,16 +123,24 @@ class KeyedDropout(nn.Module):
         if keys.device != x.device:  # e.g. keys made on the host for a user's own loop
             keys = keys.to(x.device)
         per_sample = x.numel() // x.shape[0] if x.shape[0] else 0
-        positions = self._positions(per_sample, x.device).view(x.shape[1:])
         scale = 1.0 / (1.0 - self.p)
-        if x.dtype == torch.float32 and keys.device.type == "cpu" and not torch.compiler.is_compiling():
+        if x.dtype == torch.float32 and x.device.type == "cpu" and not torch.compiler.is_compiling():
             # The mask hashed in NumPy as the factor itself (0 or the scale in float32, the factor the two
             # multiplications below apply): one multiplication forward and one backward, as torch's dropout
             # on a CPU, the same bits; autograd keeps the float factor (4 bytes an element instead of 1).
-            return x * torch.from_numpy(_scaled_keep_on_host(positions.numpy(), keys.numpy(), self.p, scale))
-        keep = keep_mask(positions, keys, self.p)
+            keep = _keep_mask_on_host(self._host_positions(per_sample), _CURRENT.on_host(keys), int(self.p * 2 ** 32))
+            return x * torch.from_numpy(np.where(keep, np.float32(scale), np.float32(0.0)).reshape(x.shape))
+        keep = keep_mask(self._positions(per_sample, x.device).view(x.shape[1:]), keys, self.p)
         # Autograd keeps only the boolean mask for backward (as torch's dropout does).
         return x * keep * scale
+
+    def _host_positions(self, count: int) -> np.ndarray:
+        """`_positions(count)` on the CPU as a flat NumPy uint32 array (the host path's; the longest kept)."""
+        cached = self._position_hashes_host
+        if cached is None or cached.size < count:
+            cached = self._position_hashes_host = position_hashes(count, self.key, torch.device("cpu")).numpy(
+            ).astype(np.uint32)
+        return cached[:count]
 
     def _positions(self, count: int, device: torch.device) -> torch.Tensor:
         """The hashes of positions 0..count-1 in this layer. A shape's positions in row-major order are a
@@ -170,7 +155,7 @@ class KeyedDropout(nn.Module):
 
 def position_hashes(count: int, layer: int, device: torch.device) -> torch.Tensor:
     """hash32(position ^ layer) for positions 0..count-1 (int64)."""
-    return _mix_(torch.arange(count, device=device, dtype=torch.int64) ^ layer)
+    return hash32_(torch.arange(count, device=device, dtype=torch.int64) ^ layer)
 
 
 # Elements hashed at once: the mix needs two int64 scratch tensors (16 bytes an element), so a large
@@ -183,31 +168,26 @@ def keep_mask(position_hash: torch.Tensor, keys: torch.Tensor, p: float) -> torc
     (one sample's shape): True with probability 1 - p, to 2**-32."""
     threshold = int(p * 2 ** 32)
     if keys.device.type == "cpu" and not torch.compiler.is_compiling():
-        return torch.from_numpy(_keep_mask_on_host(position_hash.numpy(), keys.numpy(), threshold))
+        keep = _keep_mask_on_host(position_hash.numpy().reshape(-1).astype(np.uint32), keys.numpy().astype(np.uint32),
+                                  threshold)
+        return torch.from_numpy(keep.reshape((len(keys),) + position_hash.shape))
     sample = keys.view((-1,) + (1,) * position_hash.dim())
     rows = max(1, _BLOCK_ELEMENTS // max(1, position_hash.numel()))
     if rows >= len(keys) or torch.compiler.is_compiling():
-        return _mix_(position_hash ^ sample) >= threshold
+        return hash32_(position_hash ^ sample) >= threshold
     keep = torch.empty((len(keys),) + position_hash.shape, dtype=torch.bool, device=keys.device)
     for start in range(0, len(keys), rows):
-        torch.ge(_mix_(position_hash ^ sample[start:start + rows]), threshold, out=keep[start:start + rows])
+        torch.ge(hash32_(position_hash ^ sample[start:start + rows]), threshold, out=keep[start:start + rows])
     return keep
 
 
-def _scaled_keep_on_host(position_hash: np.ndarray, keys: np.ndarray, p: float, scale: float) -> np.ndarray:
-    """`keep_mask` on the host as float32 factors: `scale` where kept, 0 where dropped."""
-    keep = _keep_mask_on_host(position_hash, keys, int(p * 2 ** 32))
-    return np.where(keep, np.float32(scale), np.float32(0.0))
-
-
-def _keep_mask_on_host(position_hash: np.ndarray, keys: np.ndarray, threshold: int) -> np.ndarray:
-    """`keep_mask` in NumPy on uint32, whose products wrap mod 2**32 by themselves: the same bits in a third of
-    the time of int64 tensor ops on a CPU (8,192 elements: 16 us instead of 46; 65,536: 70 instead of 215)."""
-    positions = position_hash.reshape(-1).astype(np.uint32)
-    keys = keys.astype(np.uint32)
+def _keep_mask_on_host(positions: np.ndarray, keys: np.ndarray, threshold: int) -> np.ndarray:
+    """`keep_mask` in NumPy on uint32 (flat `positions` hashes and `keys`, both uint32), whose products wrap
+    mod 2**32 by themselves: the same bits in a third of the time of int64 tensor ops on a CPU (8,192 elements:
+    16 us instead of 46; 65,536: 70 instead of 215). Samples x positions."""
     keep = np.empty((len(keys), positions.size), dtype=bool)
     rows = max(1, _BLOCK_ELEMENTS // max(1, positions.size))
     for start in range(0, len(keys), rows):
-        np.greater_equal(_mix_(positions[None, :] ^ keys[start:start + rows, None]), np.uint32(threshold),
+        np.greater_equal(hash32_(positions[None, :] ^ keys[start:start + rows, None]), np.uint32(threshold),
                          out=keep[start:start + rows])
-    return keep.reshape((len(keys),) + position_hash.shape)
+    return keep

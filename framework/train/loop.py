@@ -88,9 +88,11 @@ def _train_window(run: TrainingRun, window: Window, batches: Any, running: _Runn
     scale = accelerator.num_processes / window.num_real
     last = len(window.micro_batches) - 1
     for j, batch in enumerate(batches):
-        keys = None
-        if run.keyed_dropout_layers:  # computed on the host, copied with the batch
-            keys = sample_keys(batch["index"], run.config.seed, epoch).to(accelerator.device, non_blocking=True)
+        keys = batch.pop("dropout_keys", None)  # the loader's, where it hashes an epoch's at once
+        if keys is None and run.keyed_dropout_layers:
+            keys = sample_keys(batch["index"], run.config.seed, epoch)
+        if keys is not None:  # made on the host, copied with the batch
+            keys = keys.to(accelerator.device, non_blocking=True)
         batch = to_device(batch, accelerator.device)
         inputs, labels = split_batch(batch)
         with contextlib.nullcontext() if j == last else accelerator.no_sync(model), keyed_samples(keys):
@@ -372,6 +374,8 @@ def setup(run: TrainingRun) -> TrainState:
     run.params = [p for p in run.model.parameters() if p.requires_grad]
     # Keyed by the names in the bare model: the same on 1 process and under DDP's or compile's wrapper.
     run.keyed_dropout_layers = assign_layer_keys(bare_model(accelerator, run.model))
+    if run.keyed_dropout_layers and hasattr(run.train_data, "dropout_keys_seed"):
+        run.train_data.dropout_keys_seed = config.seed
     state = TrainState()
     path = resolve_checkpoint(config.resume_from_checkpoint, config.output_dir, note=lambda t: say(accelerator, t))
     if path is not None:
