@@ -181,7 +181,9 @@ def _apply_update(run: TrainingRun) -> bool:
 def _log_train(run: TrainingRun, state: TrainState, running: _Running, lr: float, started: float) -> None:
     """Reduce the running sums over processes (the one sync per logging interval) and log them."""
     # A sum is finite exactly when every term was (inf and NaN propagate), so one read checks them all.
-    loss_sum = run.accelerator.reduce(running.loss, reduction="sum").item()
+    accelerator = run.accelerator
+    loss_sum = (accelerator.reduce(running.loss, reduction="sum") if accelerator.num_processes > 1
+                else running.loss).item()
     if not math.isfinite(loss_sum):
         raise NonFiniteLossError(
             f"the training loss was NaN or inf in the steps up to step {state.step}; lower --learning_rate, "
