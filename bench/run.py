@@ -175,7 +175,7 @@ ADAMW = {"lr": 1e-4, "weight_decay": 0.0}  # every peer's optimizer: asserted fr
 def optimizer_settings(optimizer) -> dict:
     """The hyperparameters of an optimizer's parameter groups (they must all agree), for comparing peers."""
     optimizer = getattr(optimizer, "optimizer", optimizer)  # Accelerate's wrapper
-    keys = ("lr", "weight_decay", "betas", "eps", "amsgrad", "maximize")
+    keys = ("lr", "weight_decay", "betas", "eps", "amsgrad", "maximize", "fused")
     groups = {tuple((k, tuple(g[k]) if isinstance(g[k], (list, tuple)) else g[k]) for k in keys if k in g)
               for g in optimizer.param_groups if g["params"]}
     if len(groups) != 1:
@@ -190,7 +190,8 @@ def _loader(w: Workload, dataset, device, batch: int):
 
 
 def _adamw(model, device):
-    return torch.optim.AdamW(model.parameters(), **ADAMW, fused=device.type == "cuda" or None)
+    # fused on CUDA and on the CPU, as the framework's (framework.train.optim): the same kernel for every peer
+    return torch.optim.AdamW(model.parameters(), **ADAMW, fused=True)
 
 
 def run_raw(w: Workload, precision: str, dataset) -> tuple[float, float]:
@@ -352,7 +353,7 @@ def run_hf(w: Workload, precision: str, dataset) -> tuple[float, float]:
                                  fp16=precision == "fp16", bf16=precision == "bf16", report_to=[],
                                  save_strategy="no", logging_strategy="no", dataloader_num_workers=w.workers,
                                  dataloader_pin_memory=device.type == "cuda", disable_tqdm=True,
-                                 optim="adamw_torch_fused" if device.type == "cuda" else "adamw_torch",
+                                 optim="adamw_torch_fused",
                                  use_cpu=device.type != "cuda")
         trainer = Trainer(model=WithLoss(), args=args, train_dataset=dataset, callbacks=[Timer()])
         trainer.train()

@@ -16,16 +16,17 @@ Workloads (real data, each the same model, data and optimizer on both sides):
   IDF-weighted, one embedding-bag table) on man-page lines (`bench/scale.py build`): --text_dir holds
   train.csv and valid.csv.
 
-Each round runs, one after the other in fresh processes, (1) the hand-written loop: the recipe's own
-data (its build_data, as tensors or through a plain DataLoader with the recipe's collate function),
-its model, `torch.optim.AdamW` with the recipe's learning rate and weight decay, a seeded shuffle per
-epoch, clipping at 1.0, nothing else; (2) the recipe through the framework (`python recipe ...`),
-whose summary.json gives its training samples/s and `data_wait_share`. A run's rate is its fastest window
-of 10 optimizer steps (the hand-written loop reads the clock every 10 steps; the framework's metrics.jsonl
-has its training time every 10 steps, --logging_steps' default): a shared machine's interruptions only
-ever slow a window down. The whole-run rates (first step to last) are kept too. The order alternates
-between rounds. Every process is pinned to the same core set (--cpus, default: the last --threads
-cores) with --threads intra-op threads. On a CUDA machine both sides train on the GPU.
+Each round runs, one after the other in fresh processes, (1) the hand-written loop: the recipe's own data (its
+build_data, as tensors or through a plain DataLoader with the recipe's collate function), its model,
+`torch.optim.AdamW` with the recipe's learning rate and weight decay (torch's default implementation, as a
+plain loop writes it; --hand_fused: its fused kernel, the one the framework uses on a CPU and CUDA), a seeded
+shuffle per epoch, clipping at 1.0, nothing else; (2) the recipe through the framework (`python recipe ...`),
+whose summary.json gives its training samples/s and `data_wait_share`. A run's rate is its fastest window of
+10 optimizer steps (the hand-written loop reads the clock every 10 steps; the framework's metrics.jsonl has
+its training time every 10 steps, --logging_steps' default): a shared machine's interruptions only ever slow a
+window down. The whole-run rates (first step to last) are kept too. The order alternates between rounds. Every
+process is pinned to the same core set (--cpus, default: the last --threads cores) with --threads intra-op
+threads. On a CUDA machine both sides train on the GPU.
 
 With --paired, both sides run at once on the same cores instead: the hand-written loop starts at the framework's
 10th step and trains until the framework ends, so the two share the cores in slices of milliseconds and every
@@ -163,7 +164,8 @@ def hand_written(workload: str, epochs: int, args) -> dict:
         optimizer = torch.optim.SGD(model.parameters(), lr=config.learning_rate, momentum=config.momentum,
                                     weight_decay=config.weight_decay)
     else:
-        optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay,
+                                      fused=True if args.hand_fused else None)  # None: torch's default (foreach)
     # torch's clipping rejects a sparse gradient; the same rule on the coalesced one is framework.train.sparse's
     sparse = any(getattr(m, "sparse", False) for m in model.modules())
     clip = clip_sparse if sparse else torch.nn.utils.clip_grad_norm_
@@ -332,6 +334,8 @@ def _start_side(side: str, args, start_when: str | None = None, until_pid: int |
         child += ["--text_dir", args.text_dir]
     if args.recipe_args:
         child.append(f"--recipe_args={args.recipe_args}")  # one word: it starts with --
+    if args.hand_fused:
+        child.append("--hand_fused")
     process = _started(child, args)
     return lambda: json.loads(_waited(process).strip().splitlines()[-1])
 
@@ -415,6 +419,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--text_dir", help="ngram: a folder with train.csv and valid.csv (bench/scale.py build)")
     parser.add_argument("--sgd", action="store_true", help="ngram: also scikit-learn's SGDClassifier")
     parser.add_argument("--recipe_args", help="the recipe's own flags for both sides: --recipe_args='--dropout 0'")
+    parser.add_argument("--hand_fused", action="store_true",
+                        help="the hand-written loop's AdamW fused too (the framework's kernel on a CPU and CUDA): "
+                             "the framework's own cost apart from the optimizer's kernel")
     parser.add_argument("--out", help="write {'rows': [...], 'summary': {...}} here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--tabular_child", action="store_true", help=argparse.SUPPRESS)
@@ -458,7 +465,7 @@ def main(argv: list[str] | None = None) -> None:
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     summary = {"workload": args.workload, "epochs": args.epochs, "threads": args.threads,
-               "recipe_args": args.recipe_args,
+               "recipe_args": args.recipe_args, "hand_fused": args.hand_fused,
                "cpus": sorted(_cpus(args)), **summarize(rows, sides, args.paired)}
     print(json.dumps(summary))
     if args.out:

@@ -74,6 +74,7 @@ def test_every_peer_runs_the_same_optimizer(peer_rows):
     settings = [row["optimizer"] for row in rows]
     assert all(s == settings[0] for s in settings), settings
     assert settings[0]["type"] == "AdamW" and settings[0]["lr"] == 1e-4 and settings[0]["weight_decay"] == 0.0
+    assert settings[0]["fused"] is True  # the framework's AdamW kernel on a CPU as on CUDA: every peer's too
 
 
 def test_optimizer_settings_read_every_group():

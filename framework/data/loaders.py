@@ -34,8 +34,8 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from framework.core.config import TrainingConfig
 from framework.core.errors import FlagError, UserError
 from framework.data.columns import require_column
-from framework.data.table_collate import arrow_view, fetches_table
 from framework.data.sample_keys import sample_keys
+from framework.data.table_collate import arrow_view, fetches_table
 
 Key = tuple[int, float]  # (dataset index, sample weight)
 Augment = Callable[[Any, torch.Generator], Any]  # (one sample, its generator) -> the augmented sample

@@ -33,6 +33,7 @@ from torch import nn
 
 from framework.data.sample_keys import hash32_, sample_keys  # noqa: F401  (sample_keys: re-exported)
 
+
 class _Keys:
     """The samples of the forward pass in progress: per-sample 32-bit keys on the device, or None; for keys on the
     CPU, the same as a NumPy uint32 array once a layer has asked for it (one conversion per pass, not per layer)."""

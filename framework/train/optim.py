@@ -11,7 +11,6 @@ from torch.optim.lr_scheduler import LambdaLR
 from framework.core.config import TrainingConfig
 from framework.core.errors import FlagError
 
-
 FUSED_ADAMW = ("cuda", "cpu")  # device types whose parameters get the fused AdamW kernel
 
 
