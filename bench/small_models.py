@@ -35,8 +35,10 @@ noise is the spread of the per-round ratios (for runs of many windows: digits at
 run's evaluation pauses leave the other side alone on the cores).
 
 It prints one JSON line per run and a summary line: each side's median samples/s and spread
-((max - min) / median), the ratio of medians (and of the whole-run medians), a verdict only where the
-ratio is further from 1 than the larger spread, the framework's median data_wait_share, and the per-step
+((max - min) / median), the ratio of medians (and of the whole-run medians), the median of the rounds' own
+ratios (`round_ratio_median`, and `round_ratio_median_whole_runs`: the two runs of a round are seconds apart,
+while a shared machine's speed shifts between runs), a verdict only where the ratio is further from 1 than
+the larger spread, the framework's median data_wait_share, and the per-step
 overhead: the time of one optimizer step in the framework minus the hand-written loop's (from the
 medians), in microseconds.
 With --sgd (ngram), scikit-learn's SGDClassifier (hinge loss, the classic fast baseline) trains on the
@@ -389,6 +391,9 @@ def summarize(rows: list[dict], sides: tuple[str, ...], paired: bool = False) ->
               if f["side"] == "framework" and h["side"] == "hand-written" and f["round"] == h["round"]]
     summary["round_ratios"] = [round(r, 3) for r in ratios]
     summary["round_ratio_spread"] = round(_spread(ratios), 3)
+    # The two runs of a round are seconds apart; a shared VM's speed changes over minutes (this project's moves
+    # between two levels 1.3x apart), so the median of the rounds' own ratios is steadier than the ratio of medians
+    summary["round_ratio_median"] = round(statistics.median(ratios), 3)
     # Paired runs see the same machine, so the ratio's own spread is the noise; apart, either side's
     noise = summary["round_ratio_spread"] if paired else max(summary["framework_spread"], summary["hand-written_spread"])
     summary["ratio"] = round(ratio, 3)
@@ -403,6 +408,9 @@ def summarize(rows: list[dict], sides: tuple[str, ...], paired: bool = False) ->
         r["data_wait_share"] for r in rows if r["side"] == "framework"), 3)
     overall = {side: statistics.median(r["samples_per_s"] for r in rows if r["side"] == side) for side in sides}
     summary["ratio_whole_runs"] = round(overall["framework"] / overall["hand-written"], 3)  # first step to last
+    summary["round_ratio_median_whole_runs"] = round(statistics.median(
+        f["samples_per_s"] / h["samples_per_s"] for f in rows for h in rows
+        if f["side"] == "framework" and h["side"] == "hand-written" and f["round"] == h["round"]), 3)
     if "sgd" in rates:
         summary["framework_vs_sgd"] = round(summary["framework_median"] / summary["sgd_median"], 3)
     return summary

@@ -121,6 +121,13 @@ def test_small_models_rate_is_the_fastest_window_and_a_verdict_needs_more_than_t
     assert summary["ratio"] == 0.8 and summary["verdict"] == "framework slower"
     assert summary["overhead_us_per_step"] == pytest.approx(1e6 * 32 * (1 / 800 - 1 / 1000), abs=0.1)  # 8,000 us
     assert summary["ratio_whole_runs"] == pytest.approx(800 / 900, abs=1e-3)
+    assert summary["round_ratio_median"] == 0.8 and summary["round_ratio_median_whole_runs"] == pytest.approx(0.889)
+    # a machine 1.3x faster for round 2's two runs: the ratio of medians moves, the rounds' own ratios do not
+    shifted = [dict(row, window_samples_per_s=row["window_samples_per_s"] * (1.3 if row["round"] == 2 else 1))
+               for row in rows]
+    shifted[0]["window_samples_per_s"] = 1300.0  # and round 0's hand-written run 1.3x faster alone
+    moved = small_models.summarize(shifted, ("hand-written", "framework"))
+    assert moved["ratio"] != 0.8 and moved["round_ratio_median"] == pytest.approx(0.8, abs=0.01)
     # the same medians with a 30% spread on one side: no verdict
     rows[0]["window_samples_per_s"] = 1300.0
     assert small_models.summarize(rows, ("hand-written", "framework"))["verdict"] == "within the spread"
