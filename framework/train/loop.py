@@ -376,8 +376,8 @@ def setup(run: TrainingRun) -> TrainState:
     run.params = [p for p in run.model.parameters() if p.requires_grad]
     # Keyed by the names in the bare model: the same on 1 process and under DDP's or compile's wrapper.
     run.keyed_dropout_layers = assign_layer_keys(bare_model(accelerator, run.model))
-    if run.keyed_dropout_layers and hasattr(run.train_data, "dropout_keys_seed"):
-        run.train_data.dropout_keys_seed = config.seed
+    if run.keyed_dropout_layers and hasattr(run.train_data, "dropout_keys_seed"):  # a stream's data hashes none
+        run.train_data.dropout_keys_seed = config.seed  # the loader then hashes an epoch's keys at once
     state = TrainState()
     path = resolve_checkpoint(config.resume_from_checkpoint, config.output_dir, note=lambda t: say(accelerator, t))
     if path is not None:
