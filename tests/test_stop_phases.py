@@ -270,3 +270,41 @@ def test_a_signal_that_training_received_is_not_acted_on_again_after_training_fa
                           text=True, timeout=120)
     assert done.returncode not in (0, EXIT_PREEMPTED) and "the collective's error" in done.stderr, done.stderr
     assert "stopped:" not in done.stderr
+
+
+SIGNAL_WHILE_TRAININGS_ERROR_IS_RAISED = """
+import os, signal, time
+from framework.core.errors import run_main
+from framework.train.preemption import StopAtOnce, StopSignal
+
+StopAtOnce.GRACE_S = 0.2
+
+def main():
+    with StopAtOnce("setting up training", "nothing was lost"):
+        try:
+            with StopSignal(1):
+                raise RuntimeError("the collective's error")  # a peer died: training fails
+        except RuntimeError:
+            os.kill(os.getpid(), signal.SIGTERM)  # the launcher stops the processes left, as the error is handled
+            time.sleep(1.0)  # longer than the watcher's grace
+            raise
+    print("after", flush=True)
+
+raise SystemExit(run_main(main))
+"""
+
+
+@pytest.mark.slow
+def test_a_signal_while_trainings_error_is_raised_does_not_replace_it(tmp_path):
+    import subprocess
+    import sys
+
+    from helpers import REPO
+
+    # Seen in CI (tests/test_ddp_timeout.py, a peer that exits): torch's elastic agent sent SIGTERM to rank 0
+    # while the collective's error was on its way out, and "SIGTERM received while setting up training" (exit 4)
+    # replaced "another process left the job".
+    done = subprocess.run([sys.executable, "-c", SIGNAL_WHILE_TRAININGS_ERROR_IS_RAISED], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode not in (0, EXIT_PREEMPTED) and "the collective's error" in done.stderr, done.stderr
+    assert "stopped:" not in done.stderr and "after" not in done.stdout

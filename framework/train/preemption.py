@@ -40,9 +40,11 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
 class _HandledSignals:
-    """How many stop signals a Python-level handler (StopSignal's or StopAtOnce's) has run for, in this process."""
+    """How many stop signals a Python-level handler (StopSignal's or StopAtOnce's) has run for, in this process;
+    and whether training has ended by an exception that is on its way out (a failure, or its own stop)."""
 
     count = 0
+    training_raised = False
 
 
 _HANDLED = _HandledSignals()
@@ -60,6 +62,7 @@ class StopSignal:
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> "StopSignal":
+        _HANDLED.training_raised = False
         if self._distributed:
             # A CPU group of its own: the flag never touches the GPU (reading it never syncs the device), and
             # `__exit__` can tear the group down (see there).
@@ -73,6 +76,9 @@ class StopSignal:
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        # Set before StopAtOnce's handler is back: a signal from here on (the launcher's SIGTERM to the processes
+        # left when one died) must not replace the exception that ended training with a "stopped" line.
+        _HANDLED.training_raised = exc[0] is not None
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
@@ -134,7 +140,8 @@ class StopAtOnce:
     no Python handler has run for the signal within GRACE_S seconds and this one is in charge: before training
     nothing is half-written (datasets and the framework write their caches to temporary names and rename them).
     A signal that training's StopSignal received is that handler's, even if training then fails and gives the
-    handlers back within the grace (its error is the one reported)."""
+    handlers back within the grace (its error is the one reported); so is one that arrives while the exception
+    that ended training is on its way out (a launcher stops the other processes when one dies)."""
 
     GRACE_S = 2.0
 
@@ -145,6 +152,7 @@ class StopAtOnce:
         self._wakeup: Optional[tuple[int, int, int]] = None  # (read end, write end, previous wakeup fd)
 
     def __enter__(self) -> "StopAtOnce":
+        _HANDLED.training_raised = False
         for sig in STOP_SIGNALS:
             try:
                 self._previous[sig] = signal.signal(sig, self._stop)
@@ -177,6 +185,8 @@ class StopAtOnce:
 
     def _stop(self, signum: int, frame: Any) -> None:
         _HANDLED.count += 1
+        if _HANDLED.training_raised:  # the process is already ending with training's own error or stop: that stands
+            return
         raise Preempted(self._message(signum))
 
     def _watch(self, read_end: int, handled_before: int) -> None:
