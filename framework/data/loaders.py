@@ -360,14 +360,15 @@ class TrainData:
         `_fetched_here` gives (the same keys, values and dtypes), with one index per column per chunk instead
         of per micro-batch; a filler micro-batch (weight 0) is fetched as before."""
         columns, order = self.loader.dataset.columns, self.plan.order(epoch)
-        ranges = [r for _, _, micro_batches in self.plan.window_positions(start) for r in micro_batches]
-        mine = order[np.concatenate([np.arange(r.start, r.stop) for r in ranges] or [np.zeros(0, np.int64)])]
+        # (its window's first position, the micro-batch's positions) for each micro-batch of this process
+        micro_batches = [(first, r) for first, _, ranges in self.plan.window_positions(start) for r in ranges]
+        mine = order[np.concatenate([np.arange(r.start, r.stop) for _, r in micro_batches] or [np.zeros(0, np.int64)])]
         reader = _ChunkedRows(columns, torch.from_numpy(mine.astype(np.int64)))
-        ones = torch.ones(max(len(r) for r in ranges) if ranges else 0, dtype=torch.float32)
+        ones = torch.ones(max((len(r) for _, r in micro_batches), default=0), dtype=torch.float32)
         seed = self.dropout_keys_seed
         keys = sample_keys(mine, seed, epoch) if seed is not None else None
         done = 0  # samples of `mine` already given
-        for first_window, r in zip(self._first_positions(start), ranges):
+        for first_window, r in micro_batches:
             if not len(r):
                 batch = self.collated([(int(order[first_window]), 0.0)])
                 if seed is not None:
@@ -379,11 +380,6 @@ class TrainData:
                     batch["dropout_keys"] = keys[done:done + len(r)]
                 done += len(r)
             yield pin_tensors(batch) if self.loader.pin_memory else batch
-
-    def _first_positions(self, start: int) -> Iterator[int]:
-        """For each micro-batch of this process from window `start` on, its window's first position."""
-        for first, _, micro_batches in self.plan.window_positions(start):
-            yield from (first for _ in micro_batches)
 
     def _next_timed(self, batches: Iterator[dict[str, Any]]) -> dict[str, Any]:
         """The next micro-batch; the time spent waiting for it is added to `wait_seconds`.
